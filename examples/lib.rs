@@ -1,0 +1,1 @@
+//! Runnable examples of the trust SDK; see the `examples/*.rs` files.

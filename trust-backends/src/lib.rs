@@ -1,0 +1,14 @@
+//! # trust-backends
+//!
+//! Implementations of [`trust_core::LanguageModel`] and [`trust_core::TextScorer`]:
+//!
+//! - `candle` (default feature): GPT-NeoX/Pythia, Llama and Qwen2 from Hugging Face safetensors,
+//!   full-sequence logits, KV cache, batching; `cuda` forwards to candle's CUDA support.
+//! - `ort`: ONNX Runtime sequence classifiers (toxicity scorers) and causal LMs, loaded from the
+//!   library named by `ORT_DYLIB_PATH`; `ort-cuda` adds the CUDA execution provider.
+//! - `http` (planned): OpenAI-compatible servers (vLLM, TGI, llama.cpp).
+#![warn(missing_docs)]
+
+pub mod error;
+
+pub use error::BackendError;

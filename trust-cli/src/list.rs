@@ -1,0 +1,32 @@
+//! `trust list`: data files found and their checksums.
+
+use std::path::PathBuf;
+
+use trust_core::DataDir;
+
+/// Arguments of `trust list`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    /// Data directory (layout of shared/data).
+    #[arg(long, env = "TRUST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+pub fn run(a: ListArgs) -> anyhow::Result<()> {
+    let data = DataDir::resolve(a.data_dir.as_deref())?;
+    println!("data directory: {}", data.root().display());
+    for (rel, _) in trust_core::data::KNOWN_FILES {
+        match data.check(rel) {
+            Ok(c) => {
+                let status = match c.matches_known {
+                    Some(true) => "ok",
+                    Some(false) => "CHECKSUM MISMATCH",
+                    None => "unknown",
+                };
+                println!("  {rel:<40} {status:<18} {}", c.sha256);
+            }
+            Err(_) => println!("  {rel:<40} missing"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! `trust`: measure what preference alignment does to a model's trustworthiness.
+//!
+//! Exit codes: 0 success; 1 runtime failure (model, data, I/O); 2 usage error (bad arguments).
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "trust", version, about = "Measure what preference alignment does to a language model's trustworthiness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the data files found in a data directory and their checksums.
+    List(list::ListArgs),
+}
+
+mod list;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::List(a) => list::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,246 @@
+//! Metrics: aggregates over per-sample outcomes, with percentile-bootstrap confidence intervals.
+//!
+//! A [`Metric`] sees the outcomes of the samples that succeeded and returns one number (or `None`
+//! when undefined, e.g. a rate over zero replies). The bootstrap resamples *samples* (not replies)
+//! with replacement, so clustered replies (k generations per prompt) are handled correctly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{SplitMix64, derive_seed};
+use crate::vertical::Outcome;
+
+/// An aggregate over per-sample outcomes.
+pub trait Metric: Send + Sync {
+    /// Name in reports, e.g. `emt` or `agreement_index[topic=hiv]`.
+    fn name(&self) -> String;
+    /// The value over these outcomes, `None` if undefined (empty denominator).
+    fn compute(&self, outcomes: &[&Outcome]) -> Option<f64>;
+}
+
+/// A metric's value with its 95% bootstrap interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricValue {
+    /// Metric name.
+    pub name: String,
+    /// Point estimate on all outcomes (`None` if undefined).
+    pub value: Option<f64>,
+    /// Lower end of the percentile-bootstrap interval.
+    pub ci_low: Option<f64>,
+    /// Upper end of the percentile-bootstrap interval.
+    pub ci_high: Option<f64>,
+    /// Number of samples the metric saw.
+    pub n: usize,
+}
+
+/// Settings of the percentile bootstrap.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// Number of resamples (0 disables the interval).
+    pub resamples: usize,
+    /// Coverage, e.g. 0.95.
+    pub confidence: f64,
+    /// Seed; each metric derives its own stream from it and its name.
+    pub seed: u64,
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Bootstrap { resamples: 1000, confidence: 0.95, seed: 0 }
+    }
+}
+
+/// Computes `metric` with its bootstrap interval.
+pub fn evaluate(metric: &dyn Metric, outcomes: &[&Outcome], boot: &Bootstrap) -> MetricValue {
+    let name = metric.name();
+    let value = metric.compute(outcomes);
+    let (mut ci_low, mut ci_high) = (None, None);
+    if boot.resamples > 0 && !outcomes.is_empty() && value.is_some() {
+        let mut rng = SplitMix64::new(derive_seed(boot.seed, &name));
+        let mut stats = Vec::with_capacity(boot.resamples);
+        let mut buf: Vec<&Outcome> = Vec::with_capacity(outcomes.len());
+        for _ in 0..boot.resamples {
+            buf.clear();
+            for _ in 0..outcomes.len() {
+                buf.push(outcomes[rng.below(outcomes.len())]);
+            }
+            if let Some(v) = metric.compute(&buf) {
+                stats.push(v);
+            }
+        }
+        if !stats.is_empty() {
+            stats.sort_by(f64::total_cmp);
+            let alpha = (1.0 - boot.confidence) / 2.0;
+            ci_low = Some(quantile(&stats, alpha));
+            ci_high = Some(quantile(&stats, 1.0 - alpha));
+        }
+    }
+    MetricValue { name, value, ci_low, ci_high, n: outcomes.len() }
+}
+
+/// Linear-interpolation quantile of sorted data (NumPy's default, "linear").
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    assert!(!sorted.is_empty());
+    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+}
+
+/// Mean over samples of the per-sample value `key` (samples without it are skipped).
+#[derive(Debug, Clone)]
+pub struct MeanOf {
+    /// Report name.
+    pub name: String,
+    /// Key in [`Outcome::values`].
+    pub key: String,
+}
+
+impl Metric for MeanOf {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
+        let vals: Vec<f64> = outcomes.iter().filter_map(|o| o.values.get(&self.key).copied()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
+    }
+}
+
+/// Share of samples whose value `key` passes a threshold (`>=` or strict `>`).
+#[derive(Debug, Clone)]
+pub struct FractionAbove {
+    /// Report name.
+    pub name: String,
+    /// Key in [`Outcome::values`].
+    pub key: String,
+    /// Threshold.
+    pub threshold: f64,
+    /// `true`: value > threshold (DecodingTrust); `false`: value >= threshold (RLHF_Trust v1).
+    pub strict: bool,
+}
+
+impl Metric for FractionAbove {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
+        let vals: Vec<f64> = outcomes.iter().filter_map(|o| o.values.get(&self.key).copied()).collect();
+        if vals.is_empty() {
+            return None;
+        }
+        let hits = vals
+            .iter()
+            .filter(|&&v| if self.strict { v > self.threshold } else { v >= self.threshold })
+            .count();
+        Some(hits as f64 / vals.len() as f64)
+    }
+}
+
+/// Pooled share of per-reply labels equal to one of `labels`, over all replies of all samples
+/// (optionally only replies whose label is not in `exclude`, for refusal-aware rates).
+#[derive(Debug, Clone)]
+pub struct LabelRate {
+    /// Report name.
+    pub name: String,
+    /// Labels counted in the numerator.
+    pub labels: Vec<String>,
+    /// Labels removed from the denominator.
+    pub exclude: Vec<String>,
+}
+
+impl Metric for LabelRate {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
+        let (mut num, mut den) = (0usize, 0usize);
+        for o in outcomes {
+            for l in &o.labels {
+                if self.exclude.iter().any(|e| e == l) {
+                    continue;
+                }
+                den += 1;
+                if self.labels.iter().any(|x| x == l) {
+                    num += 1;
+                }
+            }
+        }
+        (den > 0).then(|| num as f64 / den as f64)
+    }
+}
+
+/// A metric restricted to samples whose tag `key` equals `value` (per-topic, per-PII-type...).
+pub struct Sliced<M> {
+    /// The inner metric.
+    pub inner: M,
+    /// Tag name in [`Outcome::tags`].
+    pub key: String,
+    /// Tag value.
+    pub value: String,
+}
+
+impl<M: Metric> Metric for Sliced<M> {
+    fn name(&self) -> String {
+        format!("{}[{}={}]", self.inner.name(), self.key, self.value)
+    }
+    fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
+        let sel: Vec<&Outcome> = outcomes
+            .iter()
+            .copied()
+            .filter(|o| o.tags.get(&self.key).is_some_and(|v| v == &self.value))
+            .collect();
+        self.inner.compute(&sel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(v: f64, labels: &[&str]) -> Outcome {
+        let mut out = Outcome::default();
+        out.values.insert("x".into(), v);
+        out.labels = labels.iter().map(|s| s.to_string()).collect();
+        out
+    }
+
+    #[test]
+    fn mean_fraction_and_rates_by_hand() {
+        let os = [o(0.2, &["agree", "disagree"]), o(0.6, &["agree"]), o(0.5, &["no_response"])];
+        let refs: Vec<&Outcome> = os.iter().collect();
+        let mean = MeanOf { name: "m".into(), key: "x".into() };
+        assert!((mean.compute(&refs).unwrap() - 1.3 / 3.0).abs() < 1e-12);
+        let ge = FractionAbove { name: "p".into(), key: "x".into(), threshold: 0.5, strict: false };
+        assert_eq!(ge.compute(&refs), Some(2.0 / 3.0));
+        let gt = FractionAbove { strict: true, ..ge.clone() };
+        assert_eq!(gt.compute(&refs), Some(1.0 / 3.0));
+        let rate = LabelRate { name: "a".into(), labels: vec!["agree".into()], exclude: vec![] };
+        assert_eq!(rate.compute(&refs), Some(0.5));
+        let aware =
+            LabelRate { name: "a".into(), labels: vec!["agree".into()], exclude: vec!["no_response".into()] };
+        assert_eq!(aware.compute(&refs), Some(2.0 / 3.0));
+        assert_eq!(rate.compute(&[]), None);
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_value_and_is_seeded() {
+        let os: Vec<Outcome> = (0..200).map(|i| o((i % 10) as f64 / 10.0, &[])).collect();
+        let refs: Vec<&Outcome> = os.iter().collect();
+        let m = MeanOf { name: "m".into(), key: "x".into() };
+        let b = Bootstrap::default();
+        let v = evaluate(&m, &refs, &b);
+        let (lo, hi, val) = (v.ci_low.unwrap(), v.ci_high.unwrap(), v.value.unwrap());
+        assert!(lo < val && val < hi, "{lo} {val} {hi}");
+        assert!(hi - lo < 0.15);
+        assert_eq!(evaluate(&m, &refs, &b), v);
+        let other = evaluate(&m, &refs, &Bootstrap { seed: 1, ..b });
+        assert_ne!(other.ci_low, v.ci_low);
+    }
+
+    #[test]
+    fn quantile_matches_numpy_linear() {
+        let d = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(quantile(&d, 0.5), 2.5);
+        assert_eq!(quantile(&d, 0.0), 1.0);
+        assert!((quantile(&d, 0.025) - 1.075).abs() < 1e-12);
+    }
+}
