@@ -1,0 +1,9 @@
+//! # trust-align
+//!
+//! Preference alignment in candle, so that base → SFT → DPO → evaluate → attribute runs in one
+//! tool: HH-RLHF pairs ([`hh`]), differentiable losses ([`losses`]) and LoRA adapters ([`lora`]).
+#![warn(missing_docs)]
+
+pub mod hh;
+pub mod lora;
+pub mod losses;
