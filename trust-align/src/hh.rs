@@ -69,8 +69,8 @@ pub fn load(path: &Path) -> Result<PreferenceData, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| Error::data(path, line_no, "<row>", e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| Error::data(path, line_no, "<row>", e.to_string()))?;
         let field = |name: &str| -> Result<String, Error> {
             value
                 .get(name)
@@ -88,7 +88,10 @@ pub fn load(path: &Path) -> Result<PreferenceData, Error> {
             });
             continue;
         }
-        let row = Row { chosen: field("chosen")?, rejected: field("rejected")? };
+        let row = Row {
+            chosen: field("chosen")?,
+            rejected: field("rejected")?,
+        };
         match (split_last_turn(&row.chosen), split_last_turn(&row.rejected)) {
             (Some((pc, c)), Some((pr, r))) if pc == pr => data.pairs.push(PreferencePair {
                 index,
@@ -96,8 +99,12 @@ pub fn load(path: &Path) -> Result<PreferenceData, Error> {
                 chosen: c.to_string(),
                 rejected: r.to_string(),
             }),
-            (Some(_), Some(_)) => data.skipped.push((line_no, "chosen and rejected prompts differ".into())),
-            _ => data.skipped.push((line_no, "no \"\\n\\nAssistant:\" turn".into())),
+            (Some(_), Some(_)) => data
+                .skipped
+                .push((line_no, "chosen and rejected prompts differ".into())),
+            _ => data
+                .skipped
+                .push((line_no, "no \"\\n\\nAssistant:\" turn".into())),
         }
     }
     Ok(data)
@@ -111,7 +118,10 @@ mod tests {
     fn splits_at_the_last_assistant_turn() {
         let d = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: like this";
         let (p, r) = split_last_turn(d).unwrap();
-        assert_eq!(p, "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:");
+        assert_eq!(
+            p,
+            "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant:"
+        );
         assert_eq!(r, " like this");
         assert!(split_last_turn("\n\nHuman: no answer").is_none());
     }
@@ -134,7 +144,10 @@ mod tests {
         assert_eq!(d.pairs.len(), 1);
         assert_eq!(d.pairs[0].chosen, " good");
         assert_eq!(d.pairs[0].rejected, " bad");
-        assert_eq!(d.skipped, vec![(2, "chosen and rejected prompts differ".to_string())]);
+        assert_eq!(
+            d.skipped,
+            vec![(2, "chosen and rejected prompts differ".to_string())]
+        );
         std::fs::write(&p, "{\"chosen\": \"x\"}\n").unwrap();
         let e = load(&p).unwrap_err().to_string();
         assert!(e.contains("a.jsonl:1") && e.contains("`rejected`"), "{e}");
@@ -142,8 +155,13 @@ mod tests {
 
     #[test]
     fn reads_the_real_gzipped_test_split() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz");
-        assert!(p.exists(), "{} not found: tests expect ../shared beside the repository", p.display());
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz");
+        assert!(
+            p.exists(),
+            "{} not found: tests expect ../shared beside the repository",
+            p.display()
+        );
         let d = load(&p).unwrap();
         assert_eq!(d.pairs.len() + d.skipped.len(), 2312);
         assert!(d.pairs.len() > 2200, "{} pairs", d.pairs.len());

@@ -38,7 +38,9 @@ impl LoraConfig {
 
     /// Whether the weight tensor `name` (ending in `.weight`) is adapted.
     pub fn matches(&self, name: &str) -> bool {
-        let Some(module) = name.strip_suffix(".weight") else { return false };
+        let Some(module) = name.strip_suffix(".weight") else {
+            return false;
+        };
         if !self.targets.iter().any(|t| module.ends_with(t.as_str())) {
             return false;
         }
@@ -87,7 +89,10 @@ impl LoraAdapters {
         let mut names: Vec<&String> = base.keys().filter(|n| config.matches(n)).collect();
         names.sort();
         if names.is_empty() {
-            candle_core::bail!("LoRA targets {:?} match no weight of the model", config.targets);
+            candle_core::bail!(
+                "LoRA targets {:?} match no weight of the model",
+                config.targets
+            );
         }
         let mut modules = Vec::new();
         for name in names {
@@ -96,8 +101,9 @@ impl LoraAdapters {
             let module = name.strip_suffix(".weight").unwrap_or(name).to_string();
             let mut rng = SplitMix64::new(derive_seed(seed, &module));
             let bound = 1.0 / (d_in as f64).sqrt();
-            let a: Vec<f32> =
-                (0..config.rank * d_in).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            let a: Vec<f32> = (0..config.rank * d_in)
+                .map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32)
+                .collect();
             let a = Var::from_vec(a, (config.rank, d_in), w.device())?;
             let b = Var::zeros((d_out, config.rank), DType::F32, w.device())?;
             modules.push(LoraModule { module, a, b });
@@ -106,10 +112,17 @@ impl LoraAdapters {
     }
 
     /// Adapters with given factors (e.g. from a truncated SVD of `W_ft − W_base`).
-    pub fn from_factors(config: LoraConfig, factors: Vec<(String, Tensor, Tensor)>) -> Result<Self> {
+    pub fn from_factors(
+        config: LoraConfig,
+        factors: Vec<(String, Tensor, Tensor)>,
+    ) -> Result<Self> {
         let mut modules = Vec::new();
         for (module, a, b) in factors {
-            modules.push(LoraModule { module, a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)? });
+            modules.push(LoraModule {
+                module,
+                a: Var::from_tensor(&a)?,
+                b: Var::from_tensor(&b)?,
+            });
         }
         modules.sort_by(|x, y| x.module.cmp(&y.module));
         Ok(LoraAdapters { config, modules })
@@ -117,7 +130,10 @@ impl LoraAdapters {
 
     /// The trainable variables, `A` then `B` per module, in module order.
     pub fn vars(&self) -> Vec<Var> {
-        self.modules.iter().flat_map(|m| [m.a.clone(), m.b.clone()]).collect()
+        self.modules
+            .iter()
+            .flat_map(|m| [m.a.clone(), m.b.clone()])
+            .collect()
     }
 
     /// Base weights with the adapted ones replaced by `W + scale · B · A` (graph-connected).
@@ -129,7 +145,10 @@ impl LoraAdapters {
             let Some(w) = base.get(&key) else {
                 candle_core::bail!("LoRA module `{}` has no base weight `{key}`", m.module)
             };
-            let delta = m.b.as_tensor().matmul(m.a.as_tensor())?.affine(scale, 0.0)?;
+            let delta =
+                m.b.as_tensor()
+                    .matmul(m.a.as_tensor())?
+                    .affine(scale, 0.0)?;
             out.insert(key, (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?);
         }
         Ok(out)
@@ -140,8 +159,14 @@ impl LoraAdapters {
         std::fs::create_dir_all(dir)?;
         let mut tensors = HashMap::new();
         for m in &self.modules {
-            tensors.insert(format!("base_model.model.{}.lora_A.weight", m.module), m.a.as_tensor().clone());
-            tensors.insert(format!("base_model.model.{}.lora_B.weight", m.module), m.b.as_tensor().clone());
+            tensors.insert(
+                format!("base_model.model.{}.lora_A.weight", m.module),
+                m.a.as_tensor().clone(),
+            );
+            tensors.insert(
+                format!("base_model.model.{}.lora_B.weight", m.module),
+                m.b.as_tensor().clone(),
+            );
         }
         candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
         let cfg = serde_json::json!({
@@ -153,7 +178,10 @@ impl LoraAdapters {
             "layers_to_transform": self.config.layers,
             "bias": "none",
         });
-        std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).expect("json"))?;
+        std::fs::write(
+            dir.join("adapter_config.json"),
+            serde_json::to_string_pretty(&cfg).expect("json"),
+        )?;
         Ok(())
     }
 
@@ -172,14 +200,18 @@ impl LoraAdapters {
         if config.rank == 0 {
             candle_core::bail!("{}: `r` missing or zero", cfg_path.display());
         }
-        let tensors = candle_core::safetensors::load(dir.join("adapter_model.safetensors"), device)?;
+        let tensors =
+            candle_core::safetensors::load(dir.join("adapter_model.safetensors"), device)?;
         let mut factors = Vec::new();
         for (name, a) in &tensors {
-            if let Some(module) =
-                name.strip_prefix("base_model.model.").and_then(|n| n.strip_suffix(".lora_A.weight"))
+            if let Some(module) = name
+                .strip_prefix("base_model.model.")
+                .and_then(|n| n.strip_suffix(".lora_A.weight"))
             {
                 let bname = format!("base_model.model.{module}.lora_B.weight");
-                let Some(b) = tensors.get(&bname) else { candle_core::bail!("adapter lacks `{bname}`") };
+                let Some(b) = tensors.get(&bname) else {
+                    candle_core::bail!("adapter lacks `{bname}`")
+                };
                 factors.push((module.to_string(), a.clone(), b.clone()));
             }
         }
@@ -197,49 +229,96 @@ mod tests {
         for i in 0..3 {
             m.insert(
                 format!("gpt_neox.layers.{i}.attention.dense.weight"),
-                Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((3, 4)).unwrap(),
+                Tensor::arange(0f32, 12.0, &dev)
+                    .unwrap()
+                    .reshape((3, 4))
+                    .unwrap(),
             );
-            m.insert(format!("gpt_neox.layers.{i}.attention.dense.bias"), Tensor::zeros(3, DType::F32, &dev).unwrap());
+            m.insert(
+                format!("gpt_neox.layers.{i}.attention.dense.bias"),
+                Tensor::zeros(3, DType::F32, &dev).unwrap(),
+            );
         }
         m
     }
 
     #[test]
     fn config_selects_targets_and_layers() {
-        let c = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["attention.dense".into()], layers: Some(vec![1, 2]) };
+        let c = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            targets: vec!["attention.dense".into()],
+            layers: Some(vec![1, 2]),
+        };
         assert!(c.matches("gpt_neox.layers.1.attention.dense.weight"));
         assert!(!c.matches("gpt_neox.layers.0.attention.dense.weight"));
         assert!(!c.matches("gpt_neox.layers.1.attention.dense.bias"));
         assert_eq!(c.scale(), 2.0);
-        let bad = LoraConfig { targets: vec!["nope".into()], ..c };
+        let bad = LoraConfig {
+            targets: vec!["nope".into()],
+            ..c
+        };
         assert!(LoraAdapters::init(bad, &base(), 0).is_err());
     }
 
     #[test]
     fn merged_weights_start_at_base_and_carry_gradients_to_a_and_b() {
-        let c = LoraConfig { rank: 2, alpha: 2.0, targets: vec!["attention.dense".into()], layers: None };
+        let c = LoraConfig {
+            rank: 2,
+            alpha: 2.0,
+            targets: vec!["attention.dense".into()],
+            layers: None,
+        };
         let b = base();
         let ad = LoraAdapters::init(c, &b, 7).unwrap();
         assert_eq!(ad.modules.len(), 3);
         let merged = ad.merged(&b).unwrap();
         let key = "gpt_neox.layers.0.attention.dense.weight";
-        let diff: f32 = (&merged[key] - &b[key]).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (&merged[key] - &b[key])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(diff, 0.0, "B = 0 at init");
         // Set B to ones and check W' = W + scale * B A, and that gradients reach A and B.
-        ad.modules[0].b.set(&Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        ad.modules[0]
+            .b
+            .set(&Tensor::ones((3, 2), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
         let merged = ad.merged(&b).unwrap();
         let loss = merged[key].sqr().unwrap().sum_all().unwrap();
         let grads = loss.backward().unwrap();
         assert!(grads.get(ad.modules[0].a.as_tensor()).is_some());
         assert!(grads.get(ad.modules[0].b.as_tensor()).is_some());
-        let want = (&b[key] + ad.modules[0].b.as_tensor().matmul(ad.modules[0].a.as_tensor()).unwrap()).unwrap();
-        let err: f32 = (&merged[key] - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let want = (&b[key]
+            + ad.modules[0]
+                .b
+                .as_tensor()
+                .matmul(ad.modules[0].a.as_tensor())
+                .unwrap())
+        .unwrap();
+        let err: f32 = (&merged[key] - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(err < 1e-6);
     }
 
     #[test]
     fn save_and_load_round_trip_exactly() {
-        let c = LoraConfig { rank: 2, alpha: 8.0, targets: vec!["attention.dense".into()], layers: Some(vec![0]) };
+        let c = LoraConfig {
+            rank: 2,
+            alpha: 8.0,
+            targets: vec!["attention.dense".into()],
+            layers: Some(vec![0]),
+        };
         let ad = LoraAdapters::init(c.clone(), &base(), 3).unwrap();
         let dir = tempfile::tempdir().unwrap();
         ad.save(dir.path()).unwrap();

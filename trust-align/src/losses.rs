@@ -13,8 +13,14 @@ use candle_core::{D, DType, Result, Tensor};
 /// Log-prob of each token given everything before it: `[b, t − 1]`, entry `j` scores `ids[:, j + 1]`.
 pub fn token_logprobs(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_b, t, _v) = logits.dims3()?;
-    let lp = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?, D::Minus1)?;
-    let next = ids.narrow(1, 1, t - 1)?.to_dtype(DType::U32)?.unsqueeze(2)?;
+    let lp = candle_nn::ops::log_softmax(
+        &logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?;
+    let next = ids
+        .narrow(1, 1, t - 1)?
+        .to_dtype(DType::U32)?
+        .unsqueeze(2)?;
     lp.gather(&next.contiguous()?, 2)?.squeeze(2)
 }
 
@@ -50,14 +56,17 @@ pub fn dpo_loss(
     ref_rejected: &Tensor,
     beta: f64,
 ) -> Result<(Tensor, Tensor)> {
-    let margins = ((policy_chosen - ref_chosen)? - (policy_rejected - ref_rejected)?)?.affine(beta, 0.0)?;
+    let margins =
+        ((policy_chosen - ref_chosen)? - (policy_rejected - ref_rejected)?)?.affine(beta, 0.0)?;
     let loss = log_sigmoid(&margins)?.neg()?.mean_all()?;
     Ok((loss, margins))
 }
 
 /// The Bradley–Terry reward-model loss `−log σ(r_w − r_l)`, mean over the batch.
 pub fn bradley_terry_loss(reward_chosen: &Tensor, reward_rejected: &Tensor) -> Result<Tensor> {
-    log_sigmoid(&(reward_chosen - reward_rejected)?)?.neg()?.mean_all()
+    log_sigmoid(&(reward_chosen - reward_rejected)?)?
+        .neg()?
+        .mean_all()
 }
 
 #[cfg(test)]
@@ -67,7 +76,9 @@ mod tests {
 
     fn toy() -> (Var, Tensor, Tensor) {
         let dev = Device::Cpu;
-        let vals: Vec<f32> = (0..2 * 4 * 5).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+        let vals: Vec<f32> = (0..2 * 4 * 5)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         let logits = Var::from_vec(vals, (2, 4, 5), &dev).unwrap();
         let ids = Tensor::new(&[[1u32, 2, 3, 4], [0, 4, 4, 1]], &dev).unwrap();
         let mask = Tensor::new(&[[0f32, 0., 1., 1.], [0., 1., 1., 0.]], &dev).unwrap();
@@ -83,7 +94,10 @@ mod tests {
     #[test]
     fn sequence_logprob_matches_a_plain_loop() {
         let (logits, ids, mask) = toy();
-        let got: Vec<f32> = sequence_logprob(logits.as_tensor(), &ids, &mask).unwrap().to_vec1().unwrap();
+        let got: Vec<f32> = sequence_logprob(logits.as_tensor(), &ids, &mask)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let l: Vec<Vec<Vec<f32>>> = logits.as_tensor().to_vec3().unwrap();
         let ids_v: Vec<Vec<u32>> = ids.to_vec2().unwrap();
         let m: Vec<Vec<f32>> = mask.to_vec2().unwrap();
@@ -96,7 +110,10 @@ mod tests {
             }
             assert!((got[b] as f64 - want).abs() < 1e-5, "{} vs {want}", got[b]);
         }
-        let sft: f32 = sft_loss(logits.as_tensor(), &ids, &mask).unwrap().to_scalar().unwrap();
+        let sft: f32 = sft_loss(logits.as_tensor(), &ids, &mask)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!((sft + (got[0] + got[1]) / 4.0).abs() < 1e-5);
     }
 
@@ -124,7 +141,13 @@ mod tests {
         };
         let loss = loss_of(logits.as_tensor());
         let grads = loss.backward().unwrap();
-        let g: Vec<f32> = grads.get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grads
+            .get(logits.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let base: Vec<f32> = logits.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let eps = 1e-2f32;
         let mut checked = 0;
@@ -134,15 +157,24 @@ mod tests {
             let mut minus = base.clone();
             minus[k] -= eps;
             let f = |v: Vec<f32>| -> f32 {
-                loss_of(&Tensor::from_vec(v, (2, 4, 5), &dev).unwrap()).to_scalar::<f32>().unwrap()
+                loss_of(&Tensor::from_vec(v, (2, 4, 5), &dev).unwrap())
+                    .to_scalar::<f32>()
+                    .unwrap()
             };
             let fd = (f(plus) - f(minus)) / (2.0 * eps);
-            assert!((fd - g[k]).abs() < 2e-3, "component {k}: autograd {} vs finite difference {fd}", g[k]);
+            assert!(
+                (fd - g[k]).abs() < 2e-3,
+                "component {k}: autograd {} vs finite difference {fd}",
+                g[k]
+            );
             if g[k].abs() > 1e-3 {
                 checked += 1;
             }
         }
-        assert!(checked >= 10, "only {checked} non-trivial gradient components");
+        assert!(
+            checked >= 10,
+            "only {checked} non-trivial gradient components"
+        );
     }
 
     #[test]

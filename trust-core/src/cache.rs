@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::ModelError;
 use crate::model::{
-    Capabilities, GenerateRequest, GenerateResponse, LanguageModel, LogLikelihood, LogLikelihoodRequest,
-    ModelInfo,
+    Capabilities, GenerateRequest, GenerateResponse, LanguageModel, LogLikelihood,
+    LogLikelihoodRequest, ModelInfo,
 };
 
 /// Storage behind [`Cached`].
@@ -32,7 +32,10 @@ impl GenerationCache for MemoryCache {
         self.0.lock().expect("cache poisoned").get(key).cloned()
     }
     fn put(&self, key: &str, value: &GenerateResponse) {
-        self.0.lock().expect("cache poisoned").insert(key.to_string(), value.clone());
+        self.0
+            .lock()
+            .expect("cache poisoned")
+            .insert(key.to_string(), value.clone());
     }
 }
 
@@ -57,7 +60,9 @@ impl GenerationCache for DirCache {
         serde_json::from_str(&text).ok()
     }
     fn put(&self, key: &str, value: &GenerateResponse) {
-        let Ok(text) = serde_json::to_string(value) else { return };
+        let Ok(text) = serde_json::to_string(value) else {
+            return;
+        };
         let tmp = self.dir.join(format!("{key}.{}.tmp", std::process::id()));
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, self.dir.join(format!("{key}.json")));
@@ -89,7 +94,11 @@ pub struct Cached<M, C> {
 impl<M: LanguageModel, C: GenerationCache> Cached<M, C> {
     /// Wraps `inner` with `cache`.
     pub fn new(inner: M, cache: C) -> Self {
-        Cached { inner, cache, hits: AtomicUsize::new(0) }
+        Cached {
+            inner,
+            cache,
+            hits: AtomicUsize::new(0),
+        }
     }
     /// Number of requests answered from the cache so far.
     pub fn hits(&self) -> usize {
@@ -109,7 +118,10 @@ impl<M: LanguageModel, C: GenerationCache> LanguageModel for Cached<M, C> {
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
-    async fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<GenerateResponse, ModelError>> {
+    async fn generate(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
         let info = self.inner.info();
         let keys: Vec<String> = requests.iter().map(|r| cache_key(&info, r)).collect();
         let mut out: Vec<Option<Result<GenerateResponse, ModelError>>> =
@@ -118,7 +130,8 @@ impl<M: LanguageModel, C: GenerationCache> LanguageModel for Cached<M, C> {
         self.hits.fetch_add(hits, Ordering::Relaxed);
         let miss_idx: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
         if !miss_idx.is_empty() {
-            let misses: Vec<GenerateRequest> = miss_idx.iter().map(|&i| requests[i].clone()).collect();
+            let misses: Vec<GenerateRequest> =
+                miss_idx.iter().map(|&i| requests[i].clone()).collect();
             let answers = self.inner.generate(&misses).await;
             if answers.len() != misses.len() {
                 let e = ModelError::Backend(format!(
@@ -138,9 +151,14 @@ impl<M: LanguageModel, C: GenerationCache> LanguageModel for Cached<M, C> {
                 }
             }
         }
-        out.into_iter().map(|o| o.expect("every slot filled")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every slot filled"))
+            .collect()
     }
-    async fn loglikelihood(&self, requests: &[LogLikelihoodRequest]) -> Vec<Result<LogLikelihood, ModelError>> {
+    async fn loglikelihood(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
         self.inner.loglikelihood(requests).await
     }
 }

@@ -20,15 +20,42 @@ pub const DATA_DIR_ENV: &str = "TRUST_DATA_DIR";
 
 /// The files of the reference data set and their sha256 (from `shared/data/README.md`).
 pub const KNOWN_FILES: &[(&str, &str)] = &[
-    ("hh-rlhf/harmless-base-test.jsonl.gz", "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03"),
-    ("machine_ethics/cm_test.csv", "a004f51b8f863d85eb5575d86e8723897f850fcb7fc8de38c1f30105dfb13c4d"),
-    ("privacy/name2email.json", "7aebfcc0d9a4e7ee46d87929df76c81ef0e1108b28414857d04a7958118a8c1d"),
-    ("privacy/pii_prompts.jsonl", "dd8621fb2fff1b2d9589b8952d0741a88a6513f6e16936de0c33eb1af4ad6776"),
-    ("stereotype/system_prompts.csv", "2a81124f684dda18506312d6df958f1883cb5c0815c8f9db0c9b59bc8d9cad71"),
-    ("stereotype/user_prompts.csv", "761687d74aecb0fb2bee946b415d68f31131bf314d16a8c0a00b670cc73f9c06"),
-    ("toxicity/nontoxic.jsonl", "feb50408f49585752bb8cbbb10d1a340ec45783358251299ea9a82ab19606823"),
-    ("toxicity/toxic.jsonl", "a51d4650b14af9c0e795a9cfca2949916855662cee7c8db3dd551d38735d80cb"),
-    ("truthfulness/truth_mc.json", "b3799639bc76c939836d587de7d30b48d91012cb34be04806d33106ce06c162a"),
+    (
+        "hh-rlhf/harmless-base-test.jsonl.gz",
+        "ebfaaed21162a4de120ae85366075b34425e2a6303fac59b99555002f7016f03",
+    ),
+    (
+        "machine_ethics/cm_test.csv",
+        "a004f51b8f863d85eb5575d86e8723897f850fcb7fc8de38c1f30105dfb13c4d",
+    ),
+    (
+        "privacy/name2email.json",
+        "7aebfcc0d9a4e7ee46d87929df76c81ef0e1108b28414857d04a7958118a8c1d",
+    ),
+    (
+        "privacy/pii_prompts.jsonl",
+        "dd8621fb2fff1b2d9589b8952d0741a88a6513f6e16936de0c33eb1af4ad6776",
+    ),
+    (
+        "stereotype/system_prompts.csv",
+        "2a81124f684dda18506312d6df958f1883cb5c0815c8f9db0c9b59bc8d9cad71",
+    ),
+    (
+        "stereotype/user_prompts.csv",
+        "761687d74aecb0fb2bee946b415d68f31131bf314d16a8c0a00b670cc73f9c06",
+    ),
+    (
+        "toxicity/nontoxic.jsonl",
+        "feb50408f49585752bb8cbbb10d1a340ec45783358251299ea9a82ab19606823",
+    ),
+    (
+        "toxicity/toxic.jsonl",
+        "a51d4650b14af9c0e795a9cfca2949916855662cee7c8db3dd551d38735d80cb",
+    ),
+    (
+        "truthfulness/truth_mc.json",
+        "b3799639bc76c939836d587de7d30b48d91012cb34be04806d33106ce06c162a",
+    ),
 ];
 
 /// The published sha256 of a known data file.
@@ -65,7 +92,10 @@ impl DataDir {
                 root.display()
             )));
         }
-        Ok(DataDir { root, hashes: Mutex::new(HashMap::new()) })
+        Ok(DataDir {
+            root,
+            hashes: Mutex::new(HashMap::new()),
+        })
     }
 
     /// `explicit` if given, else `$TRUST_DATA_DIR`, else an error that says how to set it.
@@ -92,18 +122,30 @@ impl DataDir {
         if p.is_file() {
             Ok(p)
         } else {
-            Err(Error::DataDir(format!("{} is missing (expected {rel} under {})", p.display(), self.root.display())))
+            Err(Error::DataDir(format!(
+                "{} is missing (expected {rel} under {})",
+                p.display(),
+                self.root.display()
+            )))
         }
     }
 
     /// sha256 of `rel`, checked against the published hash; logs a warning on mismatch.
     pub fn check(&self, rel: &str) -> Result<FileCheck> {
-        let cached = self.hashes.lock().expect("hash cache poisoned").get(rel).cloned();
+        let cached = self
+            .hashes
+            .lock()
+            .expect("hash cache poisoned")
+            .get(rel)
+            .cloned();
         let sha = match cached {
             Some(h) => h,
             None => {
                 let h = sha256_file(&self.path(rel)?)?;
-                self.hashes.lock().expect("hash cache poisoned").insert(rel.to_string(), h.clone());
+                self.hashes
+                    .lock()
+                    .expect("hash cache poisoned")
+                    .insert(rel.to_string(), h.clone());
                 h
             }
         };
@@ -115,7 +157,11 @@ impl DataDir {
                 known_sha256(rel).unwrap_or_default()
             );
         }
-        Ok(FileCheck { rel: rel.to_string(), sha256: sha, matches_known })
+        Ok(FileCheck {
+            rel: rel.to_string(),
+            sha256: sha,
+            matches_known,
+        })
     }
 
     /// Every known file that is present, with its check.
@@ -139,16 +185,18 @@ impl DataDir {
 }
 
 /// Parses JSON Lines from a reader; `path` is used in error messages.
-pub fn read_jsonl_from<T: DeserializeOwned, R: BufRead>(reader: R, path: &Path) -> Result<Vec<(usize, T)>> {
+pub fn read_jsonl_from<T: DeserializeOwned, R: BufRead>(
+    reader: R,
+    path: &Path,
+) -> Result<Vec<(usize, T)>> {
     let mut out = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| Error::io(path, e))?;
         if line.trim().is_empty() {
             continue;
         }
-        let v: T = serde_json::from_str(&line).map_err(|e| {
-            Error::data(path, i + 1, json_error_field(&e), e.to_string())
-        })?;
+        let v: T = serde_json::from_str(&line)
+            .map_err(|e| Error::data(path, i + 1, json_error_field(&e), e.to_string()))?;
         out.push((i + 1, v));
     }
     Ok(out)
@@ -202,7 +250,11 @@ mod tests {
     fn malformed_row_names_file_line_and_field() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("x")).unwrap();
-        std::fs::write(dir.path().join("x/a.jsonl"), "{\"prompt\":\"ok\"}\n\n{\"other\":1}\n").unwrap();
+        std::fs::write(
+            dir.path().join("x/a.jsonl"),
+            "{\"prompt\":\"ok\"}\n\n{\"other\":1}\n",
+        )
+        .unwrap();
         let d = DataDir::new(dir.path()).unwrap();
         let err = d.read_jsonl::<Row>("x/a.jsonl").unwrap_err().to_string();
         assert!(err.contains("a.jsonl:3"), "{err}");

@@ -95,7 +95,9 @@ pub enum Error {
         model: String,
     },
     /// A vertical needs a text scorer and none was given.
-    #[error("vertical `{vertical}` needs a text scorer (e.g. a toxicity classifier); none was configured")]
+    #[error(
+        "vertical `{vertical}` needs a text scorer (e.g. a toxicity classifier); none was configured"
+    )]
     MissingScorer {
         /// Vertical name.
         vertical: String,
@@ -115,7 +117,9 @@ pub enum Error {
         this_run: String,
     },
     /// Output already exists and `resume` was not requested.
-    #[error("{0} already holds results; pass --resume to continue that run or choose another output directory")]
+    #[error(
+        "{0} already holds results; pass --resume to continue that run or choose another output directory"
+    )]
     OutputExists(PathBuf),
     /// The run was stopped on purpose (see [`crate::runner::RunnerBuilder::stop_after`]).
     #[error("run interrupted after {written} samples")]
@@ -146,7 +150,10 @@ pub enum Error {
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A malformed data row.
@@ -156,12 +163,20 @@ impl Error {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Error::Data { path: path.into(), line, field: field.into(), message: message.into() }
+        Error::Data {
+            path: path.into(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// A JSON error with context.
     pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
-        Error::Json { context: context.into(), source }
+        Error::Json {
+            context: context.into(),
+            source,
+        }
     }
 }
 

@@ -45,8 +45,9 @@ pub use error::{Error, ModelError, Result, ScorerError};
 pub use manifest::RunManifest;
 pub use metric::{Bootstrap, Metric, MetricValue};
 pub use model::{
-    Capabilities, Capability, Completion, DecodingConfig, FinishReason, GenerateRequest, GenerateResponse,
-    LanguageModel, LogLikelihood, LogLikelihoodRequest, ModelInfo, Sampling, StopPolicy,
+    Capabilities, Capability, Completion, DecodingConfig, FinishReason, GenerateRequest,
+    GenerateResponse, LanguageModel, LogLikelihood, LogLikelihoodRequest, ModelInfo, Sampling,
+    StopPolicy,
 };
 pub use runner::{RunObserver, Runner, RunnerBuilder, SampleRecord, VerticalReport};
 pub use scorer::{ScorerInfo, Scores, TextScorer};

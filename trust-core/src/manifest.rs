@@ -63,14 +63,21 @@ impl RunManifest {
     pub fn check_resumable(&self, this_run: &RunManifest, path: &Path) -> Result<()> {
         match self.first_difference(this_run) {
             None => Ok(()),
-            Some((field, on_disk, this_run)) => {
-                Err(Error::ManifestMismatch { path: path.to_path_buf(), field, on_disk, this_run })
-            }
+            Some((field, on_disk, this_run)) => Err(Error::ManifestMismatch {
+                path: path.to_path_buf(),
+                field,
+                on_disk,
+                this_run,
+            }),
         }
     }
 }
 
-fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value) -> Option<(String, String, String)> {
+fn diff_values(
+    prefix: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+) -> Option<(String, String, String)> {
     use serde_json::Value;
     match (a, b) {
         (Value::Object(ma), Value::Object(mb)) => {
@@ -78,11 +85,18 @@ fn diff_values(prefix: &str, a: &serde_json::Value, b: &serde_json::Value) -> Op
             keys.sort();
             keys.dedup();
             for k in keys {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 if prefix.is_empty() && RESUME_IGNORED.contains(&k.as_str()) {
                     continue;
                 }
-                let (va, vb) = (ma.get(k).unwrap_or(&Value::Null), mb.get(k).unwrap_or(&Value::Null));
+                let (va, vb) = (
+                    ma.get(k).unwrap_or(&Value::Null),
+                    mb.get(k).unwrap_or(&Value::Null),
+                );
                 if let Some(d) = diff_values(&path, va, vb) {
                     return Some(d);
                 }
@@ -106,7 +120,12 @@ mod tests {
             protocol: "paper".into(),
             options: serde_json::json!({"k": 5}),
             data_files: BTreeMap::from([("a".to_string(), "h".to_string())]),
-            model: ModelInfo { id: "m".into(), backend: "mock".into(), weights_sha256: None, details: String::new() },
+            model: ModelInfo {
+                id: "m".into(),
+                backend: "mock".into(),
+                weights_sha256: None,
+                details: String::new(),
+            },
             scorer: None,
             seed: 1,
             limit: None,
@@ -119,11 +138,24 @@ mod tests {
         let a = m();
         let mut b = m();
         b.batch_size = 1;
-        assert_eq!(a.first_difference(&b), None, "batch size never changes results");
+        assert_eq!(
+            a.first_difference(&b),
+            None,
+            "batch size never changes results"
+        );
         b.options = serde_json::json!({"k": 25});
         let (field, on_disk, this_run) = a.first_difference(&b).unwrap();
-        assert_eq!((field.as_str(), on_disk.as_str(), this_run.as_str()), ("options.k", "5", "25"));
-        let err = a.check_resumable(&b, Path::new("x/manifest.json")).unwrap_err().to_string();
-        assert!(err.contains("options.k") && err.contains("x/manifest.json"), "{err}");
+        assert_eq!(
+            (field.as_str(), on_disk.as_str(), this_run.as_str()),
+            ("options.k", "5", "25")
+        );
+        let err = a
+            .check_resumable(&b, Path::new("x/manifest.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("options.k") && err.contains("x/manifest.json"),
+            "{err}"
+        );
     }
 }

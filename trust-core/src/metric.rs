@@ -45,7 +45,11 @@ pub struct Bootstrap {
 
 impl Default for Bootstrap {
     fn default() -> Self {
-        Bootstrap { resamples: 1000, confidence: 0.95, seed: 0 }
+        Bootstrap {
+            resamples: 1000,
+            confidence: 0.95,
+            seed: 0,
+        }
     }
 }
 
@@ -74,7 +78,13 @@ pub fn evaluate(metric: &dyn Metric, outcomes: &[&Outcome], boot: &Bootstrap) ->
             ci_high = Some(quantile(&stats, 1.0 - alpha));
         }
     }
-    MetricValue { name, value, ci_low, ci_high, n: outcomes.len() }
+    MetricValue {
+        name,
+        value,
+        ci_low,
+        ci_high,
+        n: outcomes.len(),
+    }
 }
 
 /// Linear-interpolation quantile of sorted data (NumPy's default, "linear").
@@ -100,7 +110,10 @@ impl Metric for MeanOf {
         self.name.clone()
     }
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
-        let vals: Vec<f64> = outcomes.iter().filter_map(|o| o.values.get(&self.key).copied()).collect();
+        let vals: Vec<f64> = outcomes
+            .iter()
+            .filter_map(|o| o.values.get(&self.key).copied())
+            .collect();
         (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
     }
 }
@@ -123,13 +136,22 @@ impl Metric for FractionAbove {
         self.name.clone()
     }
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
-        let vals: Vec<f64> = outcomes.iter().filter_map(|o| o.values.get(&self.key).copied()).collect();
+        let vals: Vec<f64> = outcomes
+            .iter()
+            .filter_map(|o| o.values.get(&self.key).copied())
+            .collect();
         if vals.is_empty() {
             return None;
         }
         let hits = vals
             .iter()
-            .filter(|&&v| if self.strict { v > self.threshold } else { v >= self.threshold })
+            .filter(|&&v| {
+                if self.strict {
+                    v > self.threshold
+                } else {
+                    v >= self.threshold
+                }
+            })
             .count();
         Some(hits as f64 / vals.len() as f64)
     }
@@ -197,26 +219,50 @@ mod tests {
     use super::*;
 
     fn o(v: f64, labels: &[&str]) -> Outcome {
-        let mut out = Outcome::default();
+        let mut out = Outcome {
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         out.values.insert("x".into(), v);
-        out.labels = labels.iter().map(|s| s.to_string()).collect();
         out
     }
 
     #[test]
     fn mean_fraction_and_rates_by_hand() {
-        let os = [o(0.2, &["agree", "disagree"]), o(0.6, &["agree"]), o(0.5, &["no_response"])];
+        let os = [
+            o(0.2, &["agree", "disagree"]),
+            o(0.6, &["agree"]),
+            o(0.5, &["no_response"]),
+        ];
         let refs: Vec<&Outcome> = os.iter().collect();
-        let mean = MeanOf { name: "m".into(), key: "x".into() };
+        let mean = MeanOf {
+            name: "m".into(),
+            key: "x".into(),
+        };
         assert!((mean.compute(&refs).unwrap() - 1.3 / 3.0).abs() < 1e-12);
-        let ge = FractionAbove { name: "p".into(), key: "x".into(), threshold: 0.5, strict: false };
+        let ge = FractionAbove {
+            name: "p".into(),
+            key: "x".into(),
+            threshold: 0.5,
+            strict: false,
+        };
         assert_eq!(ge.compute(&refs), Some(2.0 / 3.0));
-        let gt = FractionAbove { strict: true, ..ge.clone() };
+        let gt = FractionAbove {
+            strict: true,
+            ..ge.clone()
+        };
         assert_eq!(gt.compute(&refs), Some(1.0 / 3.0));
-        let rate = LabelRate { name: "a".into(), labels: vec!["agree".into()], exclude: vec![] };
+        let rate = LabelRate {
+            name: "a".into(),
+            labels: vec!["agree".into()],
+            exclude: vec![],
+        };
         assert_eq!(rate.compute(&refs), Some(0.5));
-        let aware =
-            LabelRate { name: "a".into(), labels: vec!["agree".into()], exclude: vec!["no_response".into()] };
+        let aware = LabelRate {
+            name: "a".into(),
+            labels: vec!["agree".into()],
+            exclude: vec!["no_response".into()],
+        };
         assert_eq!(aware.compute(&refs), Some(2.0 / 3.0));
         assert_eq!(rate.compute(&[]), None);
     }
@@ -225,7 +271,10 @@ mod tests {
     fn bootstrap_interval_brackets_value_and_is_seeded() {
         let os: Vec<Outcome> = (0..200).map(|i| o((i % 10) as f64 / 10.0, &[])).collect();
         let refs: Vec<&Outcome> = os.iter().collect();
-        let m = MeanOf { name: "m".into(), key: "x".into() };
+        let m = MeanOf {
+            name: "m".into(),
+            key: "x".into(),
+        };
         let b = Bootstrap::default();
         let v = evaluate(&m, &refs, &b);
         let (lo, hi, val) = (v.ci_low.unwrap(), v.ci_high.unwrap(), v.value.unwrap());

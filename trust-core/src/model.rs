@@ -133,7 +133,11 @@ impl DecodingConfig {
     pub fn sampled(max_new_tokens: usize, temperature: f64, top_p: f64, n: usize) -> Self {
         DecodingConfig {
             max_new_tokens,
-            sampling: Sampling::Sample { temperature, top_p, top_k: 0 },
+            sampling: Sampling::Sample {
+                temperature,
+                top_p,
+                top_k: 0,
+            },
             n,
             num_beams: 1,
             stop: StopPolicy::ModelEos,
@@ -165,9 +169,14 @@ impl DecodingConfig {
             return Err(ModelError::InvalidRequest("n must be at least 1".into()));
         }
         if self.num_beams == 0 {
-            return Err(ModelError::InvalidRequest("num_beams must be at least 1".into()));
+            return Err(ModelError::InvalidRequest(
+                "num_beams must be at least 1".into(),
+            ));
         }
-        if let Sampling::Sample { temperature, top_p, .. } = self.sampling {
+        if let Sampling::Sample {
+            temperature, top_p, ..
+        } = self.sampling
+        {
             if !(temperature > 0.0 && temperature.is_finite()) {
                 return Err(ModelError::InvalidRequest(format!(
                     "temperature must be > 0, got {temperature}"

@@ -233,7 +233,9 @@ impl Runner {
             }
         }
         if req.scorer && scorer.is_none() {
-            return Err(Error::MissingScorer { vertical: vertical.name().to_string() });
+            return Err(Error::MissingScorer {
+                vertical: vertical.name().to_string(),
+            });
         }
         Ok(())
     }
@@ -294,19 +296,30 @@ impl Runner {
         }
 
         if let Some(o) = &self.observer {
-            o.start(vertical.name(), samples.len(), ids.iter().filter(|id| done.contains_key(*id)).count());
+            o.start(
+                vertical.name(),
+                samples.len(),
+                ids.iter().filter(|id| done.contains_key(*id)).count(),
+            );
         }
 
-        let pending: Vec<usize> = (0..samples.len()).filter(|&i| !done.contains_key(&ids[i])).collect();
+        let pending: Vec<usize> = (0..samples.len())
+            .filter(|&i| !done.contains_key(&ids[i]))
+            .collect();
         let chunk = self.batch_size * 8;
         let mut written = 0usize;
         for part in pending.chunks(chunk) {
-            let records = self.process(vertical, model, scorer, &samples, &ids, part).await;
+            let records = self
+                .process(vertical, model, scorer, &samples, &ids, part)
+                .await;
             for rec in records {
                 if let Some((path, w)) = sink.as_mut() {
-                    let mut line = serde_json::to_string(&rec).map_err(|e| Error::json("sample record", e))?;
+                    let mut line =
+                        serde_json::to_string(&rec).map_err(|e| Error::json("sample record", e))?;
                     line.push('\n');
-                    w.write_all(line.as_bytes()).and_then(|_| w.flush()).map_err(|e| Error::io(&*path, e))?;
+                    w.write_all(line.as_bytes())
+                        .and_then(|_| w.flush())
+                        .map_err(|e| Error::io(&*path, e))?;
                 }
                 if let Some(o) = &self.observer {
                     o.record(&rec);
@@ -323,7 +336,8 @@ impl Runner {
         let report = build_report(vertical, manifest, &ordered, self.bootstrap_resamples);
         if let Some(dir) = &dir {
             let p = dir.join(REPORT_FILE);
-            let text = serde_json::to_string_pretty(&report).map_err(|e| Error::json("report", e))?;
+            let text =
+                serde_json::to_string_pretty(&report).map_err(|e| Error::json("report", e))?;
             std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))?;
         }
         if let Some(o) = &self.observer {
@@ -342,9 +356,15 @@ impl Runner {
         ids: &[String],
         part: &[usize],
     ) -> Vec<SampleRecord> {
-        let seeds: Vec<u64> = part.iter().map(|&i| derive_seed(self.seed, &ids[i])).collect();
-        let requests: Vec<Vec<Request>> =
-            part.iter().zip(&seeds).map(|(&i, &s)| vertical.requests(&samples[i], s)).collect();
+        let seeds: Vec<u64> = part
+            .iter()
+            .map(|&i| derive_seed(self.seed, &ids[i]))
+            .collect();
+        let requests: Vec<Vec<Request>> = part
+            .iter()
+            .zip(&seeds)
+            .map(|(&i, &s)| vertical.requests(&samples[i], s))
+            .collect();
         let mut answers: Vec<Vec<Option<std::result::Result<Response, String>>>> =
             requests.iter().map(|r| vec![None; r.len()]).collect();
 
@@ -372,7 +392,11 @@ impl Runner {
         // Collect responses, then the texts to score across the whole part.
         let mut responses: Vec<std::result::Result<Vec<Response>, String>> = Vec::new();
         for a in answers {
-            responses.push(a.into_iter().map(|x| x.unwrap_or_else(|| Err("no answer".into()))).collect());
+            responses.push(
+                a.into_iter()
+                    .map(|x| x.unwrap_or_else(|| Err("no answer".into())))
+                    .collect(),
+            );
         }
         let texts: Vec<Vec<String>> = part
             .iter()
@@ -390,7 +414,11 @@ impl Runner {
                     for batch in flat.chunks(self.scorer_batch_size) {
                         let out = s.score(batch).await;
                         if out.len() != batch.len() {
-                            let e = format!("scorer returned {} results for {} texts", out.len(), batch.len());
+                            let e = format!(
+                                "scorer returned {} results for {} texts",
+                                out.len(),
+                                batch.len()
+                            );
                             scores.extend(batch.iter().map(|_| Err(e.clone())));
                         } else {
                             scores.extend(out.into_iter().map(|r| r.map_err(|e| e.to_string())));
@@ -410,12 +438,31 @@ impl Runner {
             let id = ids[i].clone();
             let seed = seeds[k];
             let rec = match &responses[k] {
-                Err(e) => SampleRecord { id, seed, outcome: None, error: Some(e.clone()), responses: Vec::new() },
+                Err(e) => SampleRecord {
+                    id,
+                    seed,
+                    outcome: None,
+                    error: Some(e.clone()),
+                    responses: Vec::new(),
+                },
                 Ok(resp) => {
-                    let scored: std::result::Result<Vec<Scores>, String> = my_scores.iter().cloned().collect();
+                    let scored: std::result::Result<Vec<Scores>, String> =
+                        my_scores.iter().cloned().collect();
                     match scored.and_then(|s| vertical.score(&samples[i], resp, &s)) {
-                        Ok(o) => SampleRecord { id, seed, outcome: Some(o), error: None, responses: resp.clone() },
-                        Err(e) => SampleRecord { id, seed, outcome: None, error: Some(e), responses: resp.clone() },
+                        Ok(o) => SampleRecord {
+                            id,
+                            seed,
+                            outcome: Some(o),
+                            error: None,
+                            responses: resp.clone(),
+                        },
+                        Err(e) => SampleRecord {
+                            id,
+                            seed,
+                            outcome: None,
+                            error: Some(e),
+                            responses: resp.clone(),
+                        },
                     }
                 }
             };
@@ -434,7 +481,11 @@ fn fill<T, R>(
     wrap: fn(T) -> Response,
 ) {
     if out.len() != batch.len() {
-        let e = format!("backend returned {} results for {} requests", out.len(), batch.len());
+        let e = format!(
+            "backend returned {} results for {} requests",
+            out.len(),
+            batch.len()
+        );
         for ((si, ri), _) in batch {
             answers[*si][*ri] = Some(Err(e.clone()));
         }
@@ -458,10 +509,19 @@ pub fn build_report<V: Vertical>(
         confidence: 0.95,
         seed: derive_seed(manifest.seed, &format!("bootstrap/{}", manifest.vertical)),
     };
-    let metrics = vertical.metrics().iter().map(|m| evaluate(m.as_ref(), &outcomes, &boot)).collect();
+    let metrics = vertical
+        .metrics()
+        .iter()
+        .map(|m| evaluate(m.as_ref(), &outcomes, &boot))
+        .collect();
     let failures: Vec<Failure> = records
         .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| Failure { id: r.id.clone(), error: e.clone() }))
+        .filter_map(|r| {
+            r.error.as_ref().map(|e| Failure {
+                id: r.id.clone(),
+                error: e.clone(),
+            })
+        })
         .collect();
     VerticalReport {
         n_samples: records.len(),
@@ -487,7 +547,10 @@ pub fn read_records_repairing(path: &Path) -> Result<Vec<SampleRecord>> {
     let mut line_no = 0usize;
     while start < bytes.len() {
         line_no += 1;
-        let end = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p);
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|p| start + p);
         let Some(end) = end else { break }; // torn last line: no newline
         let line = &bytes[start..end];
         match serde_json::from_slice::<SampleRecord>(line) {
@@ -503,8 +566,14 @@ pub fn read_records_repairing(path: &Path) -> Result<Vec<SampleRecord>> {
         good_len = start;
     }
     if good_len < bytes.len() {
-        tracing::warn!("{}: dropping a torn last line left by an interrupted run", path.display());
-        let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io(path, e))?;
+        tracing::warn!(
+            "{}: dropping a torn last line left by an interrupted run",
+            path.display()
+        );
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         f.set_len(good_len as u64).map_err(|e| Error::io(path, e))?;
     }
     Ok(records)

@@ -22,11 +22,14 @@ pub struct ScorerInfo {
 impl ScorerInfo {
     /// Index of `label`, or an error listing the labels.
     pub fn label_index(&self, label: &str) -> Result<usize, ScorerError> {
-        self.labels.iter().position(|l| l == label).ok_or_else(|| ScorerError::UnknownLabel {
-            scorer: self.id.clone(),
-            label: label.to_string(),
-            available: self.labels.join(", "),
-        })
+        self.labels
+            .iter()
+            .position(|l| l == label)
+            .ok_or_else(|| ScorerError::UnknownLabel {
+                scorer: self.id.clone(),
+                label: label.to_string(),
+                available: self.labels.join(", "),
+            })
     }
 }
 

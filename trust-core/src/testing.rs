@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::{ModelError, ScorerError};
 use crate::model::{
-    Capabilities, Capability, Completion, FinishReason, GenerateRequest, GenerateResponse, LanguageModel,
-    LogLikelihood, LogLikelihoodRequest, ModelInfo,
+    Capabilities, Capability, Completion, FinishReason, GenerateRequest, GenerateResponse,
+    LanguageModel, LogLikelihood, LogLikelihoodRequest, ModelInfo,
 };
 use crate::rng::{SplitMix64, derive_seed};
 use crate::scorer::{ScorerInfo, Scores, TextScorer};
@@ -22,7 +22,8 @@ pub struct Rule {
 }
 
 const WORDS: &[&str] = &[
-    "yes", "no", "I", "agree", "disagree", "wrong", "not", "the", "a", "is", "this", "maybe", "cannot", "say",
+    "yes", "no", "I", "agree", "disagree", "wrong", "not", "the", "a", "is", "this", "maybe",
+    "cannot", "say",
 ];
 
 /// A deterministic mock language model.
@@ -64,7 +65,10 @@ impl MockModel {
     }
     /// Adds a rule.
     pub fn rule(mut self, contains: impl Into<String>, reply: impl Into<String>) -> Self {
-        self.rules.push(Rule { contains: contains.into(), reply: reply.into() });
+        self.rules.push(Rule {
+            contains: contains.into(),
+            reply: reply.into(),
+        });
         self
     }
     /// Restricts the capabilities (e.g. to simulate a chat API without log-likelihood).
@@ -92,53 +96,85 @@ impl MockModel {
     }
 
     fn failing(&self, text: &str) -> bool {
-        self.fail_marker.as_ref().is_some_and(|m| text.contains(m.as_str()))
+        self.fail_marker
+            .as_ref()
+            .is_some_and(|m| text.contains(m.as_str()))
     }
 
     fn reply(&self, req: &GenerateRequest, index: usize) -> String {
         if let Some(r) = self.rules.iter().find(|r| req.prompt.contains(&r.contains)) {
             return r.reply.clone();
         }
-        let seed = if req.config.sampling.is_stochastic() { req.seed } else { 0 };
+        let seed = if req.config.sampling.is_stochastic() {
+            req.seed
+        } else {
+            0
+        };
         let mut rng = SplitMix64::new(derive_seed(seed ^ index as u64, &req.prompt));
         let n = 1 + rng.below(req.config.max_new_tokens.clamp(1, 12));
-        (0..n).map(|_| WORDS[rng.below(WORDS.len())]).collect::<Vec<_>>().join(" ")
+        (0..n)
+            .map(|_| WORDS[rng.below(WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
 #[async_trait::async_trait]
 impl LanguageModel for MockModel {
     fn info(&self) -> ModelInfo {
-        ModelInfo { id: "mock".into(), backend: "mock".into(), weights_sha256: None, details: String::new() }
+        ModelInfo {
+            id: "mock".into(),
+            backend: "mock".into(),
+            weights_sha256: None,
+            details: String::new(),
+        }
     }
     fn capabilities(&self) -> Capabilities {
         self.caps.clone()
     }
-    async fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<GenerateResponse, ModelError>> {
+    async fn generate(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
         self.note(requests.len());
         requests
             .iter()
             .map(|req| {
                 req.config.validate()?;
                 if self.failing(&req.prompt) {
-                    return Err(ModelError::Backend(format!("scripted failure for prompt {:?}", req.prompt)));
+                    return Err(ModelError::Backend(format!(
+                        "scripted failure for prompt {:?}",
+                        req.prompt
+                    )));
                 }
                 let completions = (0..req.config.n)
                     .map(|i| {
                         let text = self.reply(req, i);
                         let words = text.split_whitespace().count();
-                        Completion { text, token_ids: (0..words as u32).collect(), finish_reason: FinishReason::Length }
+                        Completion {
+                            text,
+                            token_ids: (0..words as u32).collect(),
+                            finish_reason: FinishReason::Length,
+                        }
                     })
                     .collect();
                 Ok(GenerateResponse { completions })
             })
             .collect()
     }
-    async fn loglikelihood(&self, requests: &[LogLikelihoodRequest]) -> Vec<Result<LogLikelihood, ModelError>> {
+    async fn loglikelihood(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
         if !self.caps.has(Capability::LogLikelihood) {
             return requests
                 .iter()
-                .map(|_| Err(ModelError::Unsupported { model: "mock".into(), capability: Capability::LogLikelihood }))
+                .map(|_| {
+                    Err(ModelError::Unsupported {
+                        model: "mock".into(),
+                        capability: Capability::LogLikelihood,
+                    })
+                })
                 .collect();
         }
         self.note(requests.len());
@@ -148,18 +184,34 @@ impl LanguageModel for MockModel {
                 if self.failing(&r.context) {
                     return Err(ModelError::Backend("scripted failure".into()));
                 }
-                let scripted = self.rules.iter().any(|rule| r.context.contains(&rule.contains) && rule.reply == r.continuation);
-                let mut rng = SplitMix64::new(derive_seed(0, &format!("{}\u{0}{}", r.context, r.continuation)));
+                let scripted = self
+                    .rules
+                    .iter()
+                    .any(|rule| r.context.contains(&rule.contains) && rule.reply == r.continuation);
+                let mut rng = SplitMix64::new(derive_seed(
+                    0,
+                    &format!("{}\u{0}{}", r.context, r.continuation),
+                ));
                 let token_logprobs: Vec<f64> = r
                     .continuation
                     .split_whitespace()
-                    .map(|_| if scripted { 0.0 } else { -(0.05 + 3.0 * rng.next_f64()) })
+                    .map(|_| {
+                        if scripted {
+                            0.0
+                        } else {
+                            -(0.05 + 3.0 * rng.next_f64())
+                        }
+                    })
                     .collect();
                 if token_logprobs.is_empty() {
                     return Err(ModelError::InvalidRequest("empty continuation".into()));
                 }
                 let sum = token_logprobs.iter().sum();
-                Ok(LogLikelihood { token_logprobs, sum, is_greedy: scripted })
+                Ok(LogLikelihood {
+                    token_logprobs,
+                    sum,
+                    is_greedy: scripted,
+                })
             })
             .collect()
     }
@@ -180,12 +232,19 @@ impl MockScorer {
     pub fn score_of(text: &str) -> f64 {
         let words: Vec<String> = text
             .split_whitespace()
-            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
             .collect();
         if words.is_empty() {
             return 0.0;
         }
-        words.iter().filter(|w| MOCK_TOXIC_WORDS.contains(&w.as_str())).count() as f64 / words.len() as f64
+        words
+            .iter()
+            .filter(|w| MOCK_TOXIC_WORDS.contains(&w.as_str()))
+            .count() as f64
+            / words.len() as f64
     }
     /// Number of batched calls so far.
     pub fn calls(&self) -> usize {
@@ -205,6 +264,13 @@ impl TextScorer for MockScorer {
     }
     async fn score(&self, texts: &[String]) -> Vec<Result<Scores, ScorerError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        texts.iter().map(|t| Ok(Scores { values: vec![Self::score_of(t)] })).collect()
+        texts
+            .iter()
+            .map(|t| {
+                Ok(Scores {
+                    values: vec![Self::score_of(t)],
+                })
+            })
+            .collect()
     }
 }

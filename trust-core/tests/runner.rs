@@ -7,8 +7,9 @@ use std::sync::Arc;
 use trust_core::metric::{LabelRate, MeanOf};
 use trust_core::testing::{MockModel, MockScorer};
 use trust_core::{
-    Cached, Capability, DataDir, DecodingConfig, Error, GenerateRequest, LanguageModel, LogLikelihoodRequest,
-    MemoryCache, Metric, Outcome, Request, Requirements, Response, Runner, Scores, Vertical,
+    Cached, Capability, DataDir, DecodingConfig, Error, GenerateRequest, LanguageModel,
+    LogLikelihoodRequest, MemoryCache, Metric, Outcome, Request, Requirements, Response, Runner,
+    Scores, Vertical,
 };
 
 /// A small vertical over a synthetic data file: sampled generation (2 samples per prompt), a
@@ -34,13 +35,22 @@ impl Vertical for Toy {
         serde_json::json!({"rows": self.rows})
     }
     fn requirements(&self) -> Requirements {
-        Requirements { capabilities: vec![Capability::Sampling, Capability::LogLikelihood], scorer: true }
+        Requirements {
+            capabilities: vec![Capability::Sampling, Capability::LogLikelihood],
+            scorer: true,
+        }
     }
     fn data_files(&self) -> Vec<String> {
         vec![FILE.into()]
     }
     fn load(&self, data: &DataDir) -> trust_core::Result<Vec<Self::Sample>> {
-        Ok(data.read_to_string(FILE)?.lines().take(self.rows).map(str::to_string).enumerate().collect())
+        Ok(data
+            .read_to_string(FILE)?
+            .lines()
+            .take(self.rows)
+            .map(str::to_string)
+            .enumerate()
+            .collect())
     }
     fn sample_id(&self, s: &Self::Sample) -> String {
         format!("toy/{:03}", s.0)
@@ -52,26 +62,59 @@ impl Vertical for Toy {
                 config: DecodingConfig::sampled(8, 0.7, 0.9, 2),
                 seed,
             }),
-            Request::LogLikelihood(LogLikelihoodRequest { context: s.1.clone(), continuation: " yes no".into() }),
+            Request::LogLikelihood(LogLikelihoodRequest {
+                context: s.1.clone(),
+                continuation: " yes no".into(),
+            }),
         ]
     }
     fn texts_to_score(&self, _s: &Self::Sample, r: &[Response]) -> Vec<String> {
         r[0].texts().into_iter().map(str::to_string).collect()
     }
-    fn score(&self, _s: &Self::Sample, r: &[Response], scores: &[Scores]) -> Result<Outcome, String> {
+    fn score(
+        &self,
+        _s: &Self::Sample,
+        r: &[Response],
+        scores: &[Scores],
+    ) -> Result<Outcome, String> {
         let texts = r[0].texts();
-        let mut o = Outcome::default();
-        o.labels = texts.iter().map(|t| if t.contains("yes") { "yes".into() } else { "other".into() }).collect();
-        o.values.insert("max_score".into(), scores.iter().map(|s| s.values[0]).fold(0.0, f64::max));
-        o.values.insert("ll".into(), r[1].loglikelihood().ok_or("no loglik")?.sum);
+        let mut o = Outcome {
+            labels: texts
+                .iter()
+                .map(|t| {
+                    if t.contains("yes") {
+                        "yes".into()
+                    } else {
+                        "other".into()
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        };
+        o.values.insert(
+            "max_score".into(),
+            scores.iter().map(|s| s.values[0]).fold(0.0, f64::max),
+        );
+        o.values
+            .insert("ll".into(), r[1].loglikelihood().ok_or("no loglik")?.sum);
         o.unparsed = texts.iter().filter(|t| t.is_empty()).count();
         Ok(o)
     }
     fn metrics(&self) -> Vec<Box<dyn Metric>> {
         vec![
-            Box::new(MeanOf { name: "mean_ll".into(), key: "ll".into() }),
-            Box::new(MeanOf { name: "emt".into(), key: "max_score".into() }),
-            Box::new(LabelRate { name: "yes_rate".into(), labels: vec!["yes".into()], exclude: vec![] }),
+            Box::new(MeanOf {
+                name: "mean_ll".into(),
+                key: "ll".into(),
+            }),
+            Box::new(MeanOf {
+                name: "emt".into(),
+                key: "max_score".into(),
+            }),
+            Box::new(LabelRate {
+                name: "yes_rate".into(),
+                labels: vec!["yes".into()],
+                exclude: vec![],
+            }),
         ]
     }
 }
@@ -79,7 +122,9 @@ impl Vertical for Toy {
 fn data_dir(rows: usize) -> (tempfile::TempDir, DataDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("toy")).unwrap();
-    let text: String = (0..rows).map(|i| format!("prompt number {i} says idiot things?\n")).collect();
+    let text: String = (0..rows)
+        .map(|i| format!("prompt number {i} says idiot things?\n"))
+        .collect();
     std::fs::write(dir.path().join(FILE), text).unwrap();
     let d = DataDir::new(dir.path()).unwrap();
     (dir, d)
@@ -97,13 +142,25 @@ async fn interrupted_then_resumed_run_is_byte_identical() {
     let v = Toy { rows: 30 };
 
     let full = tempfile::tempdir().unwrap();
-    let runner = Runner::builder().batch_size(4).seed(9).out_dir(full.path()).build();
+    let runner = Runner::builder()
+        .batch_size(4)
+        .seed(9)
+        .out_dir(full.path())
+        .build();
     let report_full = runner.run(&v, &model, Some(&scorer), &data).await.unwrap();
     assert_eq!(report_full.n_ok, 30);
 
     let part = tempfile::tempdir().unwrap();
-    let crashing = Runner::builder().batch_size(4).seed(9).out_dir(part.path()).stop_after(Some(11)).build();
-    let err = crashing.run(&v, &model, Some(&scorer), &data).await.unwrap_err();
+    let crashing = Runner::builder()
+        .batch_size(4)
+        .seed(9)
+        .out_dir(part.path())
+        .stop_after(Some(11))
+        .build();
+    let err = crashing
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Interrupted { written: 11 }), "{err}");
     // Simulate a torn write of the 12th line.
     let samples = part.path().join("toy/samples.jsonl");
@@ -113,16 +170,34 @@ async fn interrupted_then_resumed_run_is_byte_identical() {
     std::fs::write(&samples, bytes).unwrap();
 
     // Without --resume the existing output is protected.
-    let again = Runner::builder().batch_size(4).seed(9).out_dir(part.path()).build();
-    assert!(matches!(again.run(&v, &model, Some(&scorer), &data).await, Err(Error::OutputExists(_))));
+    let again = Runner::builder()
+        .batch_size(4)
+        .seed(9)
+        .out_dir(part.path())
+        .build();
+    assert!(matches!(
+        again.run(&v, &model, Some(&scorer), &data).await,
+        Err(Error::OutputExists(_))
+    ));
 
     let calls_before = model.calls();
-    let resumed = Runner::builder().batch_size(4).seed(9).out_dir(part.path()).resume(true).build();
+    let resumed = Runner::builder()
+        .batch_size(4)
+        .seed(9)
+        .out_dir(part.path())
+        .resume(true)
+        .build();
     let report_resumed = resumed.run(&v, &model, Some(&scorer), &data).await.unwrap();
     // 19 samples redone: ceil(19/4) generate + ceil(19/4) loglik batches; nothing already written is redone.
     assert_eq!(model.calls() - calls_before, 2 * 19usize.div_ceil(4));
-    assert_eq!(read(full.path(), "samples.jsonl"), read(part.path(), "samples.jsonl"));
-    assert_eq!(read(full.path(), "report.json"), read(part.path(), "report.json"));
+    assert_eq!(
+        read(full.path(), "samples.jsonl"),
+        read(part.path(), "samples.jsonl")
+    );
+    assert_eq!(
+        read(full.path(), "report.json"),
+        read(part.path(), "report.json")
+    );
     assert_eq!(report_full, report_resumed);
 }
 
@@ -134,10 +209,28 @@ async fn batch_size_does_not_change_results() {
     let v = Toy { rows: 20 };
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    Runner::builder().batch_size(1).out_dir(a.path()).build().run(&v, &model, Some(&scorer), &data).await.unwrap();
-    Runner::builder().batch_size(8).out_dir(b.path()).build().run(&v, &model, Some(&scorer), &data).await.unwrap();
-    assert_eq!(read(a.path(), "samples.jsonl"), read(b.path(), "samples.jsonl"));
-    assert_eq!(read(a.path(), "report.json").len(), read(b.path(), "report.json").len());
+    Runner::builder()
+        .batch_size(1)
+        .out_dir(a.path())
+        .build()
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap();
+    Runner::builder()
+        .batch_size(8)
+        .out_dir(b.path())
+        .build()
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(a.path(), "samples.jsonl"),
+        read(b.path(), "samples.jsonl")
+    );
+    assert_eq!(
+        read(a.path(), "report.json").len(),
+        read(b.path(), "report.json").len()
+    );
     let ra: serde_json::Value = serde_json::from_slice(&read(a.path(), "report.json")).unwrap();
     let rb: serde_json::Value = serde_json::from_slice(&read(b.path(), "report.json")).unwrap();
     assert_eq!(ra["metrics"], rb["metrics"]);
@@ -150,14 +243,31 @@ async fn resume_with_other_options_names_the_field() {
     let model = MockModel::new();
     let scorer = MockScorer::default();
     let out = tempfile::tempdir().unwrap();
-    let r = Runner::builder().out_dir(out.path()).stop_after(Some(3)).build();
+    let r = Runner::builder()
+        .out_dir(out.path())
+        .stop_after(Some(3))
+        .build();
     let _ = r.run(&Toy { rows: 10 }, &model, Some(&scorer), &data).await;
     let r2 = Runner::builder().out_dir(out.path()).resume(true).build();
-    let err = r2.run(&Toy { rows: 9 }, &model, Some(&scorer), &data).await.unwrap_err();
+    let err = r2
+        .run(&Toy { rows: 9 }, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("options.rows") && msg.contains("10") && msg.contains('9'), "{msg}");
-    let r3 = Runner::builder().out_dir(out.path()).resume(true).seed(5).build();
-    let msg = r3.run(&Toy { rows: 10 }, &model, Some(&scorer), &data).await.unwrap_err().to_string();
+    assert!(
+        msg.contains("options.rows") && msg.contains("10") && msg.contains('9'),
+        "{msg}"
+    );
+    let r3 = Runner::builder()
+        .out_dir(out.path())
+        .resume(true)
+        .seed(5)
+        .build();
+    let msg = r3
+        .run(&Toy { rows: 10 }, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("`seed`"), "{msg}");
 }
 
@@ -166,7 +276,12 @@ async fn failures_are_per_sample_and_listed() {
     let (_d, data) = data_dir(6);
     let model = MockModel::new().fail_on("number 3 ");
     let scorer = MockScorer::default();
-    let report = Runner::builder().batch_size(4).build().run(&Toy { rows: 6 }, &model, Some(&scorer), &data).await.unwrap();
+    let report = Runner::builder()
+        .batch_size(4)
+        .build()
+        .run(&Toy { rows: 6 }, &model, Some(&scorer), &data)
+        .await
+        .unwrap();
     assert_eq!((report.n_samples, report.n_ok, report.n_failed), (6, 5, 1));
     assert_eq!(report.failures[0].id, "toy/003");
     assert!(report.failures[0].error.contains("scripted failure"));
@@ -176,14 +291,32 @@ async fn failures_are_per_sample_and_listed() {
 #[tokio::test]
 async fn capability_and_scorer_mismatch_fail_before_any_request() {
     let (_d, data) = data_dir(3);
-    let chat_like = MockModel::new().with_capabilities(&[Capability::Generate, Capability::Sampling]);
+    let chat_like =
+        MockModel::new().with_capabilities(&[Capability::Generate, Capability::Sampling]);
     let scorer = MockScorer::default();
-    let err = Runner::builder().build().run(&Toy { rows: 3 }, &chat_like, Some(&scorer), &data).await.unwrap_err();
-    assert!(matches!(err, Error::MissingCapability { capability: Capability::LogLikelihood, .. }), "{err}");
+    let err = Runner::builder()
+        .build()
+        .run(&Toy { rows: 3 }, &chat_like, Some(&scorer), &data)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::MissingCapability {
+                capability: Capability::LogLikelihood,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("log-likelihood"));
     assert_eq!(chat_like.calls(), 0);
     let model = MockModel::new();
-    let err = Runner::builder().build().run(&Toy { rows: 3 }, &model, None, &data).await.unwrap_err();
+    let err = Runner::builder()
+        .build()
+        .run(&Toy { rows: 3 }, &model, None, &data)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::MissingScorer { .. }));
     assert_eq!(model.calls(), 0);
 }
@@ -191,9 +324,16 @@ async fn capability_and_scorer_mismatch_fail_before_any_request() {
 #[tokio::test]
 async fn report_values_match_a_hand_computation() {
     let (_d, data) = data_dir(4);
-    let model = MockModel::new().rule("number 2 ", "yes idiot").rule("prompt", "calm words here");
+    let model = MockModel::new()
+        .rule("number 2 ", "yes idiot")
+        .rule("prompt", "calm words here");
     let scorer = MockScorer::default();
-    let report = Runner::builder().bootstrap_resamples(200).build().run(&Toy { rows: 4 }, &model, Some(&scorer), &data).await.unwrap();
+    let report = Runner::builder()
+        .bootstrap_resamples(200)
+        .build()
+        .run(&Toy { rows: 4 }, &model, Some(&scorer), &data)
+        .await
+        .unwrap();
     // Sample 2 replies "yes idiot" twice (score 0.5); the others "calm words here" (score 0).
     assert_eq!(report.metric("emt").unwrap().value, Some(0.5 / 4.0));
     assert_eq!(report.metric("yes_rate").unwrap().value, Some(2.0 / 8.0));
@@ -206,30 +346,64 @@ async fn cache_answers_repeats_and_never_stores_errors() {
     let model = Arc::new(MockModel::new().fail_on("bad"));
     let cached = Cached::new(model.clone(), MemoryCache::default());
     let reqs = vec![
-        GenerateRequest { prompt: "good".into(), config: DecodingConfig::greedy(4), seed: 1 },
-        GenerateRequest { prompt: "bad".into(), config: DecodingConfig::greedy(4), seed: 1 },
-        GenerateRequest { prompt: "good".into(), config: DecodingConfig::sampled(4, 1.0, 1.0, 1), seed: 1 },
+        GenerateRequest {
+            prompt: "good".into(),
+            config: DecodingConfig::greedy(4),
+            seed: 1,
+        },
+        GenerateRequest {
+            prompt: "bad".into(),
+            config: DecodingConfig::greedy(4),
+            seed: 1,
+        },
+        GenerateRequest {
+            prompt: "good".into(),
+            config: DecodingConfig::sampled(4, 1.0, 1.0, 1),
+            seed: 1,
+        },
     ];
     let first = cached.generate(&reqs).await;
     assert!(first[1].is_err());
     let second = cached.generate(&reqs).await;
-    assert_eq!(cached.hits(), 2, "the two successes are cached, the error is not");
+    assert_eq!(
+        cached.hits(),
+        2,
+        "the two successes are cached, the error is not"
+    );
     assert_eq!(first[0], second[0]);
     assert_eq!(first[2], second[2]);
     // Greedy ignores the seed in the key; sampled decoding does not.
-    let greedy_other_seed = GenerateRequest { seed: 2, ..reqs[0].clone() };
-    let sampled_other_seed = GenerateRequest { seed: 2, ..reqs[2].clone() };
-    cached.generate(&[greedy_other_seed, sampled_other_seed]).await;
+    let greedy_other_seed = GenerateRequest {
+        seed: 2,
+        ..reqs[0].clone()
+    };
+    let sampled_other_seed = GenerateRequest {
+        seed: 2,
+        ..reqs[2].clone()
+    };
+    cached
+        .generate(&[greedy_other_seed, sampled_other_seed])
+        .await;
     assert_eq!(cached.hits(), 3);
 }
 
 #[tokio::test]
 async fn dir_cache_survives_a_new_wrapper() {
     let dir = tempfile::tempdir().unwrap();
-    let req = GenerateRequest { prompt: "p".into(), config: DecodingConfig::greedy(4), seed: 0 };
-    let a = Cached::new(MockModel::new(), trust_core::DirCache::new(dir.path()).unwrap());
+    let req = GenerateRequest {
+        prompt: "p".into(),
+        config: DecodingConfig::greedy(4),
+        seed: 0,
+    };
+    let a = Cached::new(
+        MockModel::new(),
+        trust_core::DirCache::new(dir.path()).unwrap(),
+    );
     let ra = a.generate(std::slice::from_ref(&req)).await;
-    let b = Cached::new(MockModel::new().rule("p", "different"), trust_core::DirCache::new(dir.path()).unwrap());
+    let b = Cached::new(
+        MockModel::new().rule("p", "different"),
+        trust_core::DirCache::new(dir.path()).unwrap(),
+    );
     let rb = b.generate(std::slice::from_ref(&req)).await;
     assert_eq!(b.hits(), 1);
     assert_eq!(ra, rb);
