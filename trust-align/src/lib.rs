@@ -7,3 +7,4 @@
 pub mod hh;
 pub mod lora;
 pub mod losses;
+pub mod tiny;
