@@ -48,6 +48,25 @@ pub enum BackendError {
     /// A runtime failure in the engine.
     #[error("{0}")]
     Runtime(String),
+    /// The ONNX Runtime shared library (`ort` feature) is missing, unloadable or too old.
+    #[error(
+        "ONNX Runtime library{}: {message}; run scripts/install-onnxruntime.sh or set ORT_DYLIB_PATH to an ONNX Runtime >= 1.31 shared library (libonnxruntime.so)",
+        path.as_ref().map(|p| format!(" `{}`", p.display())).unwrap_or_default()
+    )]
+    OrtLibrary {
+        /// The library path tried, if any.
+        path: Option<PathBuf>,
+        /// What went wrong.
+        message: String,
+    },
+    /// An ONNX model's inputs or outputs do not match what the backend expects.
+    #[error("{path}: {message}")]
+    ModelSignature {
+        /// The .onnx file.
+        path: PathBuf,
+        /// What is wrong (names the input or output).
+        message: String,
+    },
 }
 
 impl From<BackendError> for trust_core::ModelError {

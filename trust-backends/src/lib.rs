@@ -10,5 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "ort")]
+pub mod ort;
 
 pub use error::BackendError;

@@ -1,0 +1,5 @@
+//! placeholder
+/// placeholder
+pub struct OrtCausalLm;
+/// placeholder
+pub struct OrtCausalLmOptions;
