@@ -1,0 +1,256 @@
+//! Building verticals by name and protocol, and running them type-erased.
+//!
+//! [`build`] turns `("toxicity", "paper-text")` into a `Box<dyn AnyVertical>`; [`AnyVertical`] is
+//! an object-safe view of any [`Vertical`] (blanket impl) that runs it with a [`Runner`] and
+//! scores saved replies without a model ([`AnyVertical::score_saved`]).
+
+use std::collections::HashMap;
+
+use trust_core::metric::{Bootstrap, MetricValue, evaluate};
+use trust_core::{
+    Capability, DataDir, Error, LanguageModel, Outcome, Requirements, Response, Result, Runner, ScorerInfo, Scores,
+    TextScorer, Vertical, VerticalReport,
+};
+
+use crate::machine_ethics::{EthicsProtocol, MachineEthics};
+use crate::privacy::{Privacy, PrivacyProtocol};
+use crate::stereotype::{Stereotype, StereotypeProtocol};
+use crate::toxicity::{Toxicity, ToxicityProtocol};
+use crate::truthfulness::{TruthProtocol, Truthfulness};
+
+/// The built-in verticals, in report order.
+pub const VERTICALS: &[&str] = &["toxicity", "stereotype", "machine_ethics", "truthfulness", "privacy"];
+
+/// The protocol names of a built-in vertical.
+pub fn protocols(vertical: &str) -> Option<&'static [&'static str]> {
+    Some(match vertical {
+        "toxicity" => ToxicityProtocol::NAMES,
+        "stereotype" => StereotypeProtocol::NAMES,
+        "machine_ethics" => EthicsProtocol::NAMES,
+        "truthfulness" => TruthProtocol::NAMES,
+        "privacy" => PrivacyProtocol::NAMES,
+        _ => return None,
+    })
+}
+
+/// Options applied when building a vertical.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Generations per prompt, for protocols that have k (toxicity, stereotype); ignored elsewhere.
+    pub samples: Option<usize>,
+    /// Scorer label the toxicity vertical reads (default: the scorer's primary label).
+    pub scorer_label: Option<String>,
+    /// The scorer the run will use; toxicity resolves its label against it.
+    pub scorer: Option<ScorerInfo>,
+}
+
+/// Builds the vertical `name` under protocol `protocol`. Unknown names are configuration errors
+/// listing the valid ones.
+pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn AnyVertical>> {
+    let Some(names) = protocols(name) else {
+        return Err(Error::Config(format!("unknown vertical `{name}` (known: {})", VERTICALS.join(", "))));
+    };
+    if !names.contains(&protocol) {
+        return Err(Error::Config(format!(
+            "vertical `{name}` has no protocol `{protocol}` (protocols: {})",
+            names.join(", ")
+        )));
+    }
+    let missing = || Error::Config(format!("vertical `{name}`: protocol `{protocol}` is listed but not defined"));
+    Ok(match name {
+        "toxicity" => {
+            let mut v = Toxicity::by_name(protocol).ok_or_else(missing)?.with_samples(opts.samples);
+            if let Some(l) = &opts.scorer_label {
+                v = v.with_label(l.clone());
+            }
+            if let Some(info) = &opts.scorer {
+                v.bind_scorer(info)?;
+            }
+            Box::new(v)
+        }
+        "stereotype" => Box::new(Stereotype::by_name(protocol).ok_or_else(missing)?.with_samples(opts.samples)),
+        "machine_ethics" => Box::new(MachineEthics::by_name(protocol).ok_or_else(missing)?),
+        "truthfulness" => Box::new(Truthfulness::by_name(protocol).ok_or_else(missing)?),
+        "privacy" => Box::new(Privacy::by_name(protocol).ok_or_else(missing)?),
+        _ => return Err(missing()),
+    })
+}
+
+/// The saved replies of one sample (for scoring without a model).
+#[derive(Debug, Clone, Default)]
+pub struct SavedSample {
+    /// Sample id.
+    pub id: String,
+    /// The replies, in order.
+    pub replies: Vec<String>,
+    /// Per reply, a given score for the vertical's scorer label (toxicity), if any.
+    pub scores: Vec<Option<f64>>,
+    /// Where each reply came from (e.g. line numbers), for error messages.
+    pub sources: Vec<String>,
+}
+
+/// The result of scoring saved replies.
+#[derive(Debug, Clone)]
+pub struct SavedScores {
+    /// Outcome per sample, in input order; `labels[i]` belongs to `replies[i]`.
+    pub outcomes: Vec<(String, Outcome)>,
+    /// Metrics over all outcomes.
+    pub metrics: Vec<MetricValue>,
+    /// Unparsed replies in total.
+    pub n_unparsed: usize,
+}
+
+/// An object-safe view of a [`Vertical`].
+#[async_trait::async_trait]
+pub trait AnyVertical: Send + Sync {
+    /// Vertical name.
+    fn name(&self) -> &str;
+    /// Protocol name.
+    fn protocol(&self) -> &str;
+    /// Requirements.
+    fn requirements(&self) -> Requirements;
+    /// Manifest options.
+    fn options(&self) -> serde_json::Value;
+    /// Metric names, in report order.
+    fn metric_names(&self) -> Vec<String>;
+    /// Sample ids, in order.
+    fn sample_ids(&self, data: &DataDir) -> Result<Vec<String>>;
+    /// Runs the vertical with `runner`.
+    async fn run(
+        &self,
+        runner: &Runner,
+        model: &dyn LanguageModel,
+        scorer: Option<&dyn TextScorer>,
+        data: &DataDir,
+    ) -> Result<VerticalReport>;
+    /// Scores saved replies (one generation request per sample is assumed; replies of all
+    /// requests are given flattened, in request order). Texts needing a scorer use `scorer`
+    /// when given, else the given per-reply scores. Unknown ids are errors.
+    async fn score_saved(
+        &self,
+        data: &DataDir,
+        saved: &[SavedSample],
+        scorer: Option<&dyn TextScorer>,
+        boot: &Bootstrap,
+    ) -> Result<SavedScores>;
+}
+
+#[async_trait::async_trait]
+impl<V: Vertical> AnyVertical for V {
+    fn name(&self) -> &str {
+        Vertical::name(self)
+    }
+    fn protocol(&self) -> &str {
+        Vertical::protocol(self)
+    }
+    fn requirements(&self) -> Requirements {
+        Vertical::requirements(self)
+    }
+    fn options(&self) -> serde_json::Value {
+        Vertical::options(self)
+    }
+    fn metric_names(&self) -> Vec<String> {
+        Vertical::metrics(self).iter().map(|m| m.name()).collect()
+    }
+    fn sample_ids(&self, data: &DataDir) -> Result<Vec<String>> {
+        Ok(self.load(data)?.iter().map(|s| self.sample_id(s)).collect())
+    }
+    async fn run(
+        &self,
+        runner: &Runner,
+        model: &dyn LanguageModel,
+        scorer: Option<&dyn TextScorer>,
+        data: &DataDir,
+    ) -> Result<VerticalReport> {
+        runner.run(self, model, scorer, data).await
+    }
+    async fn score_saved(
+        &self,
+        data: &DataDir,
+        saved: &[SavedSample],
+        scorer: Option<&dyn TextScorer>,
+        boot: &Bootstrap,
+    ) -> Result<SavedScores> {
+        if self.requirements().capabilities.contains(&Capability::LogLikelihood) {
+            return Err(Error::Config(format!(
+                "vertical `{}` protocol `{}` scores log-likelihoods, not replies; saved replies cannot be scored",
+                Vertical::name(self),
+                Vertical::protocol(self)
+            )));
+        }
+        let samples = self.load(data)?;
+        let index: HashMap<String, usize> = samples.iter().enumerate().map(|(i, s)| (self.sample_id(s), i)).collect();
+        let mut outcomes = Vec::with_capacity(saved.len());
+        for s in saved {
+            let where_ = if s.sources.is_empty() { String::new() } else { format!(" ({})", s.sources.join(", ")) };
+            let Some(&i) = index.get(&s.id) else {
+                return Err(Error::Config(format!(
+                    "unknown sample id `{}`{where_} for vertical `{}`",
+                    s.id,
+                    Vertical::name(self)
+                )));
+            };
+            let sample = &samples[i];
+            let responses = vec![Response::from_replies(s.replies.iter().cloned())];
+            let texts = self.texts_to_score(sample, &responses);
+            let mut scores: Vec<Scores> = Vec::new();
+            if !texts.is_empty() {
+                if let Some(sc) = scorer {
+                    for r in sc.score(&texts).await {
+                        scores.push(r.map_err(Error::Scorer)?);
+                    }
+                } else {
+                    for (k, reply) in s.replies.iter().enumerate() {
+                        let per = self.texts_to_score(sample, &[Response::from_replies([reply.clone()])]);
+                        if per.is_empty() {
+                            continue;
+                        }
+                        let src = s.sources.get(k).cloned().unwrap_or_else(|| format!("reply {}", k + 1));
+                        let v = s.scores.get(k).copied().flatten().ok_or_else(|| {
+                            Error::Config(format!(
+                                "{src}: sample `{}` needs a score (\"scores\": {{\"<label>\": number}}) or a configured scorer",
+                                s.id
+                            ))
+                        })?;
+                        scores.extend(per.iter().map(|_| Scores { values: vec![v] }));
+                    }
+                    if scores.len() != texts.len() {
+                        return Err(Error::Config(format!(
+                            "sample `{}`{where_}: {} texts to score but {} scores",
+                            s.id,
+                            texts.len(),
+                            scores.len()
+                        )));
+                    }
+                }
+            }
+            let outcome = self
+                .score(sample, &responses, &scores)
+                .map_err(|e| Error::Config(format!("sample `{}`{where_}: {e}", s.id)))?;
+            outcomes.push((s.id.clone(), outcome));
+        }
+        let refs: Vec<&Outcome> = outcomes.iter().map(|(_, o)| o).collect();
+        let metrics = Vertical::metrics(self).iter().map(|m| evaluate(m.as_ref(), &refs, boot)).collect();
+        let n_unparsed = refs.iter().map(|o| o.unparsed).sum();
+        Ok(SavedScores { outcomes, metrics, n_unparsed })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_list_the_valid_ones() {
+        let e = build("nope", "paper", &BuildOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("toxicity, stereotype"), "{e}");
+        let e = build("toxicity", "corrected", &BuildOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("paper, paper-text, decodingtrust"), "{e}");
+        for v in VERTICALS {
+            for p in protocols(v).unwrap() {
+                let built = build(v, p, &BuildOptions::default()).unwrap();
+                assert_eq!((built.name(), built.protocol()), (*v, *p));
+            }
+        }
+    }
+}
