@@ -7,4 +7,6 @@
 pub mod hh;
 pub mod lora;
 pub mod losses;
+pub mod optim;
 pub mod tiny;
+pub mod train;

@@ -1,0 +1,707 @@
+//! Training: brief full-parameter pretraining, LoRA SFT and LoRA DPO on a [`CausalLm`].
+//!
+//! Seeded and resumable: the example order of every step is a function of (seed, step), and a
+//! checkpoint holds the trainable parameters, the AdamW moments and the step, so a run resumed
+//! from a checkpoint takes exactly the same steps as one that never stopped.
+//!
+//! Output directory layout (an HF model directory, loadable by `trust_backends::candle`):
+//! `config.json`, `tokenizer.json`, `model.safetensors` (merged weights), `adapter/` (LoRA
+//! adapters, PEFT layout), `train_log.jsonl` (one line per optimiser step), `checkpoint/`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+use trust_backends::candle::{CausalLm, ModelConfig};
+use trust_core::rng::{SplitMix64, derive_seed};
+
+use crate::hh::PreferencePair;
+use crate::lora::{LoraAdapters, LoraConfig};
+use crate::losses;
+use crate::optim::AdamW;
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// A tensor operation failed.
+    #[error("tensor: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Loading a model failed.
+    #[error(transparent)]
+    Backend(#[from] trust_backends::BackendError),
+    /// File I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Invalid configuration or data.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Full-parameter language modelling on whole dialogues (prompt + chosen).
+    Pretrain,
+    /// LoRA supervised fine-tuning on prompt + chosen.
+    Sft,
+    /// LoRA DPO against a frozen reference model.
+    Dpo,
+}
+
+/// Training settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Stage.
+    pub stage: Stage,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step.
+    pub grad_accum: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Longest sequence in tokens (prompts are truncated from the left).
+    pub max_len: usize,
+    /// DPO β.
+    pub beta: f64,
+    /// SFT: score only response tokens (`false` = the paper's whole-text loss).
+    pub mask_prompt: bool,
+    /// LoRA settings (SFT, DPO).
+    pub lora: LoraConfig,
+    /// Seed of data order and LoRA init.
+    pub seed: u64,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl TrainConfig {
+    /// Defaults for `stage` on a GPT-NeoX model.
+    pub fn new(stage: Stage) -> Self {
+        TrainConfig {
+            stage,
+            steps: 100,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: match stage {
+                Stage::Pretrain => 3e-3,
+                Stage::Sft => 2e-3,
+                Stage::Dpo => 1e-3,
+            },
+            weight_decay: 0.0,
+            max_len: 128,
+            beta: 0.1,
+            mask_prompt: true,
+            lora: LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets: vec!["attention.query_key_value".into(), "attention.dense".into()],
+                layers: None,
+            },
+            seed: 0,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// A tokenised sequence with the positions that are scored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// Token ids.
+    pub ids: Vec<u32>,
+    /// 1.0 where the token is a target, else 0.0.
+    pub targets: Vec<f32>,
+}
+
+/// Tokenises `prompt` and `response` separately (no special tokens), appends `eos` to the
+/// response, truncates the prompt from the left (and the response from the right if it alone is
+/// longer than 3/4 of `max_len`), and marks the response tokens (and the prompt's, when
+/// `score_prompt`) as targets.
+pub fn encode(
+    tok: &Tokenizer,
+    prompt: &str,
+    response: &str,
+    eos: Option<u32>,
+    max_len: usize,
+    score_prompt: bool,
+) -> Result<Encoded, TrainError> {
+    let enc = |s: &str| -> Result<Vec<u32>, TrainError> {
+        Ok(tok
+            .encode(s, false)
+            .map_err(|e| TrainError::Invalid(format!("tokenizer: {e}")))?
+            .get_ids()
+            .to_vec())
+    };
+    let mut p = enc(prompt)?;
+    let mut r = enc(response)?;
+    r.extend(eos);
+    r.truncate((max_len * 3 / 4).max(1));
+    let keep = max_len.saturating_sub(r.len());
+    if p.len() > keep {
+        p.drain(..p.len() - keep);
+    }
+    let mut targets = vec![if score_prompt { 1.0 } else { 0.0 }; p.len()];
+    targets.extend(std::iter::repeat_n(1.0, r.len()));
+    p.extend(r);
+    if p.len() < 2 {
+        return Err(TrainError::Invalid(
+            "sequence shorter than two tokens".into(),
+        ));
+    }
+    Ok(Encoded { ids: p, targets })
+}
+
+/// Right-pads a batch: (ids `[b, t]` u32, attention mask `[b, t]` f32, targets `[b, t]` f32).
+pub fn collate(
+    batch: &[&Encoded],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let t = batch.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    let (mut ids, mut mask, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+    for e in batch {
+        let pad = t - e.ids.len();
+        ids.extend(e.ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
+        mask.extend(std::iter::repeat_n(1f32, e.ids.len()).chain(std::iter::repeat_n(0.0, pad)));
+        targets.extend(
+            e.targets
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0.0, pad)),
+        );
+    }
+    let b = batch.len();
+    Ok((
+        Tensor::from_vec(ids, (b, t), device)?,
+        Tensor::from_vec(mask, (b, t), device)?,
+        Tensor::from_vec(targets, (b, t), device)?,
+    ))
+}
+
+/// Reads all tensors of a model directory's safetensors files into memory (f32).
+pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{}: no *.safetensors file",
+            dir.display()
+        )));
+    }
+    let mut out = HashMap::new();
+    for f in files {
+        for (name, t) in candle_core::safetensors::load(&f, device)? {
+            out.insert(name, t.to_dtype(DType::F32)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The trainable parameters.
+enum Params {
+    /// Every weight is a variable.
+    Full(Vec<(String, Var)>),
+    /// LoRA adapters over frozen base weights.
+    Lora(LoraAdapters),
+}
+
+/// A model whose parameters are being trained.
+pub struct Trainee {
+    config: ModelConfig,
+    base: HashMap<String, Tensor>,
+    params: Params,
+    device: Device,
+}
+
+impl Trainee {
+    fn full(
+        config: ModelConfig,
+        base: HashMap<String, Tensor>,
+        device: Device,
+    ) -> candle_core::Result<Self> {
+        let mut names: Vec<String> = base.keys().cloned().collect();
+        names.sort();
+        let vars = names
+            .into_iter()
+            .map(|n| Var::from_tensor(&base[&n]).map(|v| (n, v)))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Trainee {
+            config,
+            base,
+            params: Params::Full(vars),
+            device,
+        })
+    }
+
+    /// LoRA adapters (fresh, seeded) over `base`.
+    pub fn lora(
+        config: ModelConfig,
+        base: HashMap<String, Tensor>,
+        lora: LoraConfig,
+        seed: u64,
+        device: Device,
+    ) -> candle_core::Result<Self> {
+        let adapters = LoraAdapters::init(lora, &base, seed)?;
+        Ok(Trainee {
+            config,
+            base,
+            params: Params::Lora(adapters),
+            device,
+        })
+    }
+
+    /// LoRA adapters given explicitly.
+    pub fn with_adapters(
+        config: ModelConfig,
+        base: HashMap<String, Tensor>,
+        adapters: LoraAdapters,
+        device: Device,
+    ) -> Self {
+        Trainee {
+            config,
+            base,
+            params: Params::Lora(adapters),
+            device,
+        }
+    }
+
+    /// Trainable variables, in a fixed order.
+    pub fn vars(&self) -> Vec<Var> {
+        match &self.params {
+            Params::Full(v) => v.iter().map(|(_, v)| v.clone()).collect(),
+            Params::Lora(a) => a.vars(),
+        }
+    }
+
+    /// The LoRA adapters, if this is a LoRA trainee.
+    pub fn adapters(&self) -> Option<&LoraAdapters> {
+        match &self.params {
+            Params::Lora(a) => Some(a),
+            Params::Full(_) => None,
+        }
+    }
+
+    /// Current weights (graph-connected to the variables).
+    pub fn weights(&self) -> candle_core::Result<HashMap<String, Tensor>> {
+        match &self.params {
+            Params::Full(v) => Ok(v
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect()),
+            Params::Lora(a) => a.merged(&self.base),
+        }
+    }
+
+    /// The model with the current weights.
+    pub fn model(&self) -> candle_core::Result<CausalLm> {
+        CausalLm::from_var_builder(
+            &self.config,
+            VarBuilder::from_tensors(self.weights()?, DType::F32, &self.device),
+        )
+    }
+
+    fn save_params(&self, path: &Path) -> candle_core::Result<()> {
+        let map: HashMap<String, Tensor> = match &self.params {
+            Params::Full(v) => v
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+                .collect(),
+            Params::Lora(a) => a
+                .modules
+                .iter()
+                .flat_map(|m| {
+                    [
+                        (format!("{}.lora_A", m.module), m.a.as_tensor().clone()),
+                        (format!("{}.lora_B", m.module), m.b.as_tensor().clone()),
+                    ]
+                })
+                .collect(),
+        };
+        candle_core::safetensors::save(&map, path)
+    }
+
+    fn load_params(&self, path: &Path) -> candle_core::Result<()> {
+        let map = candle_core::safetensors::load(path, &self.device)?;
+        let get = |k: &str| {
+            map.get(k).cloned().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{}: missing `{k}`", path.display()))
+            })
+        };
+        match &self.params {
+            Params::Full(v) => {
+                for (n, var) in v {
+                    var.set(&get(n)?)?;
+                }
+            }
+            Params::Lora(a) => {
+                for m in &a.modules {
+                    m.a.set(&get(&format!("{}.lora_A", m.module))?)?;
+                    m.b.set(&get(&format!("{}.lora_B", m.module))?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sum of target log-probs per sequence under `model`: `[b]`.
+pub fn batch_logprob(
+    model: &CausalLm,
+    batch: &[&Encoded],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let (ids, mask, targets) = collate(batch, device)?;
+    let logits = model.forward(&ids, Some(&mask), None, None)?;
+    losses::sequence_logprob(&logits, &ids, &targets)
+}
+
+/// Loss of one micro-batch, plus (for DPO) the implicit reward margins.
+pub fn batch_loss(
+    stage: Stage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    batch: &[&PairEncoded],
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    match stage {
+        Stage::Pretrain | Stage::Sft => {
+            let seqs: Vec<&Encoded> = batch.iter().map(|p| &p.sft).collect();
+            let (ids, mask, targets) = collate(&seqs, device)?;
+            let logits = model.forward(&ids, Some(&mask), None, None)?;
+            Ok((losses::sft_loss(&logits, &ids, &targets)?, None))
+        }
+        Stage::Dpo => {
+            let reference = reference
+                .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
+            let seqs: Vec<&Encoded> = batch
+                .iter()
+                .flat_map(|p| [&p.chosen, &p.rejected])
+                .collect();
+            let pol = batch_logprob(model, &seqs, device)?;
+            let rf = batch_logprob(reference, &seqs, device)?.detach();
+            let n = batch.len();
+            let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
+                let idx = Tensor::from_vec(
+                    (0..n).map(|i| (2 * i + off) as u32).collect::<Vec<_>>(),
+                    n,
+                    device,
+                )?;
+                t.index_select(&idx, 0)
+            };
+            let (loss, margins) = losses::dpo_loss(
+                &pick(&pol, 0)?,
+                &pick(&pol, 1)?,
+                &pick(&rf, 0)?,
+                &pick(&rf, 1)?,
+                beta,
+            )?;
+            Ok((loss, Some(margins)))
+        }
+    }
+}
+
+/// A preference pair tokenised for every stage.
+#[derive(Debug, Clone)]
+pub struct PairEncoded {
+    /// Index of the pair in its data file.
+    pub index: usize,
+    /// prompt + chosen with the SFT targets.
+    pub sft: Encoded,
+    /// prompt + chosen, response tokens scored (DPO).
+    pub chosen: Encoded,
+    /// prompt + rejected, response tokens scored (DPO).
+    pub rejected: Encoded,
+}
+
+/// Tokenises pairs for `cfg.stage`; pairs that cannot be encoded are skipped and counted.
+pub fn encode_pairs(
+    tok: &Tokenizer,
+    pairs: &[PreferencePair],
+    cfg: &TrainConfig,
+    eos: Option<u32>,
+) -> (Vec<PairEncoded>, usize) {
+    let score_prompt = match cfg.stage {
+        Stage::Pretrain => true,
+        Stage::Sft => !cfg.mask_prompt,
+        Stage::Dpo => false,
+    };
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for p in pairs {
+        let e = (|| -> Result<PairEncoded, TrainError> {
+            Ok(PairEncoded {
+                index: p.index,
+                sft: encode(tok, &p.prompt, &p.chosen, eos, cfg.max_len, score_prompt)?,
+                chosen: encode(tok, &p.prompt, &p.chosen, eos, cfg.max_len, false)?,
+                rejected: encode(tok, &p.prompt, &p.rejected, eos, cfg.max_len, false)?,
+            })
+        })();
+        match e {
+            Ok(e) => out.push(e),
+            Err(_) => skipped += 1,
+        }
+    }
+    (out, skipped)
+}
+
+/// One optimiser step's log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepLog {
+    /// 1-based step.
+    pub step: usize,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// DPO: mean implicit reward margin.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub margin: Option<f64>,
+    /// DPO: share of pairs with a positive margin.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_accuracy: Option<f64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct CheckpointState {
+    step: usize,
+    config: TrainConfig,
+    data_sha256: String,
+    model_dir: String,
+}
+
+/// Example indices of micro-batch `k` of step `step` (0-based), epoch-shuffled with the seed.
+pub fn batch_indices(n: usize, seed: u64, step: usize, k: usize, cfg: &TrainConfig) -> Vec<usize> {
+    let start = (step * cfg.grad_accum + k) * cfg.batch_size;
+    (start..start + cfg.batch_size)
+        .map(|c| {
+            let epoch = c / n;
+            let mut perm: Vec<usize> = (0..n).collect();
+            SplitMix64::new(derive_seed(seed, &format!("epoch/{epoch}"))).shuffle(&mut perm);
+            perm[c % n]
+        })
+        .collect()
+}
+
+/// Trains `model_dir` on `pairs` and writes the result to `out_dir` (see the module docs).
+/// `reference_dir` is the frozen DPO reference (usually the SFT model). Resumes from
+/// `out_dir/checkpoint` when it exists and matches. `on_step` sees every step's log.
+pub fn train(
+    cfg: &TrainConfig,
+    model_dir: &Path,
+    reference_dir: Option<&Path>,
+    pairs: &[PreferencePair],
+    out_dir: &Path,
+    on_step: &mut dyn FnMut(&StepLog),
+) -> Result<Vec<StepLog>, TrainError> {
+    if cfg.steps == 0 || cfg.batch_size == 0 || cfg.grad_accum == 0 {
+        return Err(TrainError::Invalid(
+            "steps, batch size and grad accumulation must be positive".into(),
+        ));
+    }
+    let device = Device::Cpu;
+    let config = ModelConfig::from_dir(model_dir)?;
+    let tok = trust_backends::candle::loader::load_tokenizer(model_dir, config.vocab_size)?;
+    let eos = config.eos_token_ids.first().copied();
+    let (data, skipped) = encode_pairs(&tok, pairs, cfg, eos);
+    if data.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "no usable training pairs ({skipped} skipped)"
+        )));
+    }
+    let data_sha = trust_core::data::sha256_bytes(
+        serde_json::to_string(pairs)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?
+            .as_bytes(),
+    );
+    let base = load_weights(model_dir, &device)?;
+    let trainee = match cfg.stage {
+        Stage::Pretrain => Trainee::full(config.clone(), base, device.clone())?,
+        Stage::Sft | Stage::Dpo => Trainee::lora(
+            config.clone(),
+            base,
+            cfg.lora.clone(),
+            cfg.seed,
+            device.clone(),
+        )?,
+    };
+    let reference = match (cfg.stage, reference_dir) {
+        (Stage::Dpo, Some(dir)) => {
+            let rc = ModelConfig::from_dir(dir)?;
+            Some(CausalLm::from_var_builder(
+                &rc,
+                VarBuilder::from_tensors(load_weights(dir, &device)?, DType::F32, &device),
+            )?)
+        }
+        (Stage::Dpo, None) => {
+            return Err(TrainError::Invalid(
+                "DPO needs a reference model (--ref)".into(),
+            ));
+        }
+        _ => None,
+    };
+    let vars = trainee.vars();
+    let mut opt = AdamW::new(&vars, cfg.lr, cfg.weight_decay)?;
+
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let ckpt = out_dir.join("checkpoint");
+    let state = CheckpointState {
+        step: 0,
+        config: cfg.clone(),
+        data_sha256: data_sha,
+        model_dir: model_dir.display().to_string(),
+    };
+    let log_path = out_dir.join("train_log.jsonl");
+    let mut logs: Vec<StepLog> = Vec::new();
+    let mut start = 0;
+    let state_path = ckpt.join("state.json");
+    if state_path.exists() {
+        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+        let old: CheckpointState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", state_path.display())))?;
+        if old.config != state.config || old.data_sha256 != state.data_sha256 {
+            return Err(TrainError::Invalid(format!(
+                "{}: checkpoint was made with other settings or data; use a new output directory",
+                state_path.display()
+            )));
+        }
+        trainee.load_params(&ckpt.join("params.safetensors"))?;
+        opt.load(&ckpt.join("optim.safetensors"), old.step, &device)?;
+        start = old.step;
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            logs = text
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .take(start)
+                .collect();
+        }
+    }
+    let mut log_file = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+    for l in &logs {
+        writeln!(log_file, "{}", serde_json::to_string(l).expect("json")).map_err(io(&log_path))?;
+    }
+
+    for step in start..cfg.steps {
+        let model = trainee.model()?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let (mut loss_sum, mut margins) = (0.0, Vec::new());
+        for k in 0..cfg.grad_accum {
+            let idx = batch_indices(data.len(), cfg.seed, step, k, cfg);
+            let batch: Vec<&PairEncoded> = idx.iter().map(|&i| &data[i]).collect();
+            let (loss, m) = batch_loss(
+                cfg.stage,
+                &model,
+                reference.as_ref(),
+                &batch,
+                cfg.beta,
+                &device,
+            )?;
+            loss_sum += loss.to_scalar::<f32>()? as f64;
+            if let Some(m) = m {
+                margins.extend(m.to_vec1::<f32>()?);
+            }
+            let g = (loss / cfg.grad_accum as f64)?.backward()?;
+            for (slot, var) in grads.iter_mut().zip(&vars) {
+                if let Some(gv) = g.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(acc) => (acc + gv)?,
+                        None => gv.clone(),
+                    });
+                }
+            }
+        }
+        opt.step(&vars, &grads)?;
+        let log = StepLog {
+            step: step + 1,
+            loss: loss_sum / cfg.grad_accum as f64,
+            margin: (!margins.is_empty())
+                .then(|| margins.iter().map(|&m| m as f64).sum::<f64>() / margins.len() as f64),
+            reward_accuracy: (!margins.is_empty()).then(|| {
+                margins.iter().filter(|&&m| m > 0.0).count() as f64 / margins.len() as f64
+            }),
+        };
+        writeln!(log_file, "{}", serde_json::to_string(&log).expect("json"))
+            .map_err(io(&log_path))?;
+        on_step(&log);
+        logs.push(log);
+        let last = step + 1 == cfg.steps;
+        if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
+            save_checkpoint(
+                &trainee,
+                &opt,
+                &CheckpointState {
+                    step: step + 1,
+                    ..state_clone(&state)
+                },
+                &ckpt,
+            )?;
+        }
+    }
+
+    // Final model directory.
+    let weights = trainee
+        .weights()?
+        .into_iter()
+        .map(|(k, v)| (k, v.detach()))
+        .collect::<HashMap<_, _>>();
+    candle_core::safetensors::save(&weights, out_dir.join("model.safetensors"))?;
+    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
+        let src = model_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, out_dir.join(f)).map_err(io(&src))?;
+        }
+    }
+    if let Some(a) = trainee.adapters() {
+        a.save(&out_dir.join("adapter"))?;
+    }
+    Ok(logs)
+}
+
+fn state_clone(s: &CheckpointState) -> CheckpointState {
+    CheckpointState {
+        step: s.step,
+        config: s.config.clone(),
+        data_sha256: s.data_sha256.clone(),
+        model_dir: s.model_dir.clone(),
+    }
+}
+
+fn save_checkpoint(
+    trainee: &Trainee,
+    opt: &AdamW,
+    state: &CheckpointState,
+    dir: &Path,
+) -> Result<(), TrainError> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    trainee.save_params(&tmp.join("params.safetensors"))?;
+    opt.save(&tmp.join("optim.safetensors"))?;
+    let p = tmp.join("state.json");
+    std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    Ok(())
+}

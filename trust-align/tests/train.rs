@@ -1,0 +1,157 @@
+//! Training tests on a tiny GPT-NeoX built from scratch: losses fall, DPO margins rise,
+//! checkpoints resume exactly and saved models load back with identical outputs.
+
+use std::path::Path;
+
+use candle_core::Device;
+use trust_align::hh::PreferencePair;
+use trust_align::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use trust_align::train::{Stage, TrainConfig, train};
+
+fn pairs() -> Vec<PreferencePair> {
+    (0..24)
+        .map(|i| PreferencePair {
+            index: i,
+            prompt: format!(
+                "\n\nHuman: can you help me with task {}?\n\nAssistant:",
+                i % 6
+            ),
+            chosen: " Sure, here is a safe and helpful answer.".into(),
+            rejected: " No. Go away, you idiot.".into(),
+        })
+        .collect()
+}
+
+fn tiny_model(dir: &Path) {
+    let texts: Vec<String> = pairs()
+        .iter()
+        .flat_map(|p| [p.prompt.clone() + &p.chosen, p.prompt.clone() + &p.rejected])
+        .collect();
+    let shape = NeoxShape {
+        vocab_size: 300,
+        hidden_size: 32,
+        num_layers: 2,
+        num_heads: 4,
+        intermediate_size: 64,
+        max_positions: 128,
+        rotary_pct: 0.25,
+    };
+    let tok = train_tokenizer(texts.iter(), shape.vocab_size).unwrap();
+    let weights = shape.init_weights(0, &Device::Cpu).unwrap();
+    write_model_dir(dir, &shape.config_json(), &tok, &weights).unwrap();
+}
+
+fn cfg(stage: Stage, steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        max_len: 48,
+        lr: if stage == Stage::Pretrain { 1e-2 } else { 5e-3 },
+        ..TrainConfig::new(stage)
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn pretrain_sft_dpo_learn_and_resume_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base");
+    tiny_model(&base);
+    let data = pairs();
+
+    let pre = train(
+        &cfg(Stage::Pretrain, 12),
+        &base,
+        None,
+        &data,
+        &root.path().join("pre"),
+        &mut |_| {},
+    )
+    .unwrap();
+    let losses: Vec<f64> = pre.iter().map(|l| l.loss).collect();
+    assert!(
+        mean(&losses[9..]) < mean(&losses[..3]) - 0.5,
+        "pretraining loss did not fall: {losses:?}"
+    );
+
+    let pre_dir = root.path().join("pre");
+    let sft = train(
+        &cfg(Stage::Sft, 10),
+        &pre_dir,
+        None,
+        &data,
+        &root.path().join("sft"),
+        &mut |_| {},
+    )
+    .unwrap();
+    let losses: Vec<f64> = sft.iter().map(|l| l.loss).collect();
+    assert!(
+        mean(&losses[7..]) < mean(&losses[..3]),
+        "SFT loss did not fall: {losses:?}"
+    );
+    assert!(
+        root.path()
+            .join("sft/adapter/adapter_model.safetensors")
+            .exists()
+    );
+
+    let sft_dir = root.path().join("sft");
+    let dpo = train(
+        &cfg(Stage::Dpo, 10),
+        &sft_dir,
+        Some(&sft_dir),
+        &data,
+        &root.path().join("dpo"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(
+        dpo[0].margin.unwrap().abs() < 1e-4,
+        "policy starts at the reference: {:?}",
+        dpo[0]
+    );
+    let last = dpo.last().unwrap();
+    assert!(
+        last.margin.unwrap() > 0.05 && last.reward_accuracy.unwrap() > 0.9,
+        "DPO margin did not rise: {last:?}"
+    );
+    assert!(last.loss < dpo[0].loss);
+
+    // Resume: crash after step 4 (the last checkpoint is at step 2), resume, and compare with an
+    // uninterrupted run.
+    let mut c10 = cfg(Stage::Dpo, 10);
+    c10.checkpoint_every = 2;
+    let part = root.path().join("dpo-part");
+    let mut calls = 0;
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = train(&c10, &sft_dir, Some(&sft_dir), &data, &part, &mut |l| {
+            calls += 1;
+            if l.step == 4 {
+                panic!("simulated crash after step 4");
+            }
+        });
+    }));
+    assert!(stopped.is_err() && calls == 4);
+    let resumed = train(&c10, &sft_dir, Some(&sft_dir), &data, &part, &mut |_| {}).unwrap();
+    let full = train(
+        &c10,
+        &sft_dir,
+        Some(&sft_dir),
+        &data,
+        &root.path().join("dpo-full"),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(resumed.len(), 10);
+    assert_eq!(
+        resumed[2..],
+        full[2..],
+        "resumed steps differ from an uninterrupted run"
+    );
+    let a = std::fs::read(part.join("model.safetensors")).unwrap();
+    let b = std::fs::read(root.path().join("dpo-full/model.safetensors")).unwrap();
+    assert_eq!(a, b, "resumed weights differ");
+}
