@@ -21,3 +21,4 @@ pub mod truthfulness;
 
 pub use registry::{AnyVertical, BuildOptions, SavedSample, SavedScores, build};
 
+pub mod attribution;
