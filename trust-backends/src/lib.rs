@@ -9,6 +9,8 @@
 //! - `http` (planned): OpenAI-compatible servers (vLLM, TGI, llama.cpp).
 #![warn(missing_docs)]
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod error;
 #[cfg(feature = "ort")]
 pub mod ort;

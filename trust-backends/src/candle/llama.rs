@@ -1,0 +1,149 @@
+//! Llama causal LM (also the decoder used for Qwen2, see `qwen2.rs`).
+//!
+//! Reference: Hugging Face transformers `src/transformers/models/llama/modeling_llama.py`
+//! (`LlamaForCausalLM`): RMSNorm (normalise in f32, cast, scale), separate q/k/v/o projections
+//! with optional `attention_bias`, grouped-query attention (`repeat_kv`), full (or partial)
+//! rotary embedding with NeoX `rotate_half`, rope scaling (`default`, `linear`, `llama3`),
+//! SwiGLU MLP `down(act(gate x) * up x)` with optional `mlp_bias`, `lm_head` tied to
+//! `embed_tokens` when `tie_word_embeddings`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use super::config::ModelConfig;
+use super::layers::{KvCache, Linear, RmsNorm, Rope, attention};
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// A Llama-style decoder stack with its output layer (Llama and Qwen2 checkpoints).
+#[derive(Debug, Clone)]
+pub struct Llama {
+    embed_tokens: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    pub(crate) rope: Rope,
+    cfg: ModelConfig,
+}
+
+impl Llama {
+    /// Builds the model from `vb` (root of the checkpoint: `model.*`, `lm_head.*`). Biases follow
+    /// `cfg.qkv_bias`, `cfg.o_bias` and `cfg.mlp_bias`.
+    pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim;
+        let nh = cfg.num_attention_heads;
+        let kvh = cfg.num_key_value_heads;
+        let ff = cfg.intermediate_size;
+        let m = vb.pp("model");
+        let embed_w = m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let embed_tokens = Embedding::new(embed_w.clone(), h);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = m.pp(format!("layers.{i}"));
+            let a = l.pp("self_attn");
+            let p = l.pp("mlp");
+            layers.push(Layer {
+                input_layernorm: RmsNorm::load(h, cfg.norm_eps, l.pp("input_layernorm"))?,
+                post_attention_layernorm: RmsNorm::load(
+                    h,
+                    cfg.norm_eps,
+                    l.pp("post_attention_layernorm"),
+                )?,
+                q_proj: Linear::load(h, nh * hd, cfg.qkv_bias, a.pp("q_proj"))?,
+                k_proj: Linear::load(h, kvh * hd, cfg.qkv_bias, a.pp("k_proj"))?,
+                v_proj: Linear::load(h, kvh * hd, cfg.qkv_bias, a.pp("v_proj"))?,
+                o_proj: Linear::load(nh * hd, h, cfg.o_bias, a.pp("o_proj"))?,
+                gate_proj: Linear::load(h, ff, cfg.mlp_bias, p.pp("gate_proj"))?,
+                up_proj: Linear::load(h, ff, cfg.mlp_bias, p.pp("up_proj"))?,
+                down_proj: Linear::load(ff, h, cfg.mlp_bias, p.pp("down_proj"))?,
+            });
+        }
+        let norm = RmsNorm::load(h, cfg.norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::from_weight(embed_w)
+        } else {
+            Linear::from_weight(vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?)
+        };
+        let rope = Rope::new(
+            &cfg.rope,
+            cfg.rotary_dim(),
+            cfg.max_position_embeddings,
+            vb.dtype(),
+            vb.device(),
+        )?;
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Final hidden states `[b, t, hidden]` (after the final RMSNorm).
+    pub(crate) fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let nh = self.cfg.num_attention_heads;
+        let kvh = self.cfg.num_key_value_heads;
+        let hd = self.cfg.head_dim;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut x = self.embed_tokens.forward(input_ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let y = layer.input_layernorm.forward(&x)?;
+            let q = layer
+                .q_proj
+                .forward(&y)?
+                .reshape((b, t, nh, hd))?
+                .transpose(1, 2)?;
+            let k = layer
+                .k_proj
+                .forward(&y)?
+                .reshape((b, t, kvh, hd))?
+                .transpose(1, 2)?;
+            let v = layer
+                .v_proj
+                .forward(&y)?
+                .reshape((b, t, kvh, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = self.rope.apply(&q, cos, sin)?;
+            let k = self.rope.apply(&k, cos, sin)?.contiguous()?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, k, v)?,
+                None => (k, v),
+            };
+            let attn = attention(&q, &k, &v, mask, scale)?;
+            x = (x + layer.o_proj.forward(&attn)?)?;
+            let y = layer.post_attention_layernorm.forward(&x)?;
+            let g = self.cfg.hidden_act.apply(&layer.gate_proj.forward(&y)?)?;
+            let u = layer.up_proj.forward(&y)?;
+            x = (x + layer.down_proj.forward(&(g * u)?)?)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Output projection.
+    pub(crate) fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+}

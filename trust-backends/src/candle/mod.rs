@@ -1,0 +1,670 @@
+//! Candle backend: GPT-NeoX (Pythia), Llama and Qwen2 causal LMs loaded from a local Hugging Face
+//! directory (`config.json`, `tokenizer.json`, `model.safetensors` or a sharded
+//! `model.safetensors.index.json`).
+//!
+//! Two layers:
+//!
+//! - [`CausalLm`]: the synchronous model. [`CausalLm::forward`] returns full-sequence logits
+//!   `[b, t, vocab]` for any attention mask / position ids, with an optional [`KvCache`]. Models
+//!   are built from a [`candle_nn::VarBuilder`], so they can be backed by trainable `Var`s
+//!   ([`CausalLm::from_var_builder`]) as well as by memory-mapped weights, and the forward pass
+//!   only uses differentiable candle ops.
+//! - [`CandleModel`]: tokenizer + model implementing [`trust_core::LanguageModel`] (generation
+//!   with greedy or seeded sampling, log-likelihood scoring), with the sha256 of the weights in
+//!   [`trust_core::ModelInfo`].
+//!
+//! The async trait methods run the computation synchronously on the calling thread (they block
+//! it; candle itself parallelises matmuls over its own thread pool). Callers that must not block
+//! an async executor should wrap calls in `tokio::task::spawn_blocking` with an `Arc` of the
+//! model.
+//!
+//! Numerics follow Hugging Face transformers' eager implementation: norms and softmax in f32,
+//! log-probabilities from an f32 log-softmax. On the shared HF fixtures the f32 port agrees to
+//! about 1e-5 with transformers.
+
+pub mod config;
+pub mod generate;
+pub mod gpt_neox;
+mod layers;
+pub mod llama;
+pub mod loader;
+pub mod qwen2;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use trust_core::rng::{SplitMix64, derive_seed};
+use trust_core::{
+    Capabilities, Capability, Completion, GenerateRequest, GenerateResponse, LogLikelihood,
+    LogLikelihoodRequest, ModelError, ModelInfo, Sampling, StopPolicy,
+};
+
+pub use config::{Activation, Architecture, ModelConfig, RopeConfig, RopeScaling};
+pub use generate::{RowSpec, Sampler};
+pub use layers::KvCache;
+pub use loader::{SafetensorsStore, StoreBackend};
+
+use crate::BackendError;
+
+#[derive(Debug, Clone)]
+enum Arch {
+    GptNeoX(gpt_neox::GptNeoX),
+    Llama(llama::Llama),
+}
+
+/// A causal language model (any supported family), synchronous API.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    arch: Arch,
+    config: ModelConfig,
+    device: Device,
+    dtype: DType,
+}
+
+impl CausalLm {
+    /// Builds the model described by `config` from `vb` (mmap'd weights, a `VarMap`, ...). The
+    /// compute dtype and device are those of `vb`.
+    pub fn from_var_builder(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        let device = vb.device().clone();
+        let dtype = vb.dtype();
+        let arch = match config.arch {
+            Architecture::GptNeoX => Arch::GptNeoX(gpt_neox::GptNeoX::load(config, vb)?),
+            Architecture::Llama => Arch::Llama(llama::Llama::load(config, vb)?),
+            Architecture::Qwen2 => Arch::Llama(qwen2::load(config, vb)?),
+        };
+        Ok(CausalLm {
+            arch,
+            config: config.clone(),
+            device,
+            dtype,
+        })
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Compute device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Longest sequence (positions `0..max_positions()`).
+    pub fn max_positions(&self) -> usize {
+        match &self.arch {
+            Arch::GptNeoX(m) => m.rope.max_positions(),
+            Arch::Llama(m) => m.rope.max_positions(),
+        }
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Logits `[b, t, vocab]` (compute dtype) for every position of `input_ids` `[b, t]` (u32).
+    ///
+    /// - `attention_mask`: `[b, past + t]` (any numeric dtype, nonzero = attend), covering the
+    ///   cached positions too, as in transformers. `None` = attend to everything (causally).
+    /// - `position_ids`: `[b, t]` (u32). `None` = `cumsum(mask) - 1` over the mask (padding set
+    ///   to 1) when a mask is given, else `past..past + t`.
+    /// - `cache`: appended to when given (incremental decoding).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let h = self.forward_hidden(input_ids, attention_mask, position_ids, cache)?;
+        self.lm_head(&h)
+    }
+
+    /// Like [`Self::forward`] but returns the final hidden states `[b, t, hidden]` (after the final
+    /// norm), so callers can project only the positions they need with [`Self::lm_head`].
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let key_mask: Vec<Vec<u32>> = match attention_mask {
+            Some(m) => {
+                let dims = m.dims2()?;
+                if dims != (b, past + t) {
+                    candle_core::bail!(
+                        "attention_mask must be [{b}, {}], got {:?}",
+                        past + t,
+                        dims
+                    );
+                }
+                m.to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?
+                    .into_iter()
+                    .map(|r| r.into_iter().map(|x| u32::from(x != 0.0)).collect())
+                    .collect()
+            }
+            None => vec![vec![1; past + t]; b],
+        };
+        let positions = match position_ids {
+            Some(p) => p.to_dtype(DType::U32)?,
+            None => {
+                let mut pos = Vec::with_capacity(b * t);
+                for row in &key_mask {
+                    let mut c = 0u32;
+                    let mut all = Vec::with_capacity(row.len());
+                    for &m in row {
+                        c += m;
+                        all.push(if m == 0 { 1 } else { c - 1 });
+                    }
+                    pos.extend_from_slice(&all[past..]);
+                }
+                Tensor::from_vec(pos, (b, t), &self.device)?
+            }
+        };
+        self.forward_hidden_with(input_ids, &key_mask, &positions, cache)
+    }
+
+    pub(crate) fn forward_hidden_with(
+        &self,
+        input_ids: &Tensor,
+        key_mask: &[Vec<u32>],
+        positions: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
+        let (_, t) = input_ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let max = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max >= self.max_positions() {
+            candle_core::bail!(
+                "position {max} is beyond max_position_embeddings = {}",
+                self.max_positions()
+            );
+        }
+        let mask = layers::build_mask(key_mask, past, t, &self.device)?;
+        match &self.arch {
+            Arch::GptNeoX(m) => {
+                let (cos, sin) = m.rope.gather(positions)?;
+                m.forward_hidden(input_ids, &mask, &cos, &sin, cache)
+            }
+            Arch::Llama(m) => {
+                let (cos, sin) = m.rope.gather(positions)?;
+                m.forward_hidden(input_ids, &mask, &cos, &sin, cache)
+            }
+        }
+    }
+
+    /// Projects hidden states to logits (`[..., hidden]` -> `[..., vocab]`).
+    pub fn lm_head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.arch {
+            Arch::GptNeoX(m) => m.lm_head(hidden),
+            Arch::Llama(m) => m.lm_head(hidden),
+        }
+    }
+}
+
+/// Parses a device string: `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda` feature.
+pub fn parse_device(s: &str) -> Result<Device, BackendError> {
+    let s = s.trim();
+    if s == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match s.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                BackendError::Device(format!("invalid device `{s}` (use cpu, cuda or cuda:N)"))
+            })?,
+        None => {
+            return Err(BackendError::Device(format!(
+                "invalid device `{s}` (use cpu, cuda or cuda:N)"
+            )));
+        }
+    };
+    if cfg!(feature = "cuda") {
+        Device::new_cuda(ordinal).map_err(|e| BackendError::Device(format!("cuda:{ordinal}: {e}")))
+    } else {
+        Err(BackendError::Device(format!(
+            "`{s}` requested but trust-backends was built without the `cuda` feature"
+        )))
+    }
+}
+
+/// Parses a dtype string: `f32`, `f16` or `bf16` (also `float32`, `float16`, `bfloat16`).
+pub fn parse_dtype(s: &str) -> Result<DType, BackendError> {
+    match s.trim() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(BackendError::Runtime(format!(
+            "unsupported dtype `{other}` (use f32, f16 or bf16)"
+        ))),
+    }
+}
+
+/// How to load a [`CandleModel`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype (weights are converted on load). Default f32.
+    pub dtype: DType,
+    /// Device. Default CPU.
+    pub device: Device,
+    /// Rows per forward pass for generation and scoring. Default 8.
+    pub batch_size: usize,
+    /// Generation: let prompts of different lengths share a left-padded batch (faster for many
+    /// distinct prompts). Default `false`: a batch only holds prompts of the same token length,
+    /// which makes every completion bit-identical whatever it is batched with (the `n` samples of
+    /// one prompt still share batches). With `true`, padded rows agree with unpadded ones only up
+    /// to float rounding (~1e-6 in logits), which can very rarely flip a sampled token.
+    pub pad_generation_batches: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            batch_size: 8,
+            pad_generation_batches: false,
+        }
+    }
+}
+
+/// A tokenizer plus a [`CausalLm`], implementing [`trust_core::LanguageModel`].
+#[derive(Debug, Clone)]
+pub struct CandleModel {
+    lm: Arc<CausalLm>,
+    tokenizer: Arc<tokenizers::Tokenizer>,
+    info: ModelInfo,
+    batch_size: usize,
+    pad_generation_batches: bool,
+}
+
+fn dtype_name(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
+    }
+}
+
+impl CandleModel {
+    /// Loads a model directory. Errors name the file (and tensor) at fault.
+    pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self, BackendError> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::from_dir(dir)?;
+        let tokenizer = loader::load_tokenizer(dir, config.vocab_size)?;
+        let store = Arc::new(SafetensorsStore::open_dir(dir)?);
+        let vb = VarBuilder::from_backend(
+            Box::new(StoreBackend(store.clone())),
+            opts.dtype,
+            opts.device.clone(),
+        );
+        let lm = match CausalLm::from_var_builder(&config, vb) {
+            Ok(lm) => lm,
+            Err(e) => {
+                return Err(store
+                    .take_error()
+                    .unwrap_or_else(|| BackendError::Runtime(e.to_string())));
+            }
+        };
+        let sha = store.sha256()?;
+        let device_name = match &opts.device {
+            Device::Cpu => "cpu".to_string(),
+            d => format!("{:?}", d.location()),
+        };
+        let info = ModelInfo {
+            id: dir.display().to_string(),
+            backend: "candle".into(),
+            weights_sha256: Some(sha),
+            details: format!(
+                "arch={} dtype={} device={}",
+                config.arch.as_str(),
+                dtype_name(opts.dtype),
+                device_name
+            ),
+        };
+        Ok(CandleModel {
+            lm: Arc::new(lm),
+            tokenizer: Arc::new(tokenizer),
+            info,
+            batch_size: opts.batch_size.max(1),
+            pad_generation_batches: opts.pad_generation_batches,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &CausalLm {
+        &self.lm
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Rows per forward pass.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Same model with another batch size (shares the weights).
+    pub fn with_batch_size(&self, batch_size: usize) -> Self {
+        let mut m = self.clone();
+        m.batch_size = batch_size.max(1);
+        m
+    }
+
+    /// Token ids of `text`, no special tokens added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| ModelError::Backend(format!("tokenize: {e}")))
+    }
+
+    /// Synchronous [`trust_core::LanguageModel::loglikelihood`]: requests are sorted by length,
+    /// right-padded into batches of [`Self::batch_size`] and scored in one forward pass each.
+    pub fn loglikelihood_sync(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
+        let max_len = self.lm.max_positions();
+        let mut out: Vec<Option<Result<LogLikelihood, ModelError>>> = vec![None; requests.len()];
+        let mut ready: Vec<(usize, Vec<u32>, usize)> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let prepared = (|| {
+                let ctx = self.encode(&r.context)?;
+                let cont = self.encode(&r.continuation)?;
+                if cont.is_empty() {
+                    return Err(ModelError::InvalidRequest(
+                        "the continuation tokenises to no tokens".into(),
+                    ));
+                }
+                if ctx.is_empty() {
+                    return Err(ModelError::InvalidRequest(
+                        "the context tokenises to no tokens (nothing predicts the first continuation token)".into(),
+                    ));
+                }
+                let n = ctx.len() + cont.len();
+                if n > max_len {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "context + continuation is {n} tokens, longer than max_position_embeddings = {max_len}"
+                    )));
+                }
+                let plen = ctx.len();
+                let mut ids = ctx;
+                ids.extend(cont);
+                Ok((ids, plen))
+            })();
+            match prepared {
+                Ok((ids, plen)) => ready.push((i, ids, plen)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        ready.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+        for chunk in ready.chunks(self.batch_size) {
+            match self.score_batch(chunk) {
+                Ok(results) => {
+                    for ((i, _, _), r) in chunk.iter().zip(results) {
+                        out[*i] = Some(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for (i, _, _) in chunk {
+                        out[*i] = Some(Err(ModelError::Backend(e.to_string())));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::Backend("request was not scored".into()))))
+            .collect()
+    }
+
+    fn score_batch(
+        &self,
+        rows: &[(usize, Vec<u32>, usize)],
+    ) -> candle_core::Result<Vec<LogLikelihood>> {
+        let dev = self.lm.device();
+        let b = rows.len();
+        // Pad to a multiple of 32 tokens: candle's CPU reductions (the softmax sum) process 32
+        // floats per step, so trailing padding then adds exact zeros and a row's log-probs are
+        // bit-identical whatever it is batched with.
+        let longest = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let l = longest.div_ceil(32) * 32;
+        let mut ids = Vec::with_capacity(b * l);
+        let mut mask = Vec::with_capacity(b);
+        for (_, r, _) in rows {
+            ids.extend_from_slice(r);
+            ids.extend(std::iter::repeat_n(0u32, l - r.len()));
+            let mut m = vec![1u32; r.len()];
+            m.extend(std::iter::repeat_n(0u32, l - r.len()));
+            mask.push(m);
+        }
+        let input = Tensor::from_vec(ids, (b, l), dev)?;
+        let mut pos = Vec::with_capacity(b * l);
+        for (_, r, _) in rows {
+            pos.extend(0..r.len() as u32);
+            pos.extend(std::iter::repeat_n(0u32, l - r.len()));
+        }
+        let positions = Tensor::from_vec(pos, (b, l), dev)?;
+        let hidden = self
+            .lm
+            .forward_hidden_with(&input, &mask, &positions, None)?;
+        let mut results = Vec::with_capacity(b);
+        for (row, (_, ids, plen)) in rows.iter().enumerate() {
+            let clen = ids.len() - plen;
+            let h = hidden.get(row)?.narrow(0, plen - 1, clen)?;
+            let logits = self.lm.lm_head(&h)?.to_dtype(DType::F32)?;
+            let lsm = generate::log_softmax_f32(&logits)?.to_vec2::<f32>()?;
+            let logits = logits.to_vec2::<f32>()?;
+            let mut token_logprobs = Vec::with_capacity(clen);
+            let mut is_greedy = true;
+            for t in 0..clen {
+                let target = ids[plen + t];
+                token_logprobs.push(lsm[t][target as usize] as f64);
+                if generate::argmax(&logits[t]) != target {
+                    is_greedy = false;
+                }
+            }
+            let sum = token_logprobs.iter().sum();
+            results.push(LogLikelihood {
+                token_logprobs,
+                sum,
+                is_greedy,
+            });
+        }
+        Ok(results)
+    }
+
+    /// Synchronous [`trust_core::LanguageModel::generate`]. Each request becomes `n` rows (one
+    /// for greedy decoding, copied `n` times); sampled row `i` uses
+    /// `SplitMix64::new(derive_seed(seed, "completion/{i}"))`. Rows are sorted by prompt length and
+    /// decoded in batches of up to [`Self::batch_size`] rows of equal prompt length (or left-padded
+    /// mixed lengths, see [`LoadOptions::pad_generation_batches`]).
+    pub fn generate_sync(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
+        let max_len = self.lm.max_positions();
+        let mut out: Vec<Option<Result<GenerateResponse, ModelError>>> = vec![None; requests.len()];
+        // (request, completion index, row)
+        let mut rows: Vec<(usize, usize, RowSpec)> = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            let prepared = (|| {
+                r.config.validate()?;
+                if r.config.num_beams > 1 {
+                    return Err(ModelError::Unsupported {
+                        model: self.info.id.clone(),
+                        capability: Capability::BeamSearch,
+                    });
+                }
+                let prompt = self.encode(&r.prompt)?;
+                if prompt.is_empty() {
+                    return Err(ModelError::InvalidRequest(
+                        "the prompt tokenises to no tokens".into(),
+                    ));
+                }
+                if prompt.len() + r.config.max_new_tokens > max_len {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "prompt ({} tokens) + max_new_tokens ({}) exceeds max_position_embeddings = {max_len}",
+                        prompt.len(),
+                        r.config.max_new_tokens
+                    )));
+                }
+                let stop_ids = match &r.config.stop {
+                    StopPolicy::ModelEos => self.lm.config().eos_token_ids.clone(),
+                    StopPolicy::Tokens(ids) => ids.clone(),
+                    StopPolicy::Never => Vec::new(),
+                };
+                let spec = |sampler| RowSpec {
+                    prompt: prompt.clone(),
+                    max_new_tokens: r.config.max_new_tokens,
+                    sampler,
+                    stop_ids: stop_ids.clone(),
+                    stop_strings: r.config.stop_strings.clone(),
+                };
+                Ok(match r.config.sampling {
+                    Sampling::Greedy => vec![(0, spec(Sampler::Greedy))],
+                    Sampling::Sample {
+                        temperature,
+                        top_p,
+                        top_k,
+                    } => (0..r.config.n)
+                        .map(|c| {
+                            let rng =
+                                SplitMix64::new(derive_seed(r.seed, &format!("completion/{c}")));
+                            (
+                                c,
+                                spec(Sampler::Sample {
+                                    rng,
+                                    temperature,
+                                    top_p,
+                                    top_k,
+                                }),
+                            )
+                        })
+                        .collect(),
+                })
+            })();
+            match prepared {
+                Ok(rs) => rows.extend(rs.into_iter().map(|(c, s)| (i, c, s))),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        rows.sort_by(|a, b| {
+            b.2.prompt
+                .len()
+                .cmp(&a.2.prompt.len())
+                .then((a.0, a.1).cmp(&(b.0, b.1)))
+        });
+        let mut completions: Vec<Vec<Option<Completion>>> = requests
+            .iter()
+            .map(|r| vec![None; r.config.n.max(1)])
+            .collect();
+        let padded = self.pad_generation_batches;
+        let chunks = rows.chunk_by_mut(|a, b| padded || a.2.prompt.len() == b.2.prompt.len());
+        for group in chunks {
+            for chunk in group.chunks_mut(self.batch_size) {
+                let mut specs: Vec<RowSpec> = chunk.iter().map(|c| c.2.clone()).collect();
+                match generate::generate_batch(&self.lm, &self.tokenizer, &mut specs) {
+                    Ok(done) => {
+                        for ((i, c, _), comp) in chunk.iter().zip(done) {
+                            completions[*i][*c] = Some(comp);
+                        }
+                    }
+                    Err(e) => {
+                        for (i, _, _) in chunk.iter() {
+                            out[*i] = Some(Err(ModelError::Backend(e.to_string())));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, r) in requests.iter().enumerate() {
+            if out[i].is_some() {
+                continue;
+            }
+            let slots = std::mem::take(&mut completions[i]);
+            let result = if matches!(r.config.sampling, Sampling::Greedy) {
+                match slots.into_iter().next().flatten() {
+                    Some(c) => Ok(GenerateResponse {
+                        completions: vec![c; r.config.n],
+                    }),
+                    None => Err(ModelError::Backend("request was not decoded".into())),
+                }
+            } else {
+                slots
+                    .into_iter()
+                    .collect::<Option<Vec<_>>>()
+                    .map(|completions| GenerateResponse { completions })
+                    .ok_or_else(|| ModelError::Backend("request was not decoded".into()))
+            };
+            out[i] = Some(result);
+        }
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(ModelError::Backend("request was not decoded".into())))
+            })
+            .collect()
+    }
+
+    /// Same model with another generation batching policy (see
+    /// [`LoadOptions::pad_generation_batches`]).
+    pub fn with_pad_generation_batches(&self, pad: bool) -> Self {
+        let mut m = self.clone();
+        m.pad_generation_batches = pad;
+        m
+    }
+
+    /// The model directory this was loaded from.
+    pub fn dir(&self) -> PathBuf {
+        PathBuf::from(&self.info.id)
+    }
+}
+
+#[async_trait::async_trait]
+impl trust_core::LanguageModel for CandleModel {
+    fn info(&self) -> ModelInfo {
+        self.info.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::of(&[
+            Capability::Generate,
+            Capability::Sampling,
+            Capability::LogLikelihood,
+        ])
+    }
+
+    /// Runs synchronously on the calling thread (see the module docs).
+    async fn generate(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
+        self.generate_sync(requests)
+    }
+
+    /// Runs synchronously on the calling thread (see the module docs).
+    async fn loglikelihood(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
+        self.loglikelihood_sync(requests)
+    }
+}
