@@ -15,9 +15,17 @@ struct Cli {
 enum Command {
     /// List the data files found in a data directory and their checksums.
     List(list::ListArgs),
+    /// Log-likelihood of continuations with a local model (JSONL in: prompt, continuation).
+    #[cfg(feature = "candle")]
+    Loglik(model_cmds::LoglikArgs),
+    /// Generate text with a local model (JSONL in: prompt; default stop: never).
+    #[cfg(feature = "candle")]
+    Generate(model_cmds::GenerateArgs),
 }
 
 mod list;
+#[cfg(feature = "candle")]
+mod model_cmds;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -29,6 +37,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List(a) => list::run(a),
+        #[cfg(feature = "candle")]
+        Command::Loglik(a) => model_cmds::run_loglik(a),
+        #[cfg(feature = "candle")]
+        Command::Generate(a) => model_cmds::run_generate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

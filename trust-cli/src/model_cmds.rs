@@ -1,0 +1,191 @@
+//! `trust loglik` and `trust generate`: run a local Hugging Face model directory (GPT-NeoX,
+//! Llama, Qwen2) with the candle backend over a JSONL file, one JSON line out per line in.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
+use trust_core::{DecodingConfig, GenerateRequest, LogLikelihoodRequest, Sampling, StopPolicy};
+
+/// Options shared by the model subcommands.
+#[derive(clap::Args)]
+pub struct ModelOpts {
+    /// Model directory (config.json, tokenizer.json, model.safetensors or a sharded index).
+    #[arg(long)]
+    model: PathBuf,
+    /// Input JSONL file.
+    #[arg(long)]
+    input: PathBuf,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+/// Arguments of `trust loglik`.
+#[derive(clap::Args)]
+pub struct LoglikArgs {
+    #[command(flatten)]
+    model: ModelOpts,
+}
+
+/// Arguments of `trust generate`.
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelOpts,
+    /// Number of new tokens (at most).
+    #[arg(long)]
+    max_new_tokens: usize,
+    /// Greedy decoding (the default when no --temperature is given).
+    #[arg(long, conflicts_with_all = ["temperature", "top_p", "seed"])]
+    greedy: bool,
+    /// Sampling temperature (> 0); turns on seeded sampling.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Nucleus mass in (0, 1] for sampling (default 1.0 = off).
+    #[arg(long, requires = "temperature")]
+    top_p: Option<f64>,
+    /// Sampling seed (default 0). Every input line uses this seed, so a line's output does not
+    /// depend on the other lines of the file.
+    #[arg(long, requires = "temperature")]
+    seed: Option<u64>,
+    /// When to stop early: `never` (default: always produce --max-new-tokens), `eos` (the
+    /// model's EOS ids from config.json / generation_config.json) or a comma-separated list of
+    /// token ids (e.g. `50256`).
+    #[arg(long, default_value = "never")]
+    stop: String,
+}
+
+#[derive(Deserialize)]
+struct LoglikLine {
+    prompt: String,
+    continuation: String,
+}
+
+#[derive(Deserialize)]
+struct GenerateLine {
+    prompt: String,
+}
+
+/// Reads a JSONL file; errors name the file and the 1-based line. Blank lines are skipped.
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<(usize, T)>> {
+    let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: T = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: malformed input line", path.display(), i + 1))?;
+        out.push((i + 1, v));
+    }
+    Ok(out)
+}
+
+fn load(o: &ModelOpts) -> anyhow::Result<CandleModel> {
+    if o.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let opts = LoadOptions {
+        dtype: parse_dtype(&o.dtype)?,
+        device: parse_device(&o.device)?,
+        batch_size: o.batch_size,
+        ..LoadOptions::default()
+    };
+    Ok(CandleModel::load(&o.model, &opts)?)
+}
+
+fn parse_stop(s: &str) -> anyhow::Result<StopPolicy> {
+    Ok(match s.trim() {
+        "never" => StopPolicy::Never,
+        "eos" => StopPolicy::ModelEos,
+        list => StopPolicy::Tokens(
+            list.split(',')
+                .map(|x| {
+                    x.trim()
+                        .parse::<u32>()
+                        .with_context(|| format!("--stop: `{x}` is not eos, never or a token id"))
+                })
+                .collect::<anyhow::Result<Vec<u32>>>()?,
+        ),
+    })
+}
+
+/// Runs `trust loglik`.
+pub fn run_loglik(a: LoglikArgs) -> anyhow::Result<()> {
+    let lines: Vec<(usize, LoglikLine)> = read_lines(&a.model.input)?;
+    let model = load(&a.model)?;
+    let reqs: Vec<LogLikelihoodRequest> = lines
+        .iter()
+        .map(|(_, l)| LogLikelihoodRequest {
+            context: l.prompt.clone(),
+            continuation: l.continuation.clone(),
+        })
+        .collect();
+    let results = model.loglikelihood_sync(&reqs);
+    let mut out = std::io::stdout().lock();
+    for ((line, _), r) in lines.iter().zip(results) {
+        let r = r.with_context(|| format!("{}:{line}", a.model.input.display()))?;
+        let v = serde_json::json!({
+            "continuation_logprob_sum": r.sum,
+            "continuation_logprobs": r.token_logprobs,
+            "is_greedy": r.is_greedy,
+        });
+        writeln!(out, "{v}")?;
+    }
+    Ok(())
+}
+
+/// Runs `trust generate`.
+pub fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
+    let lines: Vec<(usize, GenerateLine)> = read_lines(&a.model.input)?;
+    let stop = parse_stop(&a.stop)?;
+    let sampling = match a.temperature {
+        Some(temperature) if !a.greedy => Sampling::Sample {
+            temperature,
+            top_p: a.top_p.unwrap_or(1.0),
+            top_k: 0,
+        },
+        _ => Sampling::Greedy,
+    };
+    let config = DecodingConfig {
+        max_new_tokens: a.max_new_tokens,
+        sampling,
+        n: 1,
+        num_beams: 1,
+        stop,
+        stop_strings: Vec::new(),
+    };
+    config.validate()?;
+    let model = load(&a.model)?;
+    let seed = a.seed.unwrap_or(0);
+    let reqs: Vec<GenerateRequest> = lines
+        .iter()
+        .map(|(_, l)| GenerateRequest {
+            prompt: l.prompt.clone(),
+            config: config.clone(),
+            seed,
+        })
+        .collect();
+    let results = model.generate_sync(&reqs);
+    let mut out = std::io::stdout().lock();
+    for ((line, _), r) in lines.iter().zip(results) {
+        let r = r.with_context(|| format!("{}:{line}", a.model.input.display()))?;
+        let c = &r.completions[0];
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "ids": c.token_ids, "text": c.text })
+        )?;
+    }
+    Ok(())
+}
