@@ -21,7 +21,8 @@
 //!
 //! **Streaming:** three passes over the training [`GradientSource`], one block at a time:
 //! pass 1 computes λ_l ([`layer_damping`]), pass 2 accumulates Σ_i c_il g_il for h_l
-//! ([`datainf_hvp`]), pass 3 computes the scores ([`influence_scores`]). Memory is one block of
+//! ([`datainf_hvp`]), pass 3 computes the scores ([`influence_scores`]). [`datainf_many`] serves
+//! several test vectors (e.g. one per vertical) with the same three passes. Memory is one block of
 //! `f32` plus O(Σ_l d_l) `f64` plus the n output scores. All sums are in `f64`.
 //!
 //! **Degenerate layers:** if every training gradient of a layer is exactly zero, λ_l = 0 and the
@@ -181,22 +182,41 @@ pub fn datainf_hvp(
     lambdas: &[f64],
     block_size: usize,
 ) -> Result<LayerVectors> {
+    let mut h = datainf_hvp_many(train, &[test_mean.to_vec()], lambdas, block_size)?;
+    Ok(h.swap_remove(0))
+}
+
+/// [`datainf_hvp`] for several test vectors (e.g. one per vertical) in a single pass over the
+/// training gradients; returns one h per test vector, in order.
+pub fn datainf_hvp_many(
+    train: &dyn GradientSource,
+    test_means: &[LayerVectors],
+    lambdas: &[f64],
+    block_size: usize,
+) -> Result<Vec<LayerVectors>> {
     let n = nonempty(train)?;
     let layout = train.layout();
-    check_layer_vectors(test_mean, layout, "test gradient")?;
+    for (t, v) in test_means.iter().enumerate() {
+        check_layer_vectors(v, layout, &format!("test gradient {t}"))?;
+    }
     check_lambdas(lambdas, layout)?;
-    // acc_l = Σ_i c_il g_il, c_il = ⟨v_l, g_il⟩ / (λ_l + ‖g_il‖²)
-    let mut acc: LayerVectors = layout.dims().iter().map(|&d| vec![0.0f64; d]).collect();
+    // acc[t]_l = Σ_i c_il g_il, c_il = ⟨v_l, g_il⟩ / (λ_l + ‖g_il‖²)
+    let mut acc: Vec<LayerVectors> = test_means
+        .iter()
+        .map(|_| layout.dims().iter().map(|&d| vec![0.0f64; d]).collect())
+        .collect();
     stream(train, block_size.max(1), |_, rec| {
-        for (l, a) in acc.iter_mut().enumerate() {
-            let lambda = lambdas[l];
+        for (l, &lambda) in lambdas.iter().enumerate() {
             if lambda == 0.0 {
                 continue;
             }
             let g = layout.layer(rec, l);
-            let c = dot(&test_mean[l], g) / (lambda + sum_sq(g));
-            for (x, &y) in a.iter_mut().zip(g) {
-                *x += c * f64::from(y);
+            let denom = lambda + sum_sq(g);
+            for (a, v) in acc.iter_mut().zip(test_means) {
+                let c = dot(&v[l], g) / denom;
+                for (x, &y) in a[l].iter_mut().zip(g) {
+                    *x += c * f64::from(y);
+                }
             }
         }
         Ok(())
@@ -204,16 +224,21 @@ pub fn datainf_hvp(
     let nf = n as f64;
     Ok(acc
         .into_iter()
-        .enumerate()
-        .map(|(l, a)| {
-            let lambda = lambdas[l];
-            if lambda == 0.0 {
-                return vec![0.0; a.len()];
-            }
-            // (1/(nλ)) Σ_i (v − c_i g_i) = (n v − Σ_i c_i g_i) / (nλ)
-            a.iter()
-                .zip(&test_mean[l])
-                .map(|(&s, &v)| (nf * v - s) / (nf * lambda))
+        .zip(test_means)
+        .map(|(a, v)| {
+            a.into_iter()
+                .enumerate()
+                .map(|(l, a)| {
+                    let lambda = lambdas[l];
+                    if lambda == 0.0 {
+                        return vec![0.0; a.len()];
+                    }
+                    // (1/(nλ)) Σ_i (v − c_i g_i) = (n v − Σ_i c_i g_i) / (nλ)
+                    a.iter()
+                        .zip(&v[l])
+                        .map(|(&s, &v)| (nf * v - s) / (nf * lambda))
+                        .collect()
+                })
                 .collect()
         })
         .collect())
@@ -226,16 +251,33 @@ pub fn influence_scores(
     hvp: &[Vec<f64>],
     block_size: usize,
 ) -> Result<Vec<f64>> {
+    let mut s = influence_scores_many(train, &[hvp.to_vec()], block_size)?;
+    Ok(s.swap_remove(0))
+}
+
+/// [`influence_scores`] for several h in a single pass; returns one score vector per h.
+pub fn influence_scores_many(
+    train: &dyn GradientSource,
+    hvps: &[LayerVectors],
+    block_size: usize,
+) -> Result<Vec<Vec<f64>>> {
     let layout = train.layout();
-    check_layer_vectors(hvp, layout, "inverse-HVP")?;
-    let mut scores = Vec::with_capacity(train.len());
+    for (t, h) in hvps.iter().enumerate() {
+        check_layer_vectors(h, layout, &format!("inverse-HVP {t}"))?;
+    }
+    let mut scores: Vec<Vec<f64>> = hvps
+        .iter()
+        .map(|_| Vec::with_capacity(train.len()))
+        .collect();
     stream(train, block_size.max(1), |_, rec| {
-        let s: f64 = hvp
-            .iter()
-            .enumerate()
-            .map(|(l, h)| dot(h, layout.layer(rec, l)))
-            .sum();
-        scores.push(-s);
+        for (out, h) in scores.iter_mut().zip(hvps) {
+            let s: f64 = h
+                .iter()
+                .enumerate()
+                .map(|(l, h)| dot(h, layout.layer(rec, l)))
+                .sum();
+            out.push(-s);
+        }
         Ok(())
     })?;
     Ok(scores)
@@ -248,23 +290,46 @@ pub fn datainf(
     test_mean: &[Vec<f64>],
     config: &DataInfConfig,
 ) -> Result<DataInfResult> {
+    let mut r = datainf_many(train, &[test_mean.to_vec()], config)?;
+    Ok(r.swap_remove(0))
+}
+
+/// DataInf for several test vectors (e.g. one per vertical) with the same training gradients:
+/// still three passes over the training source in total. Returns one result per test vector, in
+/// order; each equals what [`datainf()`] gives for that vector alone.
+pub fn datainf_many(
+    train: &dyn GradientSource,
+    test_means: &[LayerVectors],
+    config: &DataInfConfig,
+) -> Result<Vec<DataInfResult>> {
     config.check()?;
-    check_layer_vectors(test_mean, train.layout(), "test gradient")?;
+    if test_means.is_empty() {
+        return Err(AttributionError::InvalidArgument(
+            "no test gradient given".into(),
+        ));
+    }
+    for (t, v) in test_means.iter().enumerate() {
+        check_layer_vectors(v, train.layout(), &format!("test gradient {t}"))?;
+    }
     let lambdas = layer_damping(train, config)?;
-    let hvp = datainf_hvp(train, test_mean, &lambdas, config.block_size)?;
-    let scores = influence_scores(train, &hvp, config.block_size)?;
-    let zero_layers = lambdas
+    let hvps = datainf_hvp_many(train, test_means, &lambdas, config.block_size)?;
+    let scores = influence_scores_many(train, &hvps, config.block_size)?;
+    let zero_layers: Vec<usize> = lambdas
         .iter()
         .enumerate()
         .filter(|(_, x)| **x == 0.0)
         .map(|(l, _)| l)
         .collect();
-    Ok(DataInfResult {
-        lambdas,
-        hvp,
-        scores,
-        zero_layers,
-    })
+    Ok(hvps
+        .into_iter()
+        .zip(scores)
+        .map(|(hvp, scores)| DataInfResult {
+            lambdas: lambdas.clone(),
+            hvp,
+            scores,
+            zero_layers: zero_layers.clone(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -316,6 +381,28 @@ mod tests {
         g.push(&[&[1.0, f32::INFINITY]]).unwrap();
         let err = datainf(&g, &[vec![1.0, 0.0]], &DataInfConfig::default()).unwrap_err();
         assert!(matches!(err, AttributionError::NonFinite(_)), "{err}");
+    }
+
+    #[test]
+    fn many_equals_one_at_a_time() {
+        let mut g = InMemoryGradients::new(LayerLayout::from_dims(&[3, 2]).unwrap());
+        for i in 0..7 {
+            let x = i as f32;
+            g.push(&[&[x, 1.0 - x, 0.5 * x], &[(x * 0.7).sin(), 2.0]])
+                .unwrap();
+        }
+        let v1 = vec![vec![1.0, 0.0, -1.0], vec![0.3, 0.2]];
+        let v2 = vec![vec![-0.5, 2.0, 0.0], vec![1.0, -1.0]];
+        let cfg = DataInfConfig {
+            block_size: 3,
+            ..Default::default()
+        };
+        let many = datainf_many(&g, &[v1.clone(), v2.clone()], &cfg).unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(many[0], datainf(&g, &v1, &cfg).unwrap());
+        assert_eq!(many[1], datainf(&g, &v2, &cfg).unwrap());
+        assert_ne!(many[0].scores, many[1].scores);
+        assert!(datainf_many(&g, &[], &cfg).is_err());
     }
 
     #[test]

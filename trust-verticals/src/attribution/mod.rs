@@ -18,7 +18,8 @@
 //!    problems [`exact`] computes the same scores with the exact (G_l + λ_l I)⁻¹ by Cholesky, and a
 //!    Spearman helper compares the two rankings.
 //! 4. **Normalised scores.** [`scores::normalize_signwise`] maps the scores to [−1, 1] separately
-//!    by sign (A.8 §6); [`scores::most_harmful`] / [`scores::most_helpful`] rank examples.
+//!    by sign (A.8 §6); [`scores::most_harmful`] / [`scores::most_helpful`] rank examples;
+//!    [`scores::write_npy`] saves a score vector as `np.save` does.
 //!
 //! **Sign convention.** Influence-function convention: I(z_i) > 0 means up-weighting z_i *raises*
 //! the test loss (the example is "harmful" for the test objective); I(z_i) < 0 means it lowers the
@@ -51,10 +52,10 @@ pub mod store;
 
 use std::path::PathBuf;
 
-pub use datainf::{DataInfConfig, DataInfResult, datainf};
-pub use exact::{ExactResult, cholesky, cholesky_solve, exact_influence, spearman};
+pub use datainf::{DataInfConfig, DataInfResult, datainf, datainf_many};
+pub use exact::{ExactConfig, ExactResult, cholesky, cholesky_solve, exact_influence, spearman};
 pub use lora_svd::{LoraFactors, Svd, lora_from_delta, lora_from_finetune, svd};
-pub use scores::{most_harmful, most_helpful, normalize_signwise};
+pub use scores::{most_harmful, most_helpful, normalize_signwise, read_npy, write_npy};
 pub use source::{
     GradientBlock, GradientSource, InMemoryGradients, LayerLayout, LayerVectors, mean_gradient,
 };
@@ -111,6 +112,14 @@ pub enum AttributionError {
         index: usize,
         /// The pivot value before the square root.
         value: f64,
+    },
+    /// An NPY score file is malformed or of an unsupported kind.
+    #[error("{path}: {message}")]
+    Npy {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
     },
     /// An iterative method did not converge.
     #[error("{what} did not converge after {iterations} iterations")]

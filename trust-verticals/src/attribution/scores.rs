@@ -5,6 +5,11 @@
 //! test loss, so z_i is *harmful* to the test objective; I(z_i) < 0 means up-weighting z_i lowers
 //! the test loss, so z_i is *helpful*. Normalisation keeps signs, so the same reading applies to
 //! normalised scores.
+//!
+//! Score vectors are saved like the reference's `np.save` ([`write_npy`]: a 1-D little-endian
+//! `float64` `.npy` file) and read back with [`read_npy`].
+
+use std::path::Path;
 
 use super::{AttributionError, Result};
 
@@ -79,6 +84,101 @@ pub fn most_helpful(scores: &[f64], k: usize) -> Vec<(usize, f64)> {
     top_k(scores, k, |x| x < 0.0, false)
 }
 
+const NPY_MAGIC: &[u8] = b"\x93NUMPY";
+
+fn npy_error(path: &Path, message: impl Into<String>) -> AttributionError {
+    AttributionError::Npy {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Writes `values` as a 1-D `<f8` NPY (format 1.0) file, as `numpy.save` does: readable with
+/// `numpy.load`. The file is written to a temporary name and renamed into place.
+pub fn write_npy(path: impl AsRef<Path>, values: &[f64]) -> Result<()> {
+    let path = path.as_ref();
+    let mut header = format!(
+        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({},), }}",
+        values.len()
+    );
+    // magic (6) + version (2) + header length (2) + header, padded with spaces to a multiple of 64
+    // and ended by a newline
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let header_len = u16::try_from(header.len())
+        .map_err(|_| npy_error(path, "header too long for NPY format 1.0"))?;
+    let mut bytes = Vec::with_capacity(10 + header.len() + 8 * values.len());
+    bytes.extend_from_slice(NPY_MAGIC);
+    bytes.extend_from_slice(&[1, 0]);
+    bytes.extend_from_slice(&header_len.to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in values {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, &bytes).map_err(|e| AttributionError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AttributionError::io(path, e))
+}
+
+/// Reads a 1-D little-endian `float64`, C-order NPY file (format 1.x, 2.x or 3.x), such as
+/// [`write_npy`] or `numpy.save(path, np.asarray(x, dtype="<f8"))` writes.
+///
+/// Errors on any other dtype, shape or order, or a truncated file.
+pub fn read_npy(path: impl AsRef<Path>) -> Result<Vec<f64>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| AttributionError::io(path, e))?;
+    if bytes.len() < 10 || !bytes.starts_with(NPY_MAGIC) {
+        return Err(npy_error(path, "not an NPY file (bad magic)"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => {
+            let n = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            (
+                usize::try_from(n).map_err(|_| npy_error(path, "header too long"))?,
+                12,
+            )
+        }
+        v => return Err(npy_error(path, format!("unsupported NPY version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .ok_or_else(|| npy_error(path, "truncated header"))?;
+    let header = std::str::from_utf8(header).map_err(|_| npy_error(path, "header is not text"))?;
+    let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains("'descr':'<f8'") {
+        return Err(npy_error(
+            path,
+            format!("dtype must be '<f8': {}", header.trim()),
+        ));
+    }
+    if !compact.contains("'fortran_order':False") {
+        return Err(npy_error(path, "Fortran order is not supported"));
+    }
+    let shape = compact
+        .split("'shape':(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .ok_or_else(|| npy_error(path, "no shape in header"))?;
+    let n: usize = shape
+        .strip_suffix(',')
+        .and_then(|x| x.parse().ok())
+        .ok_or_else(|| npy_error(path, format!("expected a 1-D shape, got ({shape})")))?;
+    let data = &bytes[start + header_len..];
+    if Some(data.len()) != n.checked_mul(8) {
+        return Err(npy_error(
+            path,
+            format!("{} data bytes for {n} float64 values", data.len()),
+        ));
+    }
+    Ok(data
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +196,35 @@ mod tests {
     fn normalise_rejects_nan() {
         assert!(normalize_signwise(&[1.0, f64::NAN]).is_err());
         assert_eq!(normalize_signwise(&[]).unwrap(), Vec::<f64>::new());
+    }
+
+    #[test]
+    fn npy_round_trip_and_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("scores.npy");
+        let v = vec![0.5, -1.0, 0.0, 1.0e-300, f64::MAX];
+        write_npy(&p, &v).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        // header is padded to 64 bytes, as numpy does
+        let hl = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+        assert_eq!((10 + hl) % 64, 0);
+        assert_eq!(bytes[10 + hl - 1], b'\n');
+        assert!(
+            std::str::from_utf8(&bytes[10..10 + hl])
+                .unwrap()
+                .starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (5,), }")
+        );
+        assert_eq!(bytes.len(), 10 + hl + 40);
+        assert_eq!(read_npy(&p).unwrap(), v);
+        write_npy(&p, &[]).unwrap();
+        assert!(read_npy(&p).unwrap().is_empty());
+        // wrong dtype and truncated data are errors
+        let mut bad = bytes.clone();
+        let pos = bad.windows(3).position(|w| w == b"<f8").unwrap();
+        bad[pos + 2] = b'4';
+        std::fs::write(&p, &bad).unwrap();
+        assert!(matches!(read_npy(&p), Err(AttributionError::Npy { .. })));
+        std::fs::write(&p, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(read_npy(&p).is_err());
     }
 }

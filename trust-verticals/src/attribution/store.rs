@@ -18,7 +18,8 @@
 //! keep a zero-filled tail, which this format cannot tell from real zeros.
 //!
 //! **Reading.** [`GradientStoreReader`] memory-maps the data file and implements
-//! [`GradientSource`], decoding one block at a time into a reusable buffer. The file must not be
+//! [`GradientSource`], decoding one block at a time into a reusable buffer of at most
+//! [`MAX_BLOCK_BYTES`] (or one record, if larger). The file must not be
 //! truncated or rewritten by another process while a reader maps it (appending is fine: the reader
 //! only sees the records present when it was opened). Only one writer may use a store at a time.
 
@@ -39,6 +40,9 @@ pub const DATA_FILE: &str = "gradients.f32";
 const FORMAT: &str = "trust-gradient-store";
 const VERSION: u32 = 1;
 const DTYPE: &str = "f32-le";
+/// Largest decoded block a [`GradientStoreReader`] hands out (fewer examples than asked for when
+/// records are large; at least one record).
+pub const MAX_BLOCK_BYTES: usize = 64 << 20;
 
 /// What produced a store's gradients. Each field is free text chosen by the caller (typically ids
 /// plus content hashes); the store keeps the fields and their SHA-256 and refuses to mix gradients
@@ -509,7 +513,7 @@ impl GradientStoreReader {
         let r = self.layout.record_len() * 4;
         let b = self
             .bytes()
-            .get(i.checked_mul(r)?..(i + 1).checked_mul(r)?)?;
+            .get(i.checked_mul(r)?..i.checked_add(1)?.checked_mul(r)?)?;
         Some(decode(b))
     }
 }
@@ -543,8 +547,9 @@ impl GradientSource for GradientStoreReader {
         max_block: usize,
         f: &mut dyn FnMut(GradientBlock<'_>) -> Result<()>,
     ) -> Result<()> {
-        let max_block = max_block.max(1);
         let rec = self.layout.record_len() * 4;
+        // bound the decode buffer whatever the caller asks for
+        let max_block = max_block.clamp(1, (MAX_BLOCK_BYTES / rec).max(1));
         let bytes = &self.bytes()[..self.len * rec];
         let mut buf = Vec::new();
         for (b, chunk) in bytes.chunks(max_block * rec).enumerate() {
