@@ -15,6 +15,10 @@ struct Cli {
 enum Command {
     /// List the data files found in a data directory and their checksums.
     List(list::ListArgs),
+    /// Run verticals against a model and write per-vertical and combined reports.
+    Eval(eval_cmd::EvalArgs),
+    /// Score saved replies (JSON Lines `{"id", "reply"}`) without a model.
+    Score(score_cmd::ScoreArgs),
     /// Log-likelihood of continuations with a local model (JSONL in: prompt, continuation).
     #[cfg(feature = "candle")]
     Loglik(model_cmds::LoglikArgs),
@@ -23,7 +27,9 @@ enum Command {
     Generate(model_cmds::GenerateArgs),
 }
 
+mod eval_cmd;
 mod list;
+mod score_cmd;
 #[cfg(feature = "candle")]
 mod model_cmds;
 
@@ -37,6 +43,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List(a) => list::run(a),
+        Command::Eval(a) => eval_cmd::run(a),
+        Command::Score(a) => score_cmd::run(a),
         #[cfg(feature = "candle")]
         Command::Loglik(a) => model_cmds::run_loglik(a),
         #[cfg(feature = "candle")]

@@ -1,0 +1,251 @@
+//! `trust eval`: run verticals against a model with the [`Runner`] and combine their reports.
+//!
+//! Each vertical writes `OUT/<vertical>/{manifest.json,samples.jsonl,report.json}` (the runner's
+//! layout); `OUT/report.json` lists every requested vertical as `ok` (with its report),
+//! `skipped` (no such protocol for it, or it needs a scorer and none was given) or `failed`
+//! (with the error). One vertical failing or being skipped never stops the others.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use trust_core::testing::{MockModel, MockScorer};
+use trust_core::{DataDir, LanguageModel, Runner, TextScorer};
+use trust_verticals::registry::{self, BuildOptions};
+
+/// Arguments of `trust eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Model directory (Hugging Face layout), or `mock` for the deterministic test model.
+    #[arg(long)]
+    model: String,
+    /// `all` or a comma-separated list of verticals (toxicity, stereotype, machine_ethics,
+    /// truthfulness, privacy).
+    #[arg(long, default_value = "all")]
+    verticals: String,
+    /// Protocol for every vertical, optionally followed by per-vertical overrides:
+    /// `paper` or `paper,toxicity=paper-text,truthfulness=loglik`.
+    #[arg(long, default_value = "paper")]
+    protocol: String,
+    /// Data directory (layout of shared/data).
+    #[arg(long, env = "TRUST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Use only the first N samples of each vertical.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Generations per prompt, for protocols that have k (toxicity, stereotype).
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Requests per model call.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Run seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue the run found in OUT.
+    #[arg(long)]
+    resume: bool,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Text scorer for toxicity: `mock` (word-list test scorer) or an ONNX classifier directory
+    /// (needs the `ort` feature).
+    #[arg(long)]
+    scorer: Option<String>,
+    /// Scorer label read as toxicity (default: the scorer's primary label).
+    #[arg(long)]
+    scorer_label: Option<String>,
+    /// Device for model backends (`cpu`, `cuda`, `cuda:1`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype for model backends (`f32`, `f16`, `bf16`).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+}
+
+/// Loads the model named by `--model`: `mock`, or a model directory through the candle backend.
+pub fn load_model(spec: &str, device: &str, dtype: &str, batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
+    if spec == "mock" {
+        return Ok(Box::new(MockModel::new()));
+    }
+    load_model_dir(Path::new(spec), device, dtype, batch_size)
+}
+
+/// Loads a Hugging Face model directory with the candle backend.
+#[cfg(feature = "candle")]
+fn load_model_dir(dir: &Path, device: &str, dtype: &str, batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
+    use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
+    let opts = LoadOptions {
+        dtype: parse_dtype(dtype)?,
+        device: parse_device(device)?,
+        batch_size: batch_size.max(1),
+        ..LoadOptions::default()
+    };
+    let model = CandleModel::load(dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
+    Ok(Box::new(model))
+}
+
+/// Without the `candle` feature there is no local model backend.
+#[cfg(not(feature = "candle"))]
+fn load_model_dir(dir: &Path, _device: &str, _dtype: &str, _batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
+    bail!("cannot load {}: candle backend not available in this build (use --model mock)", dir.display())
+}
+
+/// Builds the text scorer named by `--scorer`: `mock`, or an ONNX classifier directory.
+pub fn make_scorer(spec: &str) -> anyhow::Result<Box<dyn TextScorer>> {
+    if spec == "mock" {
+        return Ok(Box::new(MockScorer::default()));
+    }
+    onnx_scorer(Path::new(spec))
+}
+
+#[cfg(feature = "ort")]
+fn onnx_scorer(dir: &Path) -> anyhow::Result<Box<dyn TextScorer>> {
+    let c = trust_backends::ort::OrtClassifier::from_dir(dir, Default::default())
+        .with_context(|| format!("loading the ONNX scorer in {}", dir.display()))?;
+    Ok(Box::new(c))
+}
+
+#[cfg(not(feature = "ort"))]
+fn onnx_scorer(dir: &Path) -> anyhow::Result<Box<dyn TextScorer>> {
+    bail!(
+        "cannot load scorer {}: this build has no ONNX Runtime support (rebuild trust-cli with --features ort), or use --scorer mock",
+        dir.display()
+    )
+}
+
+/// Parses `--verticals`.
+pub fn parse_verticals(spec: &str) -> anyhow::Result<Vec<String>> {
+    if spec.trim() == "all" {
+        return Ok(registry::VERTICALS.iter().map(|s| s.to_string()).collect());
+    }
+    let mut out = Vec::new();
+    for v in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if registry::protocols(v).is_none() {
+            bail!("unknown vertical `{v}` (known: {}, or all)", registry::VERTICALS.join(", "));
+        }
+        if !out.iter().any(|x| x == v) {
+            out.push(v.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!("--verticals is empty");
+    }
+    Ok(out)
+}
+
+/// Parses `--protocol`: a default and `vertical=protocol` overrides.
+pub fn parse_protocols(spec: &str) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let mut default = None;
+    let mut overrides = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match part.split_once('=') {
+            Some((v, p)) => {
+                if registry::protocols(v.trim()).is_none() {
+                    bail!("--protocol: unknown vertical `{v}` in `{part}`");
+                }
+                overrides.push((v.trim().to_string(), p.trim().to_string()));
+            }
+            None if default.is_none() => default = Some(part.to_string()),
+            None => bail!("--protocol: two default protocols given (`{}` and `{part}`)", default.unwrap_or_default()),
+        }
+    }
+    Ok((default.unwrap_or_else(|| "paper".into()), overrides))
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
+    let verticals = parse_verticals(&a.verticals)?;
+    let (default_protocol, overrides) = parse_protocols(&a.protocol)?;
+    let data = DataDir::resolve(a.data_dir.as_deref())?;
+    let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size)?;
+    let scorer = a.scorer.as_deref().map(make_scorer).transpose()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let runner = Runner::builder()
+        .batch_size(a.batch_size)
+        .seed(a.seed)
+        .out_dir(&a.out)
+        .resume(a.resume)
+        .limit(a.limit)
+        .bootstrap_resamples(a.bootstrap)
+        .build();
+
+    let mut entries = Vec::new();
+    let mut n_failed = 0usize;
+    for name in &verticals {
+        let protocol =
+            overrides.iter().rev().find(|(v, _)| v == name).map(|(_, p)| p.clone()).unwrap_or(default_protocol.clone());
+        let opts = BuildOptions {
+            samples: a.samples,
+            scorer_label: a.scorer_label.clone(),
+            scorer: scorer.as_ref().map(|s| s.info()),
+        };
+        let known = registry::protocols(name).unwrap_or(&[]);
+        if !known.contains(&protocol.as_str()) {
+            let reason = format!("no protocol `{protocol}` for {name} (protocols: {})", known.join(", "));
+            eprintln!("skipping {name}: {reason}");
+            entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
+            continue;
+        }
+        let vertical = match registry::build(name, &protocol, &opts) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                n_failed += 1;
+                entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": e.to_string()}));
+                continue;
+            }
+        };
+        if vertical.requirements().scorer && scorer.is_none() {
+            let reason = format!("{name} needs a text scorer; pass --scorer (mock or an ONNX classifier directory)");
+            eprintln!("skipping {name}: {reason}");
+            entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
+            continue;
+        }
+        eprintln!("running {name} (protocol {protocol})");
+        // Only verticals that score texts get (and record) the scorer.
+        let vertical_scorer = if vertical.requirements().scorer { scorer.as_deref() } else { None };
+        match vertical.run(&runner, model.as_ref(), vertical_scorer, &data).await {
+            Ok(report) => {
+                for m in report.metrics.iter().take(4) {
+                    let v = m.value.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
+                    let ci = match (m.ci_low, m.ci_high) {
+                        (Some(l), Some(h)) => format!(" [{l:.4}, {h:.4}]"),
+                        _ => String::new(),
+                    };
+                    println!("{name}\t{protocol}\t{}\t{v}{ci}", m.name);
+                }
+                entries.push(json!({"vertical": name, "protocol": protocol, "status": "ok", "report": report}));
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                n_failed += 1;
+                entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": e.to_string()}));
+            }
+        }
+    }
+    let combined = json!({
+        "model": model.info(),
+        "scorer": scorer.as_ref().map(|s| s.info()),
+        "protocol": a.protocol,
+        "seed": a.seed,
+        "limit": a.limit,
+        "samples": a.samples,
+        "verticals": entries,
+    });
+    let path = a.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&combined)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    if n_failed > 0 {
+        bail!("{n_failed} vertical(s) failed; see {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! `trust score`: score saved replies without a model.
+//!
+//! Input: JSON Lines `{"id": sample id, "reply": text}`; several lines with the same id are that
+//! sample's replies in order (toxicity: a line may add `"scores": {"toxicity": 0.7}`; machine
+//! ethics `paper`: three replies per id, for prefixes 0, 2, 6). Output: one `{"id", "label"}`
+//! line per input line, in input order, then one line with the aggregate metrics.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use trust_core::metric::Bootstrap;
+use trust_core::{DataDir, ScorerInfo};
+use trust_verticals::registry::{self, BuildOptions, SavedSample};
+
+use crate::eval_cmd::make_scorer;
+
+/// Arguments of `trust score`.
+#[derive(clap::Args)]
+pub struct ScoreArgs {
+    /// Vertical name.
+    #[arg(long)]
+    vertical: String,
+    /// Protocol variant.
+    #[arg(long, default_value = "paper")]
+    protocol: String,
+    /// JSON Lines file of saved replies.
+    #[arg(long)]
+    replies: PathBuf,
+    /// Data directory (layout of shared/data).
+    #[arg(long, env = "TRUST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Text scorer for toxicity (`mock` or an ONNX classifier directory); without it, lines must
+    /// carry `"scores"`.
+    #[arg(long)]
+    scorer: Option<String>,
+    /// Label read as toxicity: from the scorer, or the key in each line's `"scores"`
+    /// (default: the scorer's primary label, or `toxicity`).
+    #[arg(long)]
+    scorer_label: Option<String>,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    /// Bootstrap seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+struct Line {
+    line: usize,
+    group: usize,
+    index: usize,
+}
+
+pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
+    let data = DataDir::resolve(a.data_dir.as_deref())?;
+    let scorer = a.scorer.as_deref().map(make_scorer).transpose()?;
+    let label = a.scorer_label.clone().unwrap_or_else(|| "toxicity".into());
+    let info = match &scorer {
+        Some(s) => s.info(),
+        None => ScorerInfo {
+            id: format!("given scores ({label})"),
+            labels: vec![label.clone()],
+            primary: Some(label.clone()),
+            weights_sha256: None,
+        },
+    };
+    let opts = BuildOptions { samples: None, scorer_label: a.scorer_label.clone(), scorer: Some(info) };
+    let vertical = registry::build(&a.vertical, &a.protocol, &opts)?;
+
+    let path = &a.replies;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut groups: Vec<SavedSample> = Vec::new();
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut lines = Vec::new();
+    for (i, text) in std::io::BufReader::new(file).lines().enumerate() {
+        let n = i + 1;
+        let text = text.with_context(|| format!("reading {}:{n}", path.display()))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}:{n}: not a JSON object", path.display()))?;
+        let Some(id) = v.get("id").and_then(|x| x.as_str()) else {
+            bail!("{}:{n}: field `id` (a string) is missing", path.display());
+        };
+        let Some(reply) = v.get("reply").and_then(|x| x.as_str()) else {
+            bail!("{}:{n}: field `reply` (a string) is missing", path.display());
+        };
+        let score = match v.get("scores") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(s) => match s.get(&label).and_then(|x| x.as_f64()) {
+                Some(x) => Some(x),
+                None => bail!("{}:{n}: field `scores` has no number for label `{label}`", path.display()),
+            },
+        };
+        let g = *by_id.entry(id.to_string()).or_insert_with(|| {
+            groups.push(SavedSample { id: id.to_string(), ..Default::default() });
+            groups.len() - 1
+        });
+        let s = &mut groups[g];
+        lines.push(Line { line: n, group: g, index: s.replies.len() });
+        s.replies.push(reply.to_string());
+        s.scores.push(score);
+        s.sources.push(format!("{}:{n}", path.display()));
+    }
+    let boot = Bootstrap { resamples: a.bootstrap, confidence: 0.95, seed: a.seed };
+    let scored = vertical
+        .score_saved(&data, &groups, scorer.as_deref(), &boot)
+        .await
+        .with_context(|| format!("scoring {}", path.display()))?;
+
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for l in &lines {
+        let (id, outcome) = &scored.outcomes[l.group];
+        let Some(label) = outcome.labels.get(l.index) else {
+            bail!("{}:{}: no label produced for this reply of `{id}`", path.display(), l.line);
+        };
+        writeln!(out, "{}", json!({"id": id, "label": label}))?;
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({
+            "vertical": vertical.name(),
+            "protocol": vertical.protocol(),
+            "n_samples": groups.len(),
+            "n_replies": lines.len(),
+            "n_unparsed": scored.n_unparsed,
+            "metrics": scored.metrics,
+        })
+    )?;
+    Ok(())
+}

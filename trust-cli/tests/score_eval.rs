@@ -1,0 +1,153 @@
+//! End-to-end tests of `trust score` and `trust eval` (mock model, mock scorer, real data).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("TRUST_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
+}
+
+fn trust(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trust"))
+        .args(args)
+        .env("TRUST_DATA_DIR", data_dir())
+        .output()
+        .expect("run trust")
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+}
+
+#[test]
+fn score_labels_each_reply_and_aggregates() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("replies.jsonl");
+    std::fs::write(
+        &f,
+        [
+            r#"{"id": "stereotype/hiv/Homosexuals/0", "reply": "I agree."}"#,
+            r#"{"id": "stereotype/hiv/Homosexuals/0", "reply": "That is right"}"#,
+            r#"{"id": "stereotype/hiv/Homosexuals/1", "reply": "I disagree."}"#,
+            r#"{"id": "stereotype/hiv/Homosexuals/1", "reply": "I refuse to answer."}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = trust(&["score", "--vertical", "stereotype", "--protocol", "corrected", "--replies", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    let labels: Vec<&str> = lines[..4].iter().map(|l| l["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["agree", "agree", "disagree", "no_response"]);
+    assert_eq!(lines[1]["id"], "stereotype/hiv/Homosexuals/0");
+    let last = &lines[4];
+    assert_eq!(last["n_samples"], 2);
+    let agree = last["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "agreement_index").unwrap();
+    assert_eq!(agree["value"], 0.5);
+}
+
+#[test]
+fn score_toxicity_with_given_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tox.jsonl");
+    let id = "toxicity/toxic/benign/0592407-948b84baadaac8b9efd3bba0205be5ea.txt";
+    // A real nontoxic filename, under the adversarial template.
+    let nontoxic = std::fs::read_to_string(data_dir().join("toxicity/nontoxic.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(nontoxic.lines().next().unwrap()).unwrap();
+    let id2 = format!("toxicity/nontoxic/adversarial/{}", first["filename"].as_str().unwrap());
+    std::fs::write(
+        &f,
+        format!(
+            "{{\"id\": \"{id}\", \"reply\": \" bad words\", \"scores\": {{\"toxicity\": 0.9}}}}\n\
+             {{\"id\": \"{id}\", \"reply\": \" fine\", \"scores\": {{\"toxicity\": 0.1}}}}\n\
+             {{\"id\": \"{id2}\", \"reply\": \" ok\", \"scores\": {{\"toxicity\": 0.3}}}}\n"
+        ),
+    )
+    .unwrap();
+
+    let out = trust(&["score", "--vertical", "toxicity", "--protocol", "paper", "--replies", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    let labels: Vec<&str> = lines[..3].iter().map(|l| l["label"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["toxic", "non_toxic", "non_toxic"]);
+    let metrics = lines[3]["metrics"].as_array().unwrap();
+    let emt = metrics.iter().find(|m| m["name"] == "emt").unwrap();
+    assert!((emt["value"].as_f64().unwrap() - 0.6).abs() < 1e-12, "{emt}");
+    let emt_adv = metrics.iter().find(|m| m["name"] == "emt[run=nontoxic/adversarial]").unwrap();
+    assert!((emt_adv["value"].as_f64().unwrap() - 0.3).abs() < 1e-12);
+}
+
+#[test]
+fn score_unknown_id_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.jsonl");
+    std::fs::write(&f, "{\"id\": \"pii-0000\", \"reply\": \"no\"}\n{\"id\": \"pii-9999\", \"reply\": \"x\"}\n").unwrap();
+    let out = trust(&["score", "--vertical", "privacy", "--replies", f.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pii-9999") && err.contains("bad.jsonl:2"), "{err}");
+    std::fs::write(&f, "{\"reply\": \"x\"}\n").unwrap();
+    let out = trust(&["score", "--vertical", "privacy", "--replies", f.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.jsonl:1") && err.contains("`id`"), "{err}");
+}
+
+#[test]
+fn eval_mock_runs_all_verticals_and_combines_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let o = out_dir.to_str().unwrap();
+    let args = [
+        "eval", "--model", "mock", "--verticals", "all", "--protocol", "paper,truthfulness=loglik", "--limit", "3",
+        "--samples", "2", "--bootstrap", "20", "--out", o,
+    ];
+    let out = trust(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    let entries = report["verticals"].as_array().unwrap();
+    assert_eq!(entries.len(), 5);
+    let status = |v: &str| entries.iter().find(|e| e["vertical"] == v).unwrap()["status"].as_str().unwrap().to_string();
+    assert_eq!(status("toxicity"), "skipped", "no scorer given");
+    for v in ["stereotype", "machine_ethics", "truthfulness", "privacy"] {
+        assert_eq!(status(v), "ok", "{v}");
+        assert!(out_dir.join(v).join("samples.jsonl").exists());
+        assert!(out_dir.join(v).join("manifest.json").exists());
+    }
+    let st = entries.iter().find(|e| e["vertical"] == "stereotype").unwrap();
+    assert_eq!(st["report"]["n_samples"], 3);
+    let tq = entries.iter().find(|e| e["vertical"] == "truthfulness").unwrap();
+    assert_eq!(tq["protocol"], "loglik");
+    // The stereotype samples were generated with n = --samples = 2.
+    let samples = std::fs::read_to_string(out_dir.join("stereotype/samples.jsonl")).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(samples.lines().next().unwrap()).unwrap();
+    assert_eq!(rec["outcome"]["labels"].as_array().unwrap().len(), 2);
+
+    // A second run into the same directory needs --resume; with it, toxicity runs with the mock scorer.
+    let out = trust(&args);
+    assert!(!out.status.success());
+    let mut with_scorer = args.to_vec();
+    with_scorer.extend(["--resume", "--scorer", "mock"]);
+    let out = trust(&with_scorer);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+    let tox = report["verticals"].as_array().unwrap().iter().find(|e| e["vertical"] == "toxicity").unwrap().clone();
+    assert_eq!(tox["status"], "ok");
+    assert!(tox["report"]["metrics"].as_array().unwrap().iter().any(|m| m["name"] == "emt"));
+}
+
+#[test]
+fn eval_rejects_unknown_verticals_and_unloadable_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o");
+    let out = trust(&["eval", "--model", "mock", "--verticals", "honesty", "--out", o.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown vertical `honesty`"));
+    let missing = dir.path().join("no-model");
+    let out = trust(&["eval", "--model", missing.to_str().unwrap(), "--verticals", "privacy", "--out", o.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-model"));
+}
