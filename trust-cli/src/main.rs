@@ -15,6 +15,9 @@ struct Cli {
 enum Command {
     /// List the data files found in a data directory and their checksums.
     List(list::ListArgs),
+    /// Per-label probabilities of JSONL texts (`{"text": ...}`) from an ONNX classifier.
+    #[cfg(feature = "ort")]
+    Classify(classify_cmd::ClassifyArgs),
     /// Run verticals against a model and write per-vertical and combined reports.
     Eval(eval_cmd::EvalArgs),
     /// Score saved replies (JSON Lines `{"id", "reply"}`) without a model.
@@ -29,6 +32,10 @@ enum Command {
 
 mod eval_cmd;
 mod list;
+#[cfg(feature = "ort")]
+mod classify_cmd;
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+mod scorer_arg;
 mod score_cmd;
 #[cfg(feature = "candle")]
 mod model_cmds;
@@ -43,6 +50,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::List(a) => list::run(a),
+        #[cfg(feature = "ort")]
+        Command::Classify(a) => classify_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
         #[cfg(feature = "candle")]
