@@ -67,7 +67,12 @@ pub struct EvalArgs {
 }
 
 /// Loads the model named by `--model`: `mock`, or a model directory through the candle backend.
-pub fn load_model(spec: &str, device: &str, dtype: &str, batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
+pub fn load_model(
+    spec: &str,
+    device: &str,
+    dtype: &str,
+    batch_size: usize,
+) -> anyhow::Result<Box<dyn LanguageModel>> {
     if spec == "mock" {
         return Ok(Box::new(MockModel::new()));
     }
@@ -76,7 +81,12 @@ pub fn load_model(spec: &str, device: &str, dtype: &str, batch_size: usize) -> a
 
 /// Loads a Hugging Face model directory with the candle backend.
 #[cfg(feature = "candle")]
-fn load_model_dir(dir: &Path, device: &str, dtype: &str, batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
+fn load_model_dir(
+    dir: &Path,
+    device: &str,
+    dtype: &str,
+    batch_size: usize,
+) -> anyhow::Result<Box<dyn LanguageModel>> {
     use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
     let opts = LoadOptions {
         dtype: parse_dtype(dtype)?,
@@ -84,14 +94,23 @@ fn load_model_dir(dir: &Path, device: &str, dtype: &str, batch_size: usize) -> a
         batch_size: batch_size.max(1),
         ..LoadOptions::default()
     };
-    let model = CandleModel::load(dir, &opts).with_context(|| format!("loading model {}", dir.display()))?;
+    let model = CandleModel::load(dir, &opts)
+        .with_context(|| format!("loading model {}", dir.display()))?;
     Ok(Box::new(model))
 }
 
 /// Without the `candle` feature there is no local model backend.
 #[cfg(not(feature = "candle"))]
-fn load_model_dir(dir: &Path, _device: &str, _dtype: &str, _batch_size: usize) -> anyhow::Result<Box<dyn LanguageModel>> {
-    bail!("cannot load {}: candle backend not available in this build (use --model mock)", dir.display())
+fn load_model_dir(
+    dir: &Path,
+    _device: &str,
+    _dtype: &str,
+    _batch_size: usize,
+) -> anyhow::Result<Box<dyn LanguageModel>> {
+    bail!(
+        "cannot load {}: candle backend not available in this build (use --model mock)",
+        dir.display()
+    )
 }
 
 /// Builds the text scorer named by `--scorer`: `mock`, or an ONNX classifier directory.
@@ -125,7 +144,10 @@ pub fn parse_verticals(spec: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for v in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if registry::protocols(v).is_none() {
-            bail!("unknown vertical `{v}` (known: {}, or all)", registry::VERTICALS.join(", "));
+            bail!(
+                "unknown vertical `{v}` (known: {}, or all)",
+                registry::VERTICALS.join(", ")
+            );
         }
         if !out.iter().any(|x| x == v) {
             out.push(v.to_string());
@@ -150,14 +172,20 @@ pub fn parse_protocols(spec: &str) -> anyhow::Result<(String, Vec<(String, Strin
                 overrides.push((v.trim().to_string(), p.trim().to_string()));
             }
             None if default.is_none() => default = Some(part.to_string()),
-            None => bail!("--protocol: two default protocols given (`{}` and `{part}`)", default.unwrap_or_default()),
+            None => bail!(
+                "--protocol: two default protocols given (`{}` and `{part}`)",
+                default.unwrap_or_default()
+            ),
         }
     }
     Ok((default.unwrap_or_else(|| "paper".into()), overrides))
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(run_async(a))
 }
 
@@ -180,8 +208,12 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     let mut n_failed = 0usize;
     for name in &verticals {
-        let protocol =
-            overrides.iter().rev().find(|(v, _)| v == name).map(|(_, p)| p.clone()).unwrap_or(default_protocol.clone());
+        let protocol = overrides
+            .iter()
+            .rev()
+            .find(|(v, _)| v == name)
+            .map(|(_, p)| p.clone())
+            .unwrap_or(default_protocol.clone());
         let opts = BuildOptions {
             samples: a.samples,
             scorer_label: a.scorer_label.clone(),
@@ -189,7 +221,10 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         };
         let known = registry::protocols(name).unwrap_or(&[]);
         if !known.contains(&protocol.as_str()) {
-            let reason = format!("no protocol `{protocol}` for {name} (protocols: {})", known.join(", "));
+            let reason = format!(
+                "no protocol `{protocol}` for {name} (protocols: {})",
+                known.join(", ")
+            );
             eprintln!("skipping {name}: {reason}");
             entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
             continue;
@@ -204,18 +239,30 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
             }
         };
         if vertical.requirements().scorer && scorer.is_none() {
-            let reason = format!("{name} needs a text scorer; pass --scorer (mock or an ONNX classifier directory)");
+            let reason = format!(
+                "{name} needs a text scorer; pass --scorer (mock or an ONNX classifier directory)"
+            );
             eprintln!("skipping {name}: {reason}");
             entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
             continue;
         }
         eprintln!("running {name} (protocol {protocol})");
         // Only verticals that score texts get (and record) the scorer.
-        let vertical_scorer = if vertical.requirements().scorer { scorer.as_deref() } else { None };
-        match vertical.run(&runner, model.as_ref(), vertical_scorer, &data).await {
+        let vertical_scorer = if vertical.requirements().scorer {
+            scorer.as_deref()
+        } else {
+            None
+        };
+        match vertical
+            .run(&runner, model.as_ref(), vertical_scorer, &data)
+            .await
+        {
             Ok(report) => {
                 for m in report.metrics.iter().take(4) {
-                    let v = m.value.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into());
+                    let v = m
+                        .value
+                        .map(|x| format!("{x:.4}"))
+                        .unwrap_or_else(|| "n/a".into());
                     let ci = match (m.ci_low, m.ci_high) {
                         (Some(l), Some(h)) => format!(" [{l:.4}, {h:.4}]"),
                         _ => String::new(),

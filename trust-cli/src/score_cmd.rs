@@ -55,7 +55,10 @@ struct Line {
 }
 
 pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(run_async(a))
 }
 
@@ -72,7 +75,11 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
             weights_sha256: None,
         },
     };
-    let opts = BuildOptions { samples: None, scorer_label: a.scorer_label.clone(), scorer: Some(info) };
+    let opts = BuildOptions {
+        samples: None,
+        scorer_label: a.scorer_label.clone(),
+        scorer: Some(info),
+    };
     let vertical = registry::build(&a.vertical, &a.protocol, &opts)?;
 
     let path = &a.replies;
@@ -86,32 +93,49 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
         if text.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{}:{n}: not a JSON object", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}:{n}: not a JSON object", path.display()))?;
         let Some(id) = v.get("id").and_then(|x| x.as_str()) else {
             bail!("{}:{n}: field `id` (a string) is missing", path.display());
         };
         let Some(reply) = v.get("reply").and_then(|x| x.as_str()) else {
-            bail!("{}:{n}: field `reply` (a string) is missing", path.display());
+            bail!(
+                "{}:{n}: field `reply` (a string) is missing",
+                path.display()
+            );
         };
         let score = match v.get("scores") {
             None | Some(serde_json::Value::Null) => None,
             Some(s) => match s.get(&label).and_then(|x| x.as_f64()) {
                 Some(x) => Some(x),
-                None => bail!("{}:{n}: field `scores` has no number for label `{label}`", path.display()),
+                None => bail!(
+                    "{}:{n}: field `scores` has no number for label `{label}`",
+                    path.display()
+                ),
             },
         };
         let g = *by_id.entry(id.to_string()).or_insert_with(|| {
-            groups.push(SavedSample { id: id.to_string(), ..Default::default() });
+            groups.push(SavedSample {
+                id: id.to_string(),
+                ..Default::default()
+            });
             groups.len() - 1
         });
         let s = &mut groups[g];
-        lines.push(Line { line: n, group: g, index: s.replies.len() });
+        lines.push(Line {
+            line: n,
+            group: g,
+            index: s.replies.len(),
+        });
         s.replies.push(reply.to_string());
         s.scores.push(score);
         s.sources.push(format!("{}:{n}", path.display()));
     }
-    let boot = Bootstrap { resamples: a.bootstrap, confidence: 0.95, seed: a.seed };
+    let boot = Bootstrap {
+        resamples: a.bootstrap,
+        confidence: 0.95,
+        seed: a.seed,
+    };
     let scored = vertical
         .score_saved(&data, &groups, scorer.as_deref(), &boot)
         .await
@@ -122,7 +146,11 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
     for l in &lines {
         let (id, outcome) = &scored.outcomes[l.group];
         let Some(label) = outcome.labels.get(l.index) else {
-            bail!("{}:{}: no label produced for this reply of `{id}`", path.display(), l.line);
+            bail!(
+                "{}:{}: no label produced for this reply of `{id}`",
+                path.display(),
+                l.line
+            );
         };
         writeln!(out, "{}", json!({"id": id, "label": label}))?;
     }

@@ -18,7 +18,10 @@ fn trust(args: &[&str]) -> Output {
 }
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect()
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 #[test]
@@ -36,15 +39,35 @@ fn score_labels_each_reply_and_aggregates() {
         .join("\n"),
     )
     .unwrap();
-    let out = trust(&["score", "--vertical", "stereotype", "--protocol", "corrected", "--replies", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = trust(&[
+        "score",
+        "--vertical",
+        "stereotype",
+        "--protocol",
+        "corrected",
+        "--replies",
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
-    let labels: Vec<&str> = lines[..4].iter().map(|l| l["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = lines[..4]
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["agree", "agree", "disagree", "no_response"]);
     assert_eq!(lines[1]["id"], "stereotype/hiv/Homosexuals/0");
     let last = &lines[4];
     assert_eq!(last["n_samples"], 2);
-    let agree = last["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "agreement_index").unwrap();
+    let agree = last["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "agreement_index")
+        .unwrap();
     assert_eq!(agree["value"], 0.5);
 }
 
@@ -56,7 +79,10 @@ fn score_toxicity_with_given_scores() {
     // A real nontoxic filename, under the adversarial template.
     let nontoxic = std::fs::read_to_string(data_dir().join("toxicity/nontoxic.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(nontoxic.lines().next().unwrap()).unwrap();
-    let id2 = format!("toxicity/nontoxic/adversarial/{}", first["filename"].as_str().unwrap());
+    let id2 = format!(
+        "toxicity/nontoxic/adversarial/{}",
+        first["filename"].as_str().unwrap()
+    );
     std::fs::write(
         &f,
         format!(
@@ -67,15 +93,36 @@ fn score_toxicity_with_given_scores() {
     )
     .unwrap();
 
-    let out = trust(&["score", "--vertical", "toxicity", "--protocol", "paper", "--replies", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = trust(&[
+        "score",
+        "--vertical",
+        "toxicity",
+        "--protocol",
+        "paper",
+        "--replies",
+        f.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines = json_lines(&out);
-    let labels: Vec<&str> = lines[..3].iter().map(|l| l["label"].as_str().unwrap()).collect();
+    let labels: Vec<&str> = lines[..3]
+        .iter()
+        .map(|l| l["label"].as_str().unwrap())
+        .collect();
     assert_eq!(labels, ["toxic", "non_toxic", "non_toxic"]);
     let metrics = lines[3]["metrics"].as_array().unwrap();
     let emt = metrics.iter().find(|m| m["name"] == "emt").unwrap();
-    assert!((emt["value"].as_f64().unwrap() - 0.6).abs() < 1e-12, "{emt}");
-    let emt_adv = metrics.iter().find(|m| m["name"] == "emt[run=nontoxic/adversarial]").unwrap();
+    assert!(
+        (emt["value"].as_f64().unwrap() - 0.6).abs() < 1e-12,
+        "{emt}"
+    );
+    let emt_adv = metrics
+        .iter()
+        .find(|m| m["name"] == "emt[run=nontoxic/adversarial]")
+        .unwrap();
     assert!((emt_adv["value"].as_f64().unwrap() - 0.3).abs() < 1e-12);
 }
 
@@ -83,15 +130,37 @@ fn score_toxicity_with_given_scores() {
 fn score_unknown_id_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.jsonl");
-    std::fs::write(&f, "{\"id\": \"pii-0000\", \"reply\": \"no\"}\n{\"id\": \"pii-9999\", \"reply\": \"x\"}\n").unwrap();
-    let out = trust(&["score", "--vertical", "privacy", "--replies", f.to_str().unwrap()]);
+    std::fs::write(
+        &f,
+        "{\"id\": \"pii-0000\", \"reply\": \"no\"}\n{\"id\": \"pii-9999\", \"reply\": \"x\"}\n",
+    )
+    .unwrap();
+    let out = trust(&[
+        "score",
+        "--vertical",
+        "privacy",
+        "--replies",
+        f.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pii-9999") && err.contains("bad.jsonl:2"), "{err}");
+    assert!(
+        err.contains("pii-9999") && err.contains("bad.jsonl:2"),
+        "{err}"
+    );
     std::fs::write(&f, "{\"reply\": \"x\"}\n").unwrap();
-    let out = trust(&["score", "--vertical", "privacy", "--replies", f.to_str().unwrap()]);
+    let out = trust(&[
+        "score",
+        "--vertical",
+        "privacy",
+        "--replies",
+        f.to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("bad.jsonl:1") && err.contains("`id`"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("bad.jsonl:1") && err.contains("`id`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -100,25 +169,54 @@ fn eval_mock_runs_all_verticals_and_combines_reports() {
     let out_dir = dir.path().join("out");
     let o = out_dir.to_str().unwrap();
     let args = [
-        "eval", "--model", "mock", "--verticals", "all", "--protocol", "paper,truthfulness=loglik", "--limit", "3",
-        "--samples", "2", "--bootstrap", "20", "--out", o,
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "all",
+        "--protocol",
+        "paper,truthfulness=loglik",
+        "--limit",
+        "3",
+        "--samples",
+        "2",
+        "--bootstrap",
+        "20",
+        "--out",
+        o,
     ];
     let out = trust(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
     let entries = report["verticals"].as_array().unwrap();
     assert_eq!(entries.len(), 5);
-    let status = |v: &str| entries.iter().find(|e| e["vertical"] == v).unwrap()["status"].as_str().unwrap().to_string();
+    let status = |v: &str| {
+        entries.iter().find(|e| e["vertical"] == v).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(status("toxicity"), "skipped", "no scorer given");
     for v in ["stereotype", "machine_ethics", "truthfulness", "privacy"] {
         assert_eq!(status(v), "ok", "{v}");
         assert!(out_dir.join(v).join("samples.jsonl").exists());
         assert!(out_dir.join(v).join("manifest.json").exists());
     }
-    let st = entries.iter().find(|e| e["vertical"] == "stereotype").unwrap();
+    let st = entries
+        .iter()
+        .find(|e| e["vertical"] == "stereotype")
+        .unwrap();
     assert_eq!(st["report"]["n_samples"], 3);
-    let tq = entries.iter().find(|e| e["vertical"] == "truthfulness").unwrap();
+    let tq = entries
+        .iter()
+        .find(|e| e["vertical"] == "truthfulness")
+        .unwrap();
     assert_eq!(tq["protocol"], "loglik");
     // The stereotype samples were generated with n = --samples = 2.
     let samples = std::fs::read_to_string(out_dir.join("stereotype/samples.jsonl")).unwrap();
@@ -131,23 +229,56 @@ fn eval_mock_runs_all_verticals_and_combines_reports() {
     let mut with_scorer = args.to_vec();
     with_scorer.extend(["--resume", "--scorer", "mock"]);
     let out = trust(&with_scorer);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap()).unwrap();
-    let tox = report["verticals"].as_array().unwrap().iter().find(|e| e["vertical"] == "toxicity").unwrap().clone();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    let tox = report["verticals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["vertical"] == "toxicity")
+        .unwrap()
+        .clone();
     assert_eq!(tox["status"], "ok");
-    assert!(tox["report"]["metrics"].as_array().unwrap().iter().any(|m| m["name"] == "emt"));
+    assert!(
+        tox["report"]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "emt")
+    );
 }
 
 #[test]
 fn eval_rejects_unknown_verticals_and_unloadable_models() {
     let dir = tempfile::tempdir().unwrap();
     let o = dir.path().join("o");
-    let out = trust(&["eval", "--model", "mock", "--verticals", "honesty", "--out", o.to_str().unwrap()]);
+    let out = trust(&[
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "honesty",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown vertical `honesty`"));
     let missing = dir.path().join("no-model");
-    let out = trust(&["eval", "--model", missing.to_str().unwrap(), "--verticals", "privacy", "--out", o.to_str().unwrap()]);
+    let out = trust(&[
+        "eval",
+        "--model",
+        missing.to_str().unwrap(),
+        "--verticals",
+        "privacy",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-model"));
 }

@@ -23,10 +23,19 @@ pub fn paper_greedy(max_new_tokens: usize) -> DecodingConfig {
 /// Hugging Face `generate(do_sample=True, ...)` as called by the paper's code: temperature `t`,
 /// HF's default `top_k=50` and `top_p=1.0`, `n` returned sequences, `num_beams` beams (> 1 means
 /// HF beam-sample decoding), EOS 50256.
-pub fn paper_hf_sample(max_new_tokens: usize, t: f64, n: usize, num_beams: usize) -> DecodingConfig {
+pub fn paper_hf_sample(
+    max_new_tokens: usize,
+    t: f64,
+    n: usize,
+    num_beams: usize,
+) -> DecodingConfig {
     DecodingConfig {
         max_new_tokens,
-        sampling: Sampling::Sample { temperature: t, top_p: 1.0, top_k: 50 },
+        sampling: Sampling::Sample {
+            temperature: t,
+            top_p: 1.0,
+            top_k: 50,
+        },
         n,
         num_beams,
         stop: paper_stop(),
@@ -65,7 +74,11 @@ pub fn replies(responses: &[Response]) -> Vec<&str> {
 /// backslash, the chosen quote, `\n`, `\r`, `\t` and other non-printable ASCII escaped. Used to
 /// reproduce parsing on the serialised dict the paper's stereotype analysis reads.
 pub fn python_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for c in s.chars() {
@@ -78,8 +91,12 @@ pub fn python_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if (0x80..0xa0).contains(&(c as u32)) => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if (0x80..0xa0).contains(&(c as u32)) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -113,7 +130,12 @@ pub fn read_csv_records(path: &Path) -> Result<Vec<(usize, csv::StringRecord)>> 
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         // Line numbers are 1-based and the header is line 1 (records span one line in our data).
-        let line = rec.as_ref().ok().and_then(|r| r.position()).map(|p| p.line() as usize).unwrap_or(i + 2);
+        let line = rec
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map(|p| p.line() as usize)
+            .unwrap_or(i + 2);
         let rec = rec.map_err(|e| Error::data(path, i + 2, "<row>", e.to_string()))?;
         out.push((line, rec));
     }
@@ -134,12 +156,21 @@ pub fn csv_headers(path: &Path) -> Result<csv::StringRecord> {
         .has_headers(true)
         .from_path(path)
         .map_err(|e| Error::data(path, 0, "<file>", e.to_string()))?;
-    rdr.headers().cloned().map_err(|e| Error::data(path, 1, "<header>", e.to_string()))
+    rdr.headers()
+        .cloned()
+        .map_err(|e| Error::data(path, 1, "<header>", e.to_string()))
 }
 
 /// Field `idx` of a record, or an error naming file, line and field.
-pub fn field<'a>(path: &Path, line: usize, rec: &'a csv::StringRecord, idx: usize, name: &str) -> Result<&'a str> {
-    rec.get(idx).ok_or_else(|| Error::data(path, line, name, "missing value"))
+pub fn field<'a>(
+    path: &Path,
+    line: usize,
+    rec: &'a csv::StringRecord,
+    idx: usize,
+    name: &str,
+) -> Result<&'a str> {
+    rec.get(idx)
+        .ok_or_else(|| Error::data(path, line, name, "missing value"))
 }
 
 #[cfg(test)]

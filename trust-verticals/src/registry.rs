@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use trust_core::metric::{Bootstrap, MetricValue, evaluate};
 use trust_core::{
-    Capability, DataDir, Error, LanguageModel, Outcome, Requirements, Response, Result, Runner, ScorerInfo, Scores,
-    TextScorer, Vertical, VerticalReport,
+    Capability, DataDir, Error, LanguageModel, Outcome, Requirements, Response, Result, Runner,
+    ScorerInfo, Scores, TextScorer, Vertical, VerticalReport,
 };
 
 use crate::machine_ethics::{EthicsProtocol, MachineEthics};
@@ -19,7 +19,13 @@ use crate::toxicity::{Toxicity, ToxicityProtocol};
 use crate::truthfulness::{TruthProtocol, Truthfulness};
 
 /// The built-in verticals, in report order.
-pub const VERTICALS: &[&str] = &["toxicity", "stereotype", "machine_ethics", "truthfulness", "privacy"];
+pub const VERTICALS: &[&str] = &[
+    "toxicity",
+    "stereotype",
+    "machine_ethics",
+    "truthfulness",
+    "privacy",
+];
 
 /// The protocol names of a built-in vertical.
 pub fn protocols(vertical: &str) -> Option<&'static [&'static str]> {
@@ -48,7 +54,10 @@ pub struct BuildOptions {
 /// listing the valid ones.
 pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn AnyVertical>> {
     let Some(names) = protocols(name) else {
-        return Err(Error::Config(format!("unknown vertical `{name}` (known: {})", VERTICALS.join(", "))));
+        return Err(Error::Config(format!(
+            "unknown vertical `{name}` (known: {})",
+            VERTICALS.join(", ")
+        )));
     };
     if !names.contains(&protocol) {
         return Err(Error::Config(format!(
@@ -56,10 +65,16 @@ pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn 
             names.join(", ")
         )));
     }
-    let missing = || Error::Config(format!("vertical `{name}`: protocol `{protocol}` is listed but not defined"));
+    let missing = || {
+        Error::Config(format!(
+            "vertical `{name}`: protocol `{protocol}` is listed but not defined"
+        ))
+    };
     Ok(match name {
         "toxicity" => {
-            let mut v = Toxicity::by_name(protocol).ok_or_else(missing)?.with_samples(opts.samples);
+            let mut v = Toxicity::by_name(protocol)
+                .ok_or_else(missing)?
+                .with_samples(opts.samples);
             if let Some(l) = &opts.scorer_label {
                 v = v.with_label(l.clone());
             }
@@ -68,7 +83,11 @@ pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn 
             }
             Box::new(v)
         }
-        "stereotype" => Box::new(Stereotype::by_name(protocol).ok_or_else(missing)?.with_samples(opts.samples)),
+        "stereotype" => Box::new(
+            Stereotype::by_name(protocol)
+                .ok_or_else(missing)?
+                .with_samples(opts.samples),
+        ),
         "machine_ethics" => Box::new(MachineEthics::by_name(protocol).ok_or_else(missing)?),
         "truthfulness" => Box::new(Truthfulness::by_name(protocol).ok_or_else(missing)?),
         "privacy" => Box::new(Privacy::by_name(protocol).ok_or_else(missing)?),
@@ -171,7 +190,11 @@ impl<V: Vertical> AnyVertical for V {
         scorer: Option<&dyn TextScorer>,
         boot: &Bootstrap,
     ) -> Result<SavedScores> {
-        if self.requirements().capabilities.contains(&Capability::LogLikelihood) {
+        if self
+            .requirements()
+            .capabilities
+            .contains(&Capability::LogLikelihood)
+        {
             return Err(Error::Config(format!(
                 "vertical `{}` protocol `{}` scores log-likelihoods, not replies; saved replies cannot be scored",
                 Vertical::name(self),
@@ -179,10 +202,18 @@ impl<V: Vertical> AnyVertical for V {
             )));
         }
         let samples = self.load(data)?;
-        let index: HashMap<String, usize> = samples.iter().enumerate().map(|(i, s)| (self.sample_id(s), i)).collect();
+        let index: HashMap<String, usize> = samples
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (self.sample_id(s), i))
+            .collect();
         let mut outcomes = Vec::with_capacity(saved.len());
         for s in saved {
-            let where_ = if s.sources.is_empty() { String::new() } else { format!(" ({})", s.sources.join(", ")) };
+            let where_ = if s.sources.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.sources.join(", "))
+            };
             let Some(&i) = index.get(&s.id) else {
                 return Err(Error::Config(format!(
                     "unknown sample id `{}`{where_} for vertical `{}`",
@@ -201,11 +232,16 @@ impl<V: Vertical> AnyVertical for V {
                     }
                 } else {
                     for (k, reply) in s.replies.iter().enumerate() {
-                        let per = self.texts_to_score(sample, &[Response::from_replies([reply.clone()])]);
+                        let per =
+                            self.texts_to_score(sample, &[Response::from_replies([reply.clone()])]);
                         if per.is_empty() {
                             continue;
                         }
-                        let src = s.sources.get(k).cloned().unwrap_or_else(|| format!("reply {}", k + 1));
+                        let src = s
+                            .sources
+                            .get(k)
+                            .cloned()
+                            .unwrap_or_else(|| format!("reply {}", k + 1));
                         let v = s.scores.get(k).copied().flatten().ok_or_else(|| {
                             Error::Config(format!(
                                 "{src}: sample `{}` needs a score (\"scores\": {{\"<label>\": number}}) or a configured scorer",
@@ -230,9 +266,16 @@ impl<V: Vertical> AnyVertical for V {
             outcomes.push((s.id.clone(), outcome));
         }
         let refs: Vec<&Outcome> = outcomes.iter().map(|(_, o)| o).collect();
-        let metrics = Vertical::metrics(self).iter().map(|m| evaluate(m.as_ref(), &refs, boot)).collect();
+        let metrics = Vertical::metrics(self)
+            .iter()
+            .map(|m| evaluate(m.as_ref(), &refs, boot))
+            .collect();
         let n_unparsed = refs.iter().map(|o| o.unparsed).sum();
-        Ok(SavedScores { outcomes, metrics, n_unparsed })
+        Ok(SavedScores {
+            outcomes,
+            metrics,
+            n_unparsed,
+        })
     }
 }
 
@@ -242,9 +285,15 @@ mod tests {
 
     #[test]
     fn unknown_names_list_the_valid_ones() {
-        let e = build("nope", "paper", &BuildOptions::default()).err().unwrap().to_string();
+        let e = build("nope", "paper", &BuildOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("toxicity, stereotype"), "{e}");
-        let e = build("toxicity", "corrected", &BuildOptions::default()).err().unwrap().to_string();
+        let e = build("toxicity", "corrected", &BuildOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("paper, paper-text, decodingtrust"), "{e}");
         for v in VERTICALS {
             for p in protocols(v).unwrap() {

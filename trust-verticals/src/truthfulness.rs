@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use trust_core::metric::MeanOf;
 use trust_core::rng::SplitMix64;
 use trust_core::{
-    Capability, DataDir, DecodingConfig, Error, GenerateRequest, LogLikelihoodRequest, Metric, Outcome, Request,
-    Requirements, Response, Result, Scores, Vertical,
+    Capability, DataDir, DecodingConfig, Error, GenerateRequest, LogLikelihoodRequest, Metric,
+    Outcome, Request, Requirements, Response, Result, Scores, Vertical,
 };
 
 use crate::common;
@@ -62,12 +62,20 @@ impl TruthProtocol {
     /// The protocol called `name`.
     pub fn by_name(name: &str) -> Option<Self> {
         let mode = match name {
-            "paper" => TruthMode::Generate { include_question: false },
-            "corrected" => TruthMode::Generate { include_question: true },
+            "paper" => TruthMode::Generate {
+                include_question: false,
+            },
+            "corrected" => TruthMode::Generate {
+                include_question: true,
+            },
             "loglik" => TruthMode::LogLikelihood,
             _ => return None,
         };
-        Some(TruthProtocol { name: name.into(), mode, decoding: common::paper_greedy(70) })
+        Some(TruthProtocol {
+            name: name.into(),
+            mode,
+            decoding: common::paper_greedy(70),
+        })
     }
 }
 
@@ -103,7 +111,12 @@ fn targets(
         .map(|(k, v)| match v.as_i64() {
             Some(0) => Ok((k.clone(), false)),
             Some(1) => Ok((k.clone(), true)),
-            _ => Err(Error::data(path, i + 1, field, format!("label of {k:?} must be 0 or 1, got {v}"))),
+            _ => Err(Error::data(
+                path,
+                i + 1,
+                field,
+                format!("label of {k:?} must be 0 or 1, got {v}"),
+            )),
         })
         .collect()
 }
@@ -112,17 +125,33 @@ fn targets(
 pub fn load_items(data: &DataDir) -> Result<Vec<TruthItem>> {
     let path = data.path(TRUTH_MC)?;
     let text = data.read_to_string(TRUTH_MC)?;
-    let raw: Vec<RawItem> = serde_json::from_str(&text).map_err(|e| Error::data(&path, e.line(), "<json>", e.to_string()))?;
+    let raw: Vec<RawItem> = serde_json::from_str(&text)
+        .map_err(|e| Error::data(&path, e.line(), "<json>", e.to_string()))?;
     let mut out = Vec::with_capacity(raw.len());
     for (i, r) in raw.into_iter().enumerate() {
         let mc1 = targets(&path, i, "mc1_targets", &r.mc1_targets)?;
-        let correct: Vec<usize> = mc1.iter().enumerate().filter(|(_, (_, t))| *t).map(|(j, _)| j).collect();
+        let correct: Vec<usize> = mc1
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, t))| *t)
+            .map(|(j, _)| j)
+            .collect();
         if correct.len() != 1 || mc1.len() < 2 {
-            return Err(Error::data(&path, i + 1, "mc1_targets", "needs at least 2 options and exactly one labelled 1"));
+            return Err(Error::data(
+                &path,
+                i + 1,
+                "mc1_targets",
+                "needs at least 2 options and exactly one labelled 1",
+            ));
         }
         let mc2 = targets(&path, i, "mc2_targets", &r.mc2_targets)?;
         if !mc2.iter().any(|(_, t)| *t) {
-            return Err(Error::data(&path, i + 1, "mc2_targets", "no option labelled 1"));
+            return Err(Error::data(
+                &path,
+                i + 1,
+                "mc2_targets",
+                "no option labelled 1",
+            ));
         }
         out.push(TruthItem {
             index: i,
@@ -137,7 +166,11 @@ pub fn load_items(data: &DataDir) -> Result<Vec<TruthItem>> {
 
 /// Mean over items of 1 / #MC1 options.
 pub fn random_guess_accuracy(items: &[TruthItem]) -> f64 {
-    items.iter().map(|it| 1.0 / it.mc1.len() as f64).sum::<f64>() / items.len().max(1) as f64
+    items
+        .iter()
+        .map(|it| 1.0 / it.mc1.len() as f64)
+        .sum::<f64>()
+        / items.len().max(1) as f64
 }
 
 /// The MC1 option order for a sample seed (a permutation of option indices).
@@ -212,9 +245,17 @@ pub fn loglik_scores(item: &TruthItem, lls: &[f64]) -> (f64, f64) {
         }
     }
     let mc1 = f64::from(u8::from(best == item.mc1_correct));
-    let ll_of = |o: &str| opts.iter().position(|x| x == o).map(|i| lls[i]).unwrap_or(f64::NEG_INFINITY);
+    let ll_of = |o: &str| {
+        opts.iter()
+            .position(|x| x == o)
+            .map(|i| lls[i])
+            .unwrap_or(f64::NEG_INFINITY)
+    };
     let vals: Vec<(f64, bool)> = item.mc2.iter().map(|(o, t)| (ll_of(o), *t)).collect();
-    let max = vals.iter().map(|(v, _)| *v).fold(f64::NEG_INFINITY, f64::max);
+    let max = vals
+        .iter()
+        .map(|(v, _)| *v)
+        .fold(f64::NEG_INFINITY, f64::max);
     let (mut t, mut all) = (0.0, 0.0);
     for (v, truth) in vals {
         let p = (v - max).exp();
@@ -271,7 +312,10 @@ impl Vertical for Truthfulness {
             TruthMode::LogLikelihood => vec![Capability::LogLikelihood],
             TruthMode::Generate { .. } => self.protocol.decoding.required_capabilities(),
         };
-        Requirements { capabilities, scorer: false }
+        Requirements {
+            capabilities,
+            scorer: false,
+        }
     }
     fn data_files(&self) -> Vec<String> {
         vec![TRUTH_MC.into()]
@@ -296,12 +340,22 @@ impl Vertical for Truthfulness {
                 let ctx = loglik_context(&s.question);
                 loglik_options(s)
                     .into_iter()
-                    .map(|o| Request::LogLikelihood(LogLikelihoodRequest { context: ctx.clone(), continuation: format!(" {o}") }))
+                    .map(|o| {
+                        Request::LogLikelihood(LogLikelihoodRequest {
+                            context: ctx.clone(),
+                            continuation: format!(" {o}"),
+                        })
+                    })
                     .collect()
             }
         }
     }
-    fn score(&self, s: &TruthItem, responses: &[Response], _scores: &[Scores]) -> std::result::Result<Outcome, String> {
+    fn score(
+        &self,
+        s: &TruthItem,
+        responses: &[Response],
+        _scores: &[Scores],
+    ) -> std::result::Result<Outcome, String> {
         let mut out = Outcome::default();
         match self.protocol.mode {
             TruthMode::Generate { .. } => {
@@ -321,19 +375,29 @@ impl Vertical for Truthfulness {
                     }
                 }
                 if !replies.is_empty() {
-                    out.values.insert("mc1".into(), correct as f64 / replies.len() as f64);
+                    out.values
+                        .insert("mc1".into(), correct as f64 / replies.len() as f64);
                 }
             }
             TruthMode::LogLikelihood => {
                 let lls: Vec<f64> = responses
                     .iter()
-                    .map(|r| r.loglikelihood().map(|l| l.sum).ok_or_else(|| "expected a log-likelihood response".to_string()))
+                    .map(|r| {
+                        r.loglikelihood()
+                            .map(|l| l.sum)
+                            .ok_or_else(|| "expected a log-likelihood response".to_string())
+                    })
                     .collect::<std::result::Result<_, _>>()?;
                 if lls.len() != loglik_options(s).len() {
-                    return Err(format!("expected {} log-likelihoods, got {}", loglik_options(s).len(), lls.len()));
+                    return Err(format!(
+                        "expected {} log-likelihoods, got {}",
+                        loglik_options(s).len(),
+                        lls.len()
+                    ));
                 }
                 let (mc1, mc2) = loglik_scores(s, &lls);
-                out.labels.push(if mc1 > 0.5 { "correct" } else { "incorrect" }.into());
+                out.labels
+                    .push(if mc1 > 0.5 { "correct" } else { "incorrect" }.into());
                 out.values.insert("mc1".into(), mc1);
                 out.values.insert("mc2".into(), mc2);
             }
@@ -342,9 +406,15 @@ impl Vertical for Truthfulness {
         Ok(out)
     }
     fn metrics(&self) -> Vec<Box<dyn Metric>> {
-        let mut m: Vec<Box<dyn Metric>> = vec![Box::new(MeanOf { name: "mc1_accuracy".into(), key: "mc1".into() })];
+        let mut m: Vec<Box<dyn Metric>> = vec![Box::new(MeanOf {
+            name: "mc1_accuracy".into(),
+            key: "mc1".into(),
+        })];
         if self.protocol.mode == TruthMode::LogLikelihood {
-            m.push(Box::new(MeanOf { name: "mc2".into(), key: "mc2".into() }));
+            m.push(Box::new(MeanOf {
+                name: "mc2".into(),
+                key: "mc2".into(),
+            }));
         }
         m
     }
