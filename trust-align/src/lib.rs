@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod hh;
+pub mod lexical;
 pub mod lora;
 pub mod losses;
 pub mod optim;

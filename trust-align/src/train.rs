@@ -705,3 +705,44 @@ fn save_checkpoint(
     std::fs::rename(&tmp, dir).map_err(io(dir))?;
     Ok(())
 }
+
+/// Gradients of the stage loss of one example with respect to `vars` (e.g. the LoRA `A`/`B`
+/// tensors of a [`Trainee`]), each flattened in row-major order; a variable the loss does not
+/// reach gets zeros. `model` must have been built from the trainee's current weights
+/// ([`Trainee::model`]); batch size 1, as in the paper's attribution code.
+pub fn example_gradients(
+    stage: Stage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    vars: &[Var],
+    example: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (loss, _) = batch_loss(stage, model, reference, &[example], beta, device)?;
+    let grads = loss.backward()?;
+    vars.iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>(),
+            None => Ok(vec![0.0; v.as_tensor().elem_count()]),
+        })
+        .collect()
+}
+
+/// Loads a LoRA trainee from a directory written by [`train`] (`adapter/` over the base model the
+/// adapters were trained on).
+pub fn load_lora_trainee(
+    out_dir: &Path,
+    base_dir: &Path,
+    device: &Device,
+) -> Result<Trainee, TrainError> {
+    let config = ModelConfig::from_dir(base_dir)?;
+    let base = load_weights(base_dir, device)?;
+    let adapters = LoraAdapters::load(&out_dir.join("adapter"), device)?;
+    Ok(Trainee::with_adapters(
+        config,
+        base,
+        adapters,
+        device.clone(),
+    ))
+}
