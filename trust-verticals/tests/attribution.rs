@@ -8,7 +8,10 @@ use trust_verticals::attribution::datainf::{DataInfConfig, datainf};
 use trust_verticals::attribution::exact::{
     ExactConfig, cholesky, cholesky_solve, exact_influence, spearman,
 };
-use trust_verticals::attribution::lora_svd::{lora_from_delta, lora_from_finetune, svd};
+use trust_verticals::attribution::lora_svd::{
+    RandomizedSvdConfig, lora_from_delta, lora_from_delta_randomized, lora_from_finetune,
+    randomized_svd, svd,
+};
 use trust_verticals::attribution::scores::{most_harmful, most_helpful, normalize_signwise};
 use trust_verticals::attribution::source::{
     GradientSource, InMemoryGradients, LayerLayout, mean_gradient,
@@ -656,4 +659,75 @@ fn cholesky_solve_residual_is_small() {
     let resid = max_abs_diff(&ax, &rhs);
     let rhs_max = rhs.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(resid < 1e-10 * rhs_max, "residual {resid}");
+}
+
+/// Random matrix with orthonormal singular vectors and singular values `sigma`.
+fn with_spectrum(rng: &mut SplitMix64, rows: usize, cols: usize, sigma: &[f64]) -> Vec<f64> {
+    let k = sigma.len();
+    let u = gram_schmidt(&random_matrix(rng, rows, k), rows, k);
+    let v = gram_schmidt(&random_matrix(rng, cols, k), cols, k);
+    let mut us = u.clone();
+    for i in 0..rows {
+        for j in 0..k {
+            us[i * k + j] *= sigma[j];
+        }
+    }
+    matmul(&us, &transpose(&v, cols, k), rows, k, cols)
+}
+
+#[test]
+fn randomized_svd_matches_exact_svd() {
+    let mut rng = SplitMix64::new(61);
+    // decaying spectrum σ_j = 2^-j: the rank-4 truncation is well defined
+    let (m, n) = (150, 90);
+    let sigma: Vec<f64> = (0..60).map(|j| 0.5f64.powi(j)).collect();
+    let a = with_spectrum(&mut rng, m, n, &sigma);
+    let cfg = RandomizedSvdConfig::default();
+    let f = randomized_svd(&a, m, n, 4, &cfg).unwrap();
+    assert_eq!((f.k(), f.u.len(), f.vt.len()), (4, m * 4, 4 * n));
+    for (s, want) in f.s.iter().zip(&sigma) {
+        assert!((s - want).abs() < 1e-10, "{:?}", f.s);
+    }
+    let exact = lora_from_delta(&a, m, n, 4).unwrap();
+    let approx = lora_from_delta_randomized(&a, m, n, 4, &cfg).unwrap();
+    let diff = max_abs_diff(&exact.delta(), &approx.delta());
+    assert!(diff < 1e-10, "max |BA_exact − BA_randomized| = {diff}");
+    let optimal = sigma[4..].iter().map(|s| s * s).sum::<f64>().sqrt();
+    assert!((exact.truncation_error() - optimal).abs() < 1e-10);
+    assert!((approx.truncation_error() - optimal).abs() < 1e-10);
+    // deterministic for a seed
+    assert_eq!(randomized_svd(&a, m, n, 4, &cfg).unwrap(), f);
+
+    // exactly rank 3, wide matrix: reconstruction to 1e-8
+    let (m, n) = (40, 300);
+    let b = with_spectrum(&mut rng, m, n, &[5.0, 2.0, 0.1]);
+    let lora = lora_from_delta_randomized(&b, m, n, 3, &cfg).unwrap();
+    assert!(max_abs_diff(&lora.delta(), &b) < 1e-8);
+    assert!(lora.truncation_error() < 1e-8);
+    // rank + oversampling ≥ min(rows, cols): exact fallback
+    let c = random_matrix(&mut rng, 12, 9);
+    let small = randomized_svd(&c, 12, 9, 2, &cfg).unwrap();
+    let full = svd(&c, 12, 9).unwrap();
+    assert_eq!(small.s, full.s[..2].to_vec());
+    // bad input
+    assert!(randomized_svd(&c, 12, 9, 0, &cfg).is_err());
+    assert!(randomized_svd(&c, 12, 10, 2, &cfg).is_err());
+}
+
+#[test]
+#[ignore = "timing report, run by hand"]
+fn svd_timings() {
+    let mut rng = SplitMix64::new(71);
+    for n in [128, 256, 512] {
+        let a = random_matrix(&mut rng, n, n);
+        let t = std::time::Instant::now();
+        svd(&a, n, n).unwrap();
+        println!("exact Jacobi svd {n}×{n}: {:.2?}", t.elapsed());
+    }
+    for n in [1024, 4096] {
+        let a = random_matrix(&mut rng, n, n);
+        let t = std::time::Instant::now();
+        lora_from_delta_randomized(&a, n, n, 4, &RandomizedSvdConfig::default()).unwrap();
+        println!("randomized rank-4 LoRA {n}×{n}: {:.2?}", t.elapsed());
+    }
 }

@@ -39,8 +39,9 @@
 //!   exists in the reference code; how the other verticals become test pairs is unknown.
 //! - The `trust attribute` CLI that wires models, stores and DataInf together and saves the
 //!   length-n normalised score vector per (stage, vertical).
-//! - A randomized / iterative truncated SVD for very large weight matrices ([`lora_svd`] is a dense
-//!   one-sided Jacobi SVD, meant for matrices whose smaller side is at most about a thousand).
+//! - Reading / writing checkpoints (safetensors) and PEFT adapters around [`lora_svd`], which
+//!   works on plain row-major slices (exact Jacobi SVD for small weights, randomized truncated SVD
+//!   for large ones).
 #![warn(missing_docs)]
 
 pub mod datainf;
@@ -54,7 +55,10 @@ use std::path::PathBuf;
 
 pub use datainf::{DataInfConfig, DataInfResult, datainf, datainf_many};
 pub use exact::{ExactConfig, ExactResult, cholesky, cholesky_solve, exact_influence, spearman};
-pub use lora_svd::{LoraFactors, Svd, lora_from_delta, lora_from_finetune, svd};
+pub use lora_svd::{
+    LoraFactors, RandomizedSvdConfig, Svd, lora_from_delta, lora_from_delta_randomized,
+    lora_from_finetune, randomized_svd, svd,
+};
 pub use scores::{most_harmful, most_helpful, normalize_signwise, read_npy, write_npy};
 pub use source::{
     GradientBlock, GradientSource, InMemoryGradients, LayerLayout, LayerVectors, mean_gradient,
