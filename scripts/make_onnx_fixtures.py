@@ -2,6 +2,7 @@
 """Builds the tiny ONNX fixtures of trust-backends' `ort` tests and their reference outputs.
 
     python3 scripts/make_onnx_fixtures.py
+    python3 scripts/make_onnx_fixtures.py --bert-base /tmp/trust-bert-base-onnx   # benchmark model
 
 Writes trust-backends/tests/fixtures/onnx/{tiny-classifier,tiny-causal-lm}/. The script re-runs
 itself inside a throwaway virtual environment under /tmp (created on first use, from PyPI) with
@@ -225,7 +226,7 @@ def make_classifier(rng, tok):
     onnx.save(classifier_graph(w), os.path.join(d, "model.onnx"))
     # A broken export for the error tests: the token input is called `tokens`, not `input_ids`.
     onnx.save(classifier_graph(w, input_ids_name="tokens"), os.path.join(d, "bad_inputs.onnx"))
-    shutil.copy(TOKENIZER, os.path.join(d, "tokenizer.json"))
+    shutil.copyfile(TOKENIZER, os.path.join(d, "tokenizer.json"))
     config = {
         "architectures": ["TinyBertForSequenceClassification"],
         "model_type": "bert",
@@ -494,7 +495,7 @@ def make_causal_lm(rng, tok):
     w = lm_weights(rng)
     onnx.save(lm_graph(w, with_past=True), os.path.join(d, "model.onnx"))
     onnx.save(lm_graph(w, with_past=False), os.path.join(d, "model_no_past.onnx"))
-    shutil.copy(TOKENIZER, os.path.join(d, "tokenizer.json"))
+    shutil.copyfile(TOKENIZER, os.path.join(d, "tokenizer.json"))
     config = {
         "architectures": ["TinyCausalLM"],
         "model_type": "tiny-causal-lm",
@@ -619,7 +620,67 @@ def make_causal_lm(rng, tok):
           f"min sampling margin {min(smargins):.3g}")
 
 
+# ----------------------------------------------------------------------------------------------
+# Benchmark model (not committed): a random BERT-base-shaped classifier, same graph layout as the
+# tiny classifier but 12 layers x 768 hidden x 12 heads, 3072 FFN, 30522 x 768 embeddings, 512
+# positions (about 110M parameters, ~440 MB). Only for trust-backends/benches/ort_classifier.rs.
+# ----------------------------------------------------------------------------------------------
+
+
+def make_bert_base(out_dir, layers=12, h=768, heads=12, vocab=30522, maxpos=512):
+    rng = np.random.default_rng(7)
+    f, hd = 4 * h, h // heads
+    g = G()
+
+    def w(name, *shape, scale=0.02):
+        return g.init(name, rand(rng, *shape, scale=scale))
+
+    def ln(name):
+        return g.init(name + "_g", np.ones(h, np.float32)), g.init(name + "_b", np.zeros(h, np.float32))
+
+    shape = g.op("Shape", ["input_ids"])
+    seq = g.op("Gather", [shape, g.const(1, np.int64)], axis=0)
+    pos = g.op("Range", [g.const(0, np.int64), seq, g.const(1, np.int64)])
+    e = g.op("Add", [g.op("Gather", [w("word_emb", vocab, h), "input_ids"]), g.op("Gather", [w("pos_emb", maxpos, h), pos])])
+    e = g.op("Add", [e, g.op("Gather", [w("type_emb", 2, h), "token_type_ids"])])
+    x = g.layer_norm(e, *ln("ln0"))
+    m = g.op("Cast", ["attention_mask"], to=TensorProto.FLOAT)
+    m = g.op("Unsqueeze", [m, g.const([1, 2], np.int64)])
+    bias = g.op("Mul", [g.op("Sub", [g.const(1.0, np.float32), m]), g.const(NEG, np.float32)])
+    for l in range(layers):
+        p = f"l{l}_"
+        lin = {n: (w(p + "w" + n, h, h), w(p + "b" + n, h)) for n in "qkvo"}
+        q = split_heads(g, g.linear(x, *lin["q"]), heads, hd, [0, 2, 1, 3])
+        kt = split_heads(g, g.linear(x, *lin["k"]), heads, hd, [0, 2, 3, 1])
+        v = split_heads(g, g.linear(x, *lin["v"]), heads, hd, [0, 2, 1, 3])
+        scores = g.op("Mul", [g.op("MatMul", [q, kt]), g.const(hd ** -0.5, np.float32)])
+        probs = g.op("Softmax", [g.op("Add", [scores, bias])], axis=-1)
+        ctx = merge_heads(g, g.op("MatMul", [probs, v]), h)
+        x = g.layer_norm(g.op("Add", [x, g.linear(ctx, *lin["o"])]), *ln(p + "ln1"))
+        ff = g.linear(g.op("Relu", [g.linear(x, w(p + "w1", h, f), w(p + "b1", f))]), w(p + "w2", f, h), w(p + "b2", h))
+        x = g.layer_norm(g.op("Add", [x, ff]), *ln(p + "ln2"))
+    cls = g.op("Gather", [x, g.const(0, np.int64)], axis=1)
+    pooled = g.op("Tanh", [g.linear(cls, w("wp", h, h), w("bp", h))])
+    g.op("Add", [g.op("MatMul", [pooled, w("wc", h, len(CLS_LABELS))]), w("bc", len(CLS_LABELS))], out="logits")
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch_size", "sequence_length"])
+            for n in ["input_ids", "attention_mask", "token_type_ids"]]
+    outs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch_size", len(CLS_LABELS)])]
+    model = g.model(ints, outs, "bert_base_shaped_random")
+    os.makedirs(out_dir, exist_ok=True)
+    onnx.save(model, os.path.join(out_dir, "model.onnx"))
+    shutil.copyfile(TOKENIZER, os.path.join(out_dir, "tokenizer.json"))
+    with open(os.path.join(out_dir, "config.json"), "w") as fh:
+        json.dump({"model_type": "bert", "max_position_embeddings": maxpos, "pad_token_id": 0,
+                   "problem_type": "multi_label_classification",
+                   "id2label": {str(i): l for i, l in enumerate(CLS_LABELS)}}, fh, indent=2)
+    n = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    print(f"BERT-base-shaped random classifier ({n / 1e6:.1f}M parameters) written to {out_dir}")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--bert-base":
+        make_bert_base(sys.argv[2])
+        return
     tok = Tokenizer.from_file(TOKENIZER)
     rng = np.random.default_rng(20261126)
     make_classifier(rng, tok)
