@@ -16,7 +16,10 @@
 //!    layer-wise damping λ_l, the approximate inverse-Hessian–vector product h_l and the scores
 //!    I(z_i) = −Σ_l ⟨h_l, g_il⟩ (A.8 §5; formula and constants documented there). For small
 //!    problems [`exact`] computes the same scores with the exact (G_l + λ_l I)⁻¹ by Cholesky, and a
-//!    Spearman helper compares the two rankings.
+//!    Spearman helper compares the two rankings. On a synthetic problem (n = 300, layers of 8 and
+//!    4 parameters, gradients near a 3-dimensional subspace; `tests/attribution.rs`) the DataInf
+//!    ranking agrees with the exact one at Spearman 0.74 with the reference damping c = 0.1, 0.98
+//!    with c = 1 and 0.999 with c = 10: the approximation is rough at the reference's damping.
 //! 4. **Normalised scores.** [`scores::normalize_signwise`] maps the scores to [−1, 1] separately
 //!    by sign (A.8 §6); [`scores::most_harmful`] / [`scores::most_helpful`] rank examples;
 //!    [`scores::write_npy`] saves a score vector as `np.save` does.
