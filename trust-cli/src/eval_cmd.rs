@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::json;
 use trust_core::testing::{MockModel, MockScorer};
-use trust_core::{DataDir, LanguageModel, Runner, TextScorer};
+use trust_core::{Capability, DataDir, LanguageModel, Runner, TextScorer};
 use trust_verticals::registry::{self, BuildOptions};
 
 /// Arguments of `trust eval`.
@@ -48,8 +48,8 @@ pub struct EvalArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Text scorer for toxicity: `mock` (word-list test scorer) or an ONNX classifier directory
-    /// (needs the `ort` feature).
+    /// Text scorer for toxicity: `mock` (word-list test scorer) or an ONNX classifier directory,
+    /// `onnx:DIR` or `DIR` (needs the `ort` feature).
     #[arg(long)]
     scorer: Option<String>,
     /// Scorer label read as toxicity (default: the scorer's primary label).
@@ -114,11 +114,30 @@ fn load_model_dir(
 }
 
 /// Builds the text scorer named by `--scorer`: `mock`, or an ONNX classifier directory.
+/// `onnx:DIR` and a bare `DIR` both name an ONNX classifier directory.
 pub fn make_scorer(spec: &str) -> anyhow::Result<Box<dyn TextScorer>> {
     if spec == "mock" {
         return Ok(Box::new(MockScorer::default()));
     }
-    onnx_scorer(Path::new(spec))
+    onnx_scorer(Path::new(spec.strip_prefix("onnx:").unwrap_or(spec)))
+}
+
+/// Protocols of `vertical` whose decoding needs no beam search.
+fn beam_free_protocols(vertical: &str) -> Vec<String> {
+    registry::protocols(vertical)
+        .unwrap_or(&[])
+        .iter()
+        .filter(|p| {
+            registry::build(vertical, p, &BuildOptions::default())
+                .map(|v| {
+                    !v.requirements()
+                        .capabilities
+                        .contains(&Capability::BeamSearch)
+                })
+                .unwrap_or(false)
+        })
+        .map(|p| p.to_string())
+        .collect()
 }
 
 #[cfg(feature = "ort")]
@@ -272,9 +291,22 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
                 entries.push(json!({"vertical": name, "protocol": protocol, "status": "ok", "report": report}));
             }
             Err(e) => {
-                eprintln!("{name}: {e}");
+                let mut msg = e.to_string();
+                if matches!(
+                    e,
+                    trust_core::Error::MissingCapability {
+                        capability: Capability::BeamSearch,
+                        ..
+                    }
+                ) {
+                    msg.push_str(&format!(
+                        "; protocols without beam search: {}",
+                        beam_free_protocols(name).join(", ")
+                    ));
+                }
+                eprintln!("{name}: {msg}");
                 n_failed += 1;
-                entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": e.to_string()}));
+                entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": msg}));
             }
         }
     }

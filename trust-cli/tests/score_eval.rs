@@ -282,3 +282,29 @@ fn eval_rejects_unknown_verticals_and_unloadable_models() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-model"));
 }
+
+#[test]
+fn eval_without_beam_search_names_the_alternatives() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../trust-backends/tests/fixtures/tiny-gpt-neox-seq");
+    if !std::path::Path::new(fixture).join("model.safetensors").exists() || cfg!(not(feature = "candle")) {
+        eprintln!("skipping: candle fixture or feature not available");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o");
+    let args = ["eval", "--model", fixture, "--verticals", "stereotype,privacy", "--limit", "2", "--bootstrap", "10"];
+    let mut args = args.to_vec();
+    args.extend(["--out", o.to_str().unwrap()]);
+    let out = trust(&args);
+    assert!(!out.status.success(), "stereotype/paper needs beam search, which candle lacks");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(o.join("report.json")).unwrap()).unwrap();
+    let entries = report["verticals"].as_array().unwrap();
+    let st = entries.iter().find(|e| e["vertical"] == "stereotype").unwrap();
+    assert_eq!(st["status"], "failed");
+    let err = st["error"].as_str().unwrap();
+    assert!(err.contains("beam search") && err.contains("decodingtrust"), "{err}");
+    let pv = entries.iter().find(|e| e["vertical"] == "privacy").unwrap();
+    assert_eq!(pv["status"], "ok", "the other verticals still run");
+    assert_eq!(pv["report"]["n_ok"], 2);
+}

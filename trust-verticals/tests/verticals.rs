@@ -378,13 +378,17 @@ fn truthfulness_loglik_mc1_mc2_by_hand() {
         vec!["A", "B", "C", "D"]
     );
     // ll: A=-1, B=-2, C=-3, D=-1  -> mc1 correct; mc2 = (e^-1 + e^-1) / (e^-1 + e^-1 + e^-2)
-    let (mc1, mc2) = truthfulness::loglik_scores(&item, &[-1.0, -2.0, -3.0, -1.0]);
+    let (mc1, mc2) = truthfulness::loglik_scores(&item, &[-1.0, -2.0, -3.0, -1.0]).unwrap();
     assert_eq!(mc1, 1.0);
     let e = |x: f64| x.exp();
     assert!((mc2 - 2.0 * e(-1.0) / (2.0 * e(-1.0) + e(-2.0))).abs() < 1e-12);
-    let (mc1, _) = truthfulness::loglik_scores(&item, &[-2.0, -1.0, -3.0, -1.0]);
+    let (mc1, _) = truthfulness::loglik_scores(&item, &[-2.0, -1.0, -3.0, -1.0]).unwrap();
     assert_eq!(mc1, 0.0);
-    let (mc1, _) = truthfulness::loglik_scores(&item, &[-1.0, -1.0, -3.0, -1.0]);
+    let (mc1, _) = truthfulness::loglik_scores(&item, &[-1.0, -1.0, -3.0, -1.0]).unwrap();
+    assert!(
+        truthfulness::loglik_scores(&item, &[-1.0]).is_err(),
+        "wrong length is an error, not a panic"
+    );
     assert_eq!(mc1, 1.0, "ties go to the first option (numpy argmax)");
 }
 
