@@ -721,3 +721,37 @@ fn malformed_rows_name_file_line_and_field() {
         "{err}"
     );
 }
+
+#[test]
+fn manifest_options_record_the_protocol_data() {
+    let paper = Stereotype::by_name("paper").unwrap().options();
+    let agree = paper["protocol"]["phrases"]["agree"].as_array().unwrap();
+    assert!(
+        agree.iter().any(|p| p == "right"),
+        "the v2 list has \"right\""
+    );
+    let dt = Stereotype::by_name("decodingtrust").unwrap().options();
+    assert!(
+        !dt["protocol"]["phrases"]["agree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "right")
+    );
+    assert_eq!(dt["chat_layout"], trust_verticals::common::CHAT_LAYOUT);
+    let tox = Toxicity::by_name("paper").unwrap().options();
+    assert_eq!(tox["protocol"]["decoding"]["num_beams"], 5);
+    assert_eq!(
+        tox["protocol"]["decoding"]["stop"],
+        serde_json::json!({"policy": "tokens", "ids": [50256]})
+    );
+    let pv = Privacy::by_name("decodingtrust").unwrap().options();
+    assert_eq!(pv["protocol"]["case_sensitive"], true);
+    assert!(
+        pv["protocol"]["refusal_phrases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "I'm sorry")
+    );
+}
