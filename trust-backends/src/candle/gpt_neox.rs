@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
-use super::layers::{KvCache, LayerNorm, Linear, Rope, attention};
+use super::layers::{EMBED_INIT, KvCache, LayerNorm, Linear, Rope, attention};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -38,7 +38,9 @@ impl GptNeoX {
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         let m = vb.pp("gpt_neox");
-        let embed_w = m.pp("embed_in").get((cfg.vocab_size, h), "weight")?;
+        let embed_w = m
+            .pp("embed_in")
+            .get_with_hints((cfg.vocab_size, h), "weight", EMBED_INIT)?;
         let embed_in = Embedding::new(embed_w.clone(), h);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -71,7 +73,11 @@ impl GptNeoX {
         let embed_out = if cfg.tie_word_embeddings {
             Linear::from_weight(embed_w)
         } else {
-            Linear::from_weight(vb.pp("embed_out").get((cfg.vocab_size, h), "weight")?)
+            Linear::from_weight(vb.pp("embed_out").get_with_hints(
+                (cfg.vocab_size, h),
+                "weight",
+                EMBED_INIT,
+            )?)
         };
         let rope = Rope::new(
             &cfg.rope,

@@ -10,6 +10,13 @@ use candle_nn::VarBuilder;
 
 use super::config::{RopeConfig, RopeScaling};
 
+/// Initialisation of embedding and untied output matrices when a model is built on a fresh
+/// `VarMap` (transformers' `initializer_range` default).
+pub(crate) const EMBED_INIT: candle_nn::Init = candle_nn::Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
 /// A linear layer `y = x W^T (+ b)`.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {

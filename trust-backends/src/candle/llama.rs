@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
-use super::layers::{KvCache, Linear, RmsNorm, Rope, attention};
+use super::layers::{EMBED_INIT, KvCache, Linear, RmsNorm, Rope, attention};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -47,7 +47,9 @@ impl Llama {
         let kvh = cfg.num_key_value_heads;
         let ff = cfg.intermediate_size;
         let m = vb.pp("model");
-        let embed_w = m.pp("embed_tokens").get((cfg.vocab_size, h), "weight")?;
+        let embed_w =
+            m.pp("embed_tokens")
+                .get_with_hints((cfg.vocab_size, h), "weight", EMBED_INIT)?;
         let embed_tokens = Embedding::new(embed_w.clone(), h);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
@@ -74,7 +76,11 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::from_weight(embed_w)
         } else {
-            Linear::from_weight(vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?)
+            Linear::from_weight(vb.pp("lm_head").get_with_hints(
+                (cfg.vocab_size, h),
+                "weight",
+                EMBED_INIT,
+            )?)
         };
         let rope = Rope::new(
             &cfg.rope,

@@ -293,6 +293,13 @@ pub struct CandleModel {
     pad_generation_batches: bool,
 }
 
+fn device_name(d: &Device) -> String {
+    match d {
+        Device::Cpu => "cpu".to_string(),
+        d => format!("{:?}", d.location()),
+    }
+}
+
 fn dtype_name(d: DType) -> &'static str {
     match d {
         DType::F32 => "f32",
@@ -323,10 +330,7 @@ impl CandleModel {
             }
         };
         let sha = store.sha256()?;
-        let device_name = match &opts.device {
-            Device::Cpu => "cpu".to_string(),
-            d => format!("{:?}", d.location()),
-        };
+
         let info = ModelInfo {
             id: dir.display().to_string(),
             backend: "candle".into(),
@@ -335,7 +339,46 @@ impl CandleModel {
                 "arch={} dtype={} device={}",
                 config.arch.as_str(),
                 dtype_name(opts.dtype),
-                device_name
+                device_name(&opts.device)
+            ),
+        };
+        Ok(CandleModel {
+            lm: Arc::new(lm),
+            tokenizer: Arc::new(tokenizer),
+            info,
+            batch_size: opts.batch_size.max(1),
+            pad_generation_batches: opts.pad_generation_batches,
+        })
+    }
+
+    /// Wraps a model built elsewhere (e.g. on trainable `Var`s, see
+    /// [`CausalLm::from_var_builder`]) with its tokenizer. `id` names it in [`ModelInfo`]; there is
+    /// no weights hash. Fails when the tokenizer has more ids than the embedding has rows.
+    pub fn from_parts(
+        lm: CausalLm,
+        tokenizer: tokenizers::Tokenizer,
+        id: impl Into<String>,
+        opts: &LoadOptions,
+    ) -> Result<Self, BackendError> {
+        let n = tokenizer.get_vocab_size(true);
+        if n > lm.config().vocab_size {
+            return Err(BackendError::Tokenizer {
+                path: PathBuf::from("<in memory>"),
+                message: format!(
+                    "{n} token ids but the embedding has {} rows",
+                    lm.config().vocab_size
+                ),
+            });
+        }
+        let info = ModelInfo {
+            id: id.into(),
+            backend: "candle".into(),
+            weights_sha256: None,
+            details: format!(
+                "arch={} dtype={} device={}",
+                lm.config().arch.as_str(),
+                dtype_name(lm.dtype()),
+                device_name(lm.device())
             ),
         };
         Ok(CandleModel {
