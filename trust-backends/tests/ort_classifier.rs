@@ -21,7 +21,10 @@ fn expected() -> Value {
     serde_json::from_str(&text).expect("valid JSON")
 }
 
-fn cases() -> Vec<(String, Vec<f64>, Vec<f64>, Vec<f64>)> {
+/// (text, logits, sigmoid probabilities, softmax probabilities).
+type Case = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn cases() -> Vec<Case> {
     let f = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
     expected()["cases"]
         .as_array()

@@ -34,7 +34,8 @@ mod eval_cmd;
 mod list;
 #[cfg(feature = "ort")]
 mod classify_cmd;
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+// `load_scorer` is the `--scorer` hook for `trust eval` (unused until eval_cmd calls it).
+#[allow(dead_code)]
 mod scorer_arg;
 mod score_cmd;
 #[cfg(feature = "candle")]

@@ -26,7 +26,7 @@ use trust_core::{
 };
 
 use super::io::{self, IntType};
-use super::pool::SessionPool;
+use super::pool::{SessionPool, parallel_map};
 use super::runtime::{self, SessionOptions};
 use crate::error::BackendError;
 
@@ -465,39 +465,14 @@ impl OrtCausalLm {
         Ok(LogLikelihood { token_logprobs, sum, is_greedy })
     }
 
-    /// Runs `f` over `items` on up to `sessions` threads, keeping the order.
-    fn parallel<T: Sync, R: Send>(&self, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-        let workers = self.pool.size().min(items.len());
-        if workers <= 1 {
-            return items.iter().map(f).collect();
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let slots: Vec<std::sync::Mutex<Option<R>>> = items.iter().map(|_| std::sync::Mutex::new(None)).collect();
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if k >= items.len() {
-                            break;
-                        }
-                        let r = f(&items[k]);
-                        *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                    }
-                });
-            }
-        });
-        slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item ran")).collect()
-    }
-
     /// [`LanguageModel::generate`], blocking.
     pub fn generate_blocking(&self, requests: &[GenerateRequest]) -> Vec<Result<GenerateResponse, ModelError>> {
-        self.parallel(requests, |r| self.generate_request(r))
+        parallel_map(requests, self.pool.size(), |r| self.generate_request(r))
     }
 
     /// [`LanguageModel::loglikelihood`], blocking.
     pub fn loglikelihood_blocking(&self, requests: &[LogLikelihoodRequest]) -> Vec<Result<LogLikelihood, ModelError>> {
-        self.parallel(requests, |r| self.loglikelihood_request(r))
+        parallel_map(requests, self.pool.size(), |r| self.loglikelihood_request(r))
     }
 }
 

@@ -9,7 +9,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 use trust_core::{ScorerError, ScorerInfo, Scores, TextScorer};
 
 use super::io::{self, IntType};
-use super::pool::SessionPool;
+use super::pool::{SessionPool, parallel_map};
 use super::runtime::{self, SessionOptions};
 use crate::error::BackendError;
 
@@ -131,6 +131,21 @@ impl std::fmt::Debug for OrtClassifier {
             .field("sessions", &self.pool.size())
             .finish()
     }
+}
+
+const EMPTY_TEXT: &str = "text tokenises to no tokens";
+
+/// A tokenised text and its position in the caller's slice.
+struct Tokenized {
+    index: usize,
+    ids: Vec<u32>,
+    types: Vec<u32>,
+}
+
+/// Why one text has no logits.
+enum RowError {
+    Empty,
+    Failed(BackendError),
 }
 
 fn sig_err(model: &Path, message: String) -> BackendError {
@@ -262,7 +277,7 @@ impl OrtClassifier {
             batch_size: options.batch_size.max(1),
         };
         // A dry run checks the logits width against the labels now rather than on first use.
-        let probe = clf.run_batch(&[vec![clf.pad_id]], &[vec![0]])?;
+        let probe = clf.run_batch(&[&[clf.pad_id]], &[&[0]])?;
         if probe[0].len() != clf.info.labels.len() {
             return Err(sig_err(
                 &clf.model,
@@ -290,58 +305,43 @@ impl OrtClassifier {
     /// Raw logits of each text (blocking). One result per text: a text that tokenises to nothing
     /// is an error of its own.
     pub fn logits(&self, texts: &[String]) -> Vec<Result<Vec<f32>, BackendError>> {
-        let mut out: Vec<Option<Result<Vec<f32>, BackendError>>> = (0..texts.len()).map(|_| None).collect();
-        let mut ok: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new();
+        self.logits_inner(texts)
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    RowError::Empty => BackendError::Runtime(EMPTY_TEXT.into()),
+                    RowError::Failed(e) => e,
+                })
+            })
+            .collect()
+    }
+
+    fn logits_inner(&self, texts: &[String]) -> Vec<Result<Vec<f32>, RowError>> {
+        let mut out: Vec<Option<Result<Vec<f32>, RowError>>> = (0..texts.len()).map(|_| None).collect();
+        let mut ok: Vec<Tokenized> = Vec::new();
         for (i, t) in texts.iter().enumerate() {
             match self.tokenizer.encode(t.as_str(), true) {
-                Ok(enc) if enc.get_ids().is_empty() => {
-                    out[i] = Some(Err(BackendError::Runtime("text tokenises to no tokens".into())));
-                }
-                Ok(enc) => ok.push((i, enc.get_ids().to_vec(), enc.get_type_ids().to_vec())),
-                Err(e) => out[i] = Some(Err(BackendError::Runtime(format!("tokenizing: {e}")))),
+                Ok(enc) if enc.get_ids().is_empty() => out[i] = Some(Err(RowError::Empty)),
+                Ok(enc) => ok.push(Tokenized { index: i, ids: enc.get_ids().to_vec(), types: enc.get_type_ids().to_vec() }),
+                Err(e) => out[i] = Some(Err(RowError::Failed(BackendError::Runtime(format!("tokenizing: {e}"))))),
             }
         }
         // Sort by length so batches carry little padding; results do not depend on the grouping.
-        ok.sort_by_key(|(_, ids, _)| ids.len());
-        let chunks: Vec<&[(usize, Vec<u32>, Vec<u32>)]> = ok.chunks(self.batch_size).collect();
-        let results: Vec<Result<Vec<Vec<f32>>, BackendError>> = if chunks.len() <= 1 || self.pool.size() == 1 {
-            chunks.iter().map(|c| self.run_chunk(c)).collect()
-        } else {
-            // Spread the chunks over up to `sessions` threads.
-            let workers = self.pool.size().min(chunks.len());
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let slots: Vec<std::sync::Mutex<Option<Result<Vec<Vec<f32>>, BackendError>>>> =
-                chunks.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            std::thread::scope(|s| {
-                for _ in 0..workers {
-                    s.spawn(|| {
-                        loop {
-                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if k >= chunks.len() {
-                                break;
-                            }
-                            let r = self.run_chunk(chunks[k]);
-                            *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                        }
-                    });
-                }
-            });
-            slots
-                .into_iter()
-                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every chunk ran"))
-                .collect()
-        };
+        ok.sort_by_key(|t| t.ids.len());
+        let chunks: Vec<&[Tokenized]> = ok.chunks(self.batch_size).collect();
+        // Chunks run in parallel on up to `sessions` threads.
+        let results = parallel_map(&chunks, self.pool.size(), |c| self.run_chunk(c));
         for (chunk, res) in chunks.iter().zip(results) {
             match res {
                 Ok(rows) => {
-                    for ((i, _, _), row) in chunk.iter().zip(rows) {
-                        out[*i] = Some(Ok(row));
+                    for (t, row) in chunk.iter().zip(rows) {
+                        out[t.index] = Some(Ok(row));
                     }
                 }
                 Err(e) => {
                     let msg = e.to_string();
-                    for (i, _, _) in chunk.iter() {
-                        out[*i] = Some(Err(BackendError::Runtime(msg.clone())));
+                    for t in chunk.iter() {
+                        out[t.index] = Some(Err(RowError::Failed(BackendError::Runtime(msg.clone()))));
                     }
                 }
             }
@@ -351,28 +351,26 @@ impl OrtClassifier {
 
     /// Per-label scores of each text (blocking); see [`TextScorer::score`].
     pub fn score_blocking(&self, texts: &[String]) -> Vec<Result<Scores, ScorerError>> {
-        self.logits(texts)
+        self.logits_inner(texts)
             .into_iter()
             .map(|r| match r {
                 Ok(l) => Ok(Scores { values: self.activation.apply(&l) }),
-                Err(BackendError::Runtime(m)) if m == "text tokenises to no tokens" => {
-                    Err(ScorerError::InvalidInput(m))
-                }
-                Err(e) => Err(ScorerError::Backend(e.to_string())),
+                Err(RowError::Empty) => Err(ScorerError::InvalidInput(EMPTY_TEXT.into())),
+                Err(RowError::Failed(e)) => Err(ScorerError::Backend(e.to_string())),
             })
             .collect()
     }
 
-    fn run_chunk(&self, chunk: &[(usize, Vec<u32>, Vec<u32>)]) -> Result<Vec<Vec<f32>>, BackendError> {
-        let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, ids, _)| ids.clone()).collect();
-        let types: Vec<Vec<u32>> = chunk.iter().map(|(_, _, t)| t.clone()).collect();
+    fn run_chunk(&self, chunk: &[Tokenized]) -> Result<Vec<Vec<f32>>, BackendError> {
+        let ids: Vec<&[u32]> = chunk.iter().map(|t| t.ids.as_slice()).collect();
+        let types: Vec<&[u32]> = chunk.iter().map(|t| t.types.as_slice()).collect();
         self.run_batch(&ids, &types)
     }
 
     /// Runs one right-padded batch.
-    fn run_batch(&self, ids: &[Vec<u32>], types: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, BackendError> {
+    fn run_batch(&self, ids: &[&[u32]], types: &[&[u32]]) -> Result<Vec<Vec<f32>>, BackendError> {
         let rows = ids.len();
-        let cols = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let cols = ids.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
         let mut id_data = vec![i64::from(self.pad_id); rows * cols];
         let mut mask_data = vec![0i64; rows * cols];
         let mut type_data = vec![0i64; rows * cols];

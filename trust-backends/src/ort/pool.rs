@@ -66,3 +66,42 @@ impl Drop for PooledSession<'_> {
         }
     }
 }
+
+/// Runs `f` over `items` on up to `workers` scoped threads; results keep the order of `items`.
+pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let workers = workers.min(items.len());
+    if workers <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= items.len() {
+                        break;
+                    }
+                    let r = f(&items[k]);
+                    *slots[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item ran")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_map;
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let items: Vec<usize> = (0..37).collect();
+        for workers in [1, 2, 5, 100] {
+            assert_eq!(parallel_map(&items, workers, |x| x * 2), items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        }
+        assert!(parallel_map(&Vec::<u8>::new(), 4, |x| *x).is_empty());
+    }
+}
