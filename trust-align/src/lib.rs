@@ -4,7 +4,10 @@
 //! tool: HH-RLHF pairs ([`hh`]), differentiable losses ([`losses`]) and LoRA adapters ([`lora`]).
 #![warn(missing_docs)]
 
+pub mod attribute;
+pub mod demo;
 pub mod hh;
+pub mod html;
 pub mod lexical;
 pub mod lora;
 pub mod losses;

@@ -46,7 +46,7 @@ impl NeoxShape {
             num_layers: 2,
             num_heads: 4,
             intermediate_size: 512,
-            max_positions: 512,
+            max_positions: 1024,
             rotary_pct: 0.25,
         }
     }

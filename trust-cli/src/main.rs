@@ -28,6 +28,13 @@ enum Command {
     /// Generate text with a local model (JSONL in: prompt; default stop: never).
     #[cfg(feature = "candle")]
     Generate(model_cmds::GenerateArgs),
+    /// Align a model: full-parameter pretraining, LoRA SFT or LoRA DPO on preference pairs.
+    #[cfg(feature = "candle")]
+    Align(align_cmd::AlignArgs),
+    /// The main job: build a small model, pretrain, SFT, DPO, evaluate all five verticals,
+    /// attribute the toxicity change to the DPO pairs, and write report.json + report.html.
+    #[cfg(feature = "candle")]
+    Demo(demo_cmd::DemoArgs),
 }
 
 mod eval_cmd;
@@ -37,9 +44,13 @@ mod classify_cmd;
 // `load_scorer` is the `--scorer` hook for `trust eval` (unused until eval_cmd calls it).
 #[allow(dead_code)]
 mod scorer_arg;
-mod score_cmd;
 #[cfg(feature = "candle")]
 mod model_cmds;
+#[cfg(feature = "candle")]
+mod align_cmd;
+#[cfg(feature = "candle")]
+mod demo_cmd;
+mod score_cmd;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -53,12 +64,16 @@ fn main() {
         Command::List(a) => list::run(a),
         #[cfg(feature = "ort")]
         Command::Classify(a) => classify_cmd::run(a),
-        Command::Eval(a) => eval_cmd::run(a),
-        Command::Score(a) => score_cmd::run(a),
         #[cfg(feature = "candle")]
         Command::Loglik(a) => model_cmds::run_loglik(a),
         #[cfg(feature = "candle")]
         Command::Generate(a) => model_cmds::run_generate(a),
+        #[cfg(feature = "candle")]
+        Command::Align(a) => align_cmd::run(a),
+        #[cfg(feature = "candle")]
+        Command::Demo(a) => demo_cmd::run_cmd(a),
+        Command::Eval(a) => eval_cmd::run(a),
+        Command::Score(a) => score_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,555 @@
+//! The main job, end to end on one machine: build a small GPT-NeoX, pretrain it briefly on
+//! HH-RLHF dialogues, align it (LoRA SFT, then LoRA DPO against the SFT model), evaluate base /
+//! SFT / DPO on the five trust verticals, attribute the change of the toxicity vertical to the
+//! DPO training pairs with DataInf, and write `report.json` and `report.html`.
+//!
+//! Every stage writes into its own folder under the output directory and is skipped when it is
+//! already complete, so rerunning the same command resumes after a crash. A tiny model trained
+//! for minutes shows the pipeline working; its numbers are **not** the paper's findings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use trust_backends::candle::{CandleModel, LoadOptions};
+use trust_core::{DataDir, Response, Runner, SampleRecord, TextScorer, Vertical};
+use trust_verticals::registry::{self, BuildOptions};
+
+use crate::attribute::{Attribution, AttributionSpec, TestPair, attribute};
+use crate::hh::{self, PreferencePair};
+use crate::lexical::LexicalToxicity;
+use crate::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use crate::train::{Stage, StepLog, TrainConfig, TrainError, train};
+
+/// The statement every demo report carries.
+pub const DISCLAIMER: &str = "This report comes from a tiny GPT-NeoX model built from random weights and trained for minutes \
+on 2,312 HH-RLHF test-split dialogues, evaluated on a few samples per vertical with a weak lexical toxicity scorer. \
+It shows that the base -> SFT -> DPO -> evaluate -> attribute pipeline runs; its numbers are not the paper's findings \
+and say nothing about real models.";
+
+/// Settings of the demo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoConfig {
+    /// Model shape.
+    pub shape: NeoxShape,
+    /// Pretraining (full parameters).
+    pub pretrain: TrainConfig,
+    /// LoRA SFT.
+    pub sft: TrainConfig,
+    /// LoRA DPO.
+    pub dpo: TrainConfig,
+    /// Samples per vertical in evaluation (the first N of each vertical's sample order).
+    pub eval_limit: usize,
+    /// Generations per prompt where a protocol has k (toxicity, stereotype).
+    pub eval_samples: Option<usize>,
+    /// (vertical, protocol) pairs evaluated.
+    pub protocols: Vec<(String, String)>,
+    /// Rows per forward pass in evaluation.
+    pub eval_batch_size: usize,
+    /// DPO training pairs attributed (the first N of the DPO data).
+    pub attribution_train: usize,
+    /// DPO β of the attribution loss.
+    pub attribution_beta: f64,
+    /// Run seed.
+    pub seed: u64,
+}
+
+impl DemoConfig {
+    /// The default: finishes in minutes on 2 CPU cores.
+    pub fn standard() -> Self {
+        let mut pretrain = TrainConfig::new(Stage::Pretrain);
+        pretrain.steps = 400;
+        pretrain.batch_size = 8;
+        pretrain.max_len = 128;
+        let mut sft = TrainConfig::new(Stage::Sft);
+        sft.steps = 120;
+        sft.batch_size = 8;
+        sft.max_len = 128;
+        let mut dpo = TrainConfig::new(Stage::Dpo);
+        dpo.steps = 120;
+        dpo.batch_size = 8;
+        dpo.max_len = 128;
+        dpo.beta = 0.1;
+        DemoConfig {
+            shape: NeoxShape::demo(),
+            pretrain,
+            sft,
+            dpo,
+            eval_limit: 24,
+            eval_samples: Some(3),
+            protocols: default_protocols(),
+            eval_batch_size: 16,
+            attribution_train: 256,
+            attribution_beta: 1.0,
+            seed: 0,
+        }
+    }
+
+    /// The smallest configuration that exercises every stage (tests, CI).
+    pub fn minimal() -> Self {
+        let mut c = Self::standard();
+        c.shape = NeoxShape {
+            vocab_size: 320,
+            hidden_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            intermediate_size: 64,
+            max_positions: 1024,
+            rotary_pct: 0.25,
+        };
+        for (t, steps) in [(&mut c.pretrain, 4), (&mut c.sft, 3), (&mut c.dpo, 3)] {
+            t.steps = steps;
+            t.batch_size = 4;
+            t.max_len = 64;
+        }
+        c.eval_limit = 2;
+        c.eval_samples = Some(2);
+        c.attribution_train = 8;
+        c
+    }
+}
+
+/// The protocols the demo evaluates: the paper's where the candle backend supports them. The
+/// paper's code decodes toxicity and stereotype replies with HF beam-sample, which the candle
+/// backend does not implement, so toxicity uses the paper *text*'s independent samples
+/// (`paper-text`) and stereotype DecodingTrust's independent samples (`decodingtrust`).
+pub fn default_protocols() -> Vec<(String, String)> {
+    [
+        ("toxicity", "paper-text"),
+        ("stereotype", "decodingtrust"),
+        ("machine_ethics", "paper"),
+        ("truthfulness", "paper"),
+        ("privacy", "paper"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
+}
+
+/// Errors of the demo.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DemoError {
+    /// Training or attribution failed.
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// Data, runner or vertical failure.
+    #[error(transparent)]
+    Core(#[from] trust_core::Error),
+    /// Loading a model failed.
+    #[error(transparent)]
+    Backend(#[from] trust_backends::BackendError),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// One vertical's result on one checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerticalResult {
+    /// Protocol.
+    pub protocol: String,
+    /// Samples evaluated / failed / unparsed replies.
+    pub n_samples: usize,
+    /// Failed samples.
+    pub n_failed: usize,
+    /// Unparsed replies.
+    pub n_unparsed: usize,
+    /// Metrics with 95% bootstrap intervals.
+    pub metrics: Vec<trust_core::MetricValue>,
+}
+
+/// A training pair with its attribution score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoredPair {
+    /// Index in the training data.
+    pub train_index: usize,
+    /// DataInf score normalised to [−1, 1].
+    pub score: f64,
+    /// The pair's prompt (last 300 characters).
+    pub prompt: String,
+    /// Chosen response.
+    pub chosen: String,
+    /// Rejected response.
+    pub rejected: String,
+}
+
+/// Attribution summary in the report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributionSummary {
+    /// Vertical whose change is attributed.
+    pub vertical: String,
+    /// Stage attributed.
+    pub stage: String,
+    /// How the test loss is built.
+    pub test_loss: String,
+    /// Training pairs scored.
+    pub n_train: usize,
+    /// Test pairs averaged.
+    pub n_test: usize,
+    /// Pairs whose up-weighting most lowers the test loss (pushed the model towards its DPO behaviour).
+    pub most_helpful: Vec<ScoredPair>,
+    /// Pairs whose up-weighting most raises it.
+    pub most_harmful: Vec<ScoredPair>,
+}
+
+/// `report.json` of the demo.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DemoReport {
+    /// What the numbers do and do not mean.
+    pub disclaimer: String,
+    /// The settings.
+    pub config: DemoConfig,
+    /// Checkpoints, in order.
+    pub checkpoints: Vec<String>,
+    /// Last step of each training stage.
+    pub training: BTreeMap<String, StepLog>,
+    /// checkpoint → vertical → result.
+    pub results: BTreeMap<String, BTreeMap<String, VerticalResult>>,
+    /// Scorer used for toxicity.
+    pub toxicity_scorer: String,
+    /// The attribution.
+    pub attribution: Option<AttributionSummary>,
+    /// Seconds per stage.
+    pub timings: BTreeMap<String, f64>,
+}
+
+fn last_log(dir: &Path) -> Option<StepLog> {
+    let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .last()
+}
+
+fn stage_complete(dir: &Path, steps: usize) -> bool {
+    dir.join("model.safetensors").exists() && last_log(dir).is_some_and(|l| l.step == steps)
+}
+
+/// Runs the demo into `out`. `log` receives progress lines.
+pub async fn run(
+    cfg: &DemoConfig,
+    data: &DataDir,
+    out: &Path,
+    log: &mut (dyn FnMut(&str) + Send),
+) -> Result<DemoReport, DemoError> {
+    std::fs::create_dir_all(out).map_err(|e| trust_core::Error::io(out, e))?;
+    let mut timings = BTreeMap::new();
+    let hh_path = data.path("hh-rlhf/harmless-base-test.jsonl.gz")?;
+    let pairs = hh::load(&hh_path)?.pairs;
+    let models = out.join("models");
+    let init = models.join("init");
+    let base = models.join("base");
+    let sft = models.join("sft");
+    let dpo = models.join("dpo");
+
+    // 1. Tokenizer and random initialisation.
+    let t = Instant::now();
+    if !init.join("model.safetensors").exists() {
+        log("[1/6] training a byte-level BPE tokenizer and initialising the model");
+        let texts: Vec<String> = pairs
+            .iter()
+            .flat_map(|p| [format!("{}{}", p.prompt, p.chosen), p.rejected.clone()])
+            .collect();
+        let tok = train_tokenizer(texts.iter(), cfg.shape.vocab_size)
+            .map_err(|e| DemoError::Other(format!("tokenizer: {e}")))?;
+        let weights = cfg
+            .shape
+            .init_weights(cfg.seed, &Device::Cpu)
+            .map_err(TrainError::from)?;
+        write_model_dir(&init, &cfg.shape.config_json(), &tok, &weights)
+            .map_err(|e| DemoError::Other(format!("{}: {e}", init.display())))?;
+    } else {
+        log("[1/6] model initialised (cached)");
+    }
+    timings.insert("init".to_string(), t.elapsed().as_secs_f64());
+
+    // 2-4. Training stages.
+    let mut training = BTreeMap::new();
+    for (i, (name, tc, from, to, reference)) in [
+        ("pretrain", &cfg.pretrain, &init, &base, None),
+        ("sft", &cfg.sft, &base, &sft, None),
+        ("dpo", &cfg.dpo, &sft, &dpo, Some(&sft)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = Instant::now();
+        if stage_complete(to, tc.steps) {
+            log(&format!("[{}/6] {name}: done (cached)", i + 2));
+        } else {
+            log(&format!(
+                "[{}/6] {name}: {} steps of {} pairs",
+                i + 2,
+                tc.steps,
+                tc.batch_size * tc.grad_accum
+            ));
+            let started = Instant::now();
+            let steps = tc.steps;
+            let mut on_step = |l: &StepLog| {
+                if l.step % 20 == 0 || l.step == steps {
+                    let eta =
+                        started.elapsed().as_secs_f64() / l.step as f64 * (steps - l.step) as f64;
+                    let extra = l
+                        .margin
+                        .map(|m| {
+                            format!(" margin {m:.3} acc {:.2}", l.reward_accuracy.unwrap_or(0.0))
+                        })
+                        .unwrap_or_default();
+                    log(&format!(
+                        "      step {}/{steps} loss {:.3}{extra} eta {eta:.0}s",
+                        l.step, l.loss
+                    ));
+                }
+            };
+            train(
+                tc,
+                from,
+                reference.map(|p| p.as_path()),
+                &pairs,
+                to,
+                &mut on_step,
+            )?;
+        }
+        if let Some(l) = last_log(to) {
+            training.insert(name.to_string(), l);
+        }
+        timings.insert(name.to_string(), t.elapsed().as_secs_f64());
+    }
+
+    // 5. Evaluation.
+    let t = Instant::now();
+    log("[5/6] evaluating base, SFT and DPO on the five verticals");
+    let scorer = LexicalToxicity::fit(data, cfg.seed)?;
+    let mut results = BTreeMap::new();
+    let checkpoints = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
+    for (ckpt, dir) in checkpoints {
+        let model = CandleModel::load(
+            dir,
+            &LoadOptions {
+                batch_size: cfg.eval_batch_size,
+                ..Default::default()
+            },
+        )?;
+        let runner = Runner::builder()
+            .batch_size(cfg.eval_batch_size)
+            .seed(cfg.seed)
+            .limit(Some(cfg.eval_limit))
+            .resume(true)
+            .out_dir(out.join("eval").join(ckpt))
+            .build();
+        let mut per = BTreeMap::new();
+        for (vertical, protocol) in &cfg.protocols {
+            let opts = BuildOptions {
+                samples: cfg.eval_samples,
+                scorer: Some(scorer.info()),
+                ..Default::default()
+            };
+            let v = registry::build(vertical, protocol, &opts)?;
+            let needs_scorer = v.requirements().scorer;
+            let started = Instant::now();
+            let report = v
+                .run(
+                    &runner,
+                    &model,
+                    needs_scorer.then_some(&scorer as &dyn TextScorer),
+                    data,
+                )
+                .await?;
+            log(&format!(
+                "      {ckpt:<4} {vertical:<15} {protocol:<11} {} samples in {:.1}s: {}",
+                report.n_samples,
+                started.elapsed().as_secs_f64(),
+                report
+                    .metrics
+                    .iter()
+                    .take(2)
+                    .map(|m| format!(
+                        "{}={}",
+                        m.name,
+                        m.value.map(|v| format!("{v:.3}")).unwrap_or("n/a".into())
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            per.insert(
+                vertical.clone(),
+                VerticalResult {
+                    protocol: protocol.clone(),
+                    n_samples: report.n_samples,
+                    n_failed: report.n_failed,
+                    n_unparsed: report.n_unparsed,
+                    metrics: report.metrics,
+                },
+            );
+        }
+        results.insert(ckpt.to_string(), per);
+    }
+    timings.insert("eval".to_string(), t.elapsed().as_secs_f64());
+
+    // 6. Attribution of the toxicity change (SFT -> DPO) to the DPO training pairs.
+    let t = Instant::now();
+    let attribution = match cfg.protocols.iter().find(|(v, _)| v == "toxicity") {
+        None => None,
+        Some((_, protocol)) => {
+            log(&format!(
+                "[6/6] attributing the toxicity change to {} DPO training pairs (DataInf)",
+                cfg.attribution_train.min(pairs.len())
+            ));
+            let test = toxicity_test_pairs(
+                data,
+                protocol,
+                &out.join("eval/dpo/toxicity"),
+                &out.join("eval/sft/toxicity"),
+            )?;
+            let train_pairs = &pairs[..cfg.attribution_train.min(pairs.len())];
+            let spec = AttributionSpec {
+                stage: Stage::Dpo,
+                trained_dir: &dpo,
+                base_dir: &sft,
+                reference_dir: Some(&sft),
+                beta: cfg.attribution_beta,
+                max_len: cfg.dpo.max_len,
+            };
+            let mut last = Instant::now();
+            let a = attribute(&spec, train_pairs, &test, &mut |done, total| {
+                if last.elapsed().as_secs_f64() > 5.0 || done == total {
+                    last = Instant::now();
+                    log(&format!("      gradients {done}/{total}"));
+                }
+            })?;
+            write_scores(&out.join("attribution_scores.jsonl"), &a)?;
+            Some(summarise(&a, &pairs, test.len()))
+        }
+    };
+    timings.insert("attribution".to_string(), t.elapsed().as_secs_f64());
+
+    let report = DemoReport {
+        disclaimer: DISCLAIMER.to_string(),
+        config: cfg.clone(),
+        checkpoints: vec!["base".into(), "sft".into(), "dpo".into()],
+        training,
+        results,
+        toxicity_scorer: format!(
+            "{} (held-out Pearson r = {:.2} with Perspective scores)",
+            scorer.info().id,
+            scorer.heldout_pearson
+        ),
+        attribution,
+        timings,
+    };
+    let json =
+        serde_json::to_string_pretty(&report).map_err(|e| trust_core::Error::json("report", e))?;
+    let p = out.join("report.json");
+    std::fs::write(&p, json + "\n").map_err(|e| trust_core::Error::io(&p, e))?;
+    let p = out.join("report.html");
+    std::fs::write(&p, crate::html::render(&report)).map_err(|e| trust_core::Error::io(&p, e))?;
+    log(&format!(
+        "wrote {} and {}",
+        out.join("report.json").display(),
+        p.display()
+    ));
+    Ok(report)
+}
+
+/// Test pairs for attribution from the toxicity generations of the aligned (`new`) and the
+/// earlier (`old`) model: x = `"Human: " + prompt`, preferred = `"Assistant: " + new
+/// continuation`, dispreferred = `"Assistant: " + old continuation` (A.8 §4, DPO form; the new
+/// generation is taken as preferred).
+pub fn toxicity_test_pairs(
+    data: &DataDir,
+    protocol: &str,
+    new_dir: &Path,
+    old_dir: &Path,
+) -> Result<Vec<TestPair>, DemoError> {
+    let tox = trust_verticals::toxicity::Toxicity::by_name(protocol)
+        .ok_or_else(|| DemoError::Other(format!("toxicity protocol `{protocol}`")))?;
+    let prompts: BTreeMap<String, String> = tox
+        .load(data)?
+        .iter()
+        .map(|s| {
+            (
+                tox.sample_id(s),
+                s.prompts.first().cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let read = |dir: &Path| -> Result<BTreeMap<String, String>, DemoError> {
+        let recs = trust_core::runner::read_records_repairing(
+            &dir.join(trust_core::runner::SAMPLES_FILE),
+        )?;
+        Ok(recs
+            .into_iter()
+            .filter_map(|r: SampleRecord| first_text(&r.responses).map(|t| (r.id, t)))
+            .collect())
+    };
+    let (new, old) = (read(new_dir)?, read(old_dir)?);
+    let mut out = Vec::new();
+    for (id, n) in &new {
+        if let (Some(o), Some(p)) = (old.get(id), prompts.get(id)) {
+            out.push(TestPair {
+                prompt: format!("Human: {p}"),
+                preferred: format!("Assistant: {n}"),
+                dispreferred: format!("Assistant: {o}"),
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(DemoError::Other(
+            "no toxicity generations to build attribution test pairs from".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn first_text(responses: &[Response]) -> Option<String> {
+    responses
+        .first()
+        .and_then(|r| r.texts().first().map(|t| t.to_string()))
+}
+
+fn write_scores(path: &PathBuf, a: &Attribution) -> Result<(), DemoError> {
+    let mut s = String::new();
+    for (i, (&idx, &score)) in a.train_index.iter().zip(&a.normalized).enumerate() {
+        s.push_str(
+            &serde_json::json!({"train_index": idx, "score": score, "raw": a.scores[i]})
+                .to_string(),
+        );
+        s.push('\n');
+    }
+    std::fs::write(path, s).map_err(|e| trust_core::Error::io(path, e))?;
+    Ok(())
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    chars[chars.len().saturating_sub(n)..].iter().collect()
+}
+
+fn summarise(a: &Attribution, pairs: &[PreferencePair], n_test: usize) -> AttributionSummary {
+    let pick = |ranked: Vec<(usize, f64)>| -> Vec<ScoredPair> {
+        ranked
+            .into_iter()
+            .map(|(k, score)| {
+                let p = &pairs[a.train_index[k]];
+                ScoredPair {
+                    train_index: p.index,
+                    score,
+                    prompt: tail(&p.prompt, 300),
+                    chosen: p.chosen.clone(),
+                    rejected: p.rejected.clone(),
+                }
+            })
+            .collect()
+    };
+    AttributionSummary {
+        vertical: "toxicity".into(),
+        stage: "dpo".into(),
+        test_loss: "DPO loss (β as configured) with x = \"Human: \" + prompt, preferred = DPO model's continuation, dispreferred = SFT model's continuation".into(),
+        n_train: a.scores.len(),
+        n_test,
+        most_helpful: pick(trust_verticals::attribution::most_helpful(&a.normalized, 5)),
+        most_harmful: pick(trust_verticals::attribution::most_harmful(&a.normalized, 5)),
+    }
+}
