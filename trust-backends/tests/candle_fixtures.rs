@@ -629,6 +629,21 @@ fn sharded_checkpoint_with_buffers_loads_identically() {
         }
         write_tensors(&m, &tmp.path().join(file));
     }
+    // A BOOL causal-mask buffer, as real Pythia checkpoints store `attention.bias` (candle has no
+    // bool dtype: the loader must not choke on it).
+    let bool_file = "model-00003-of-00003.safetensors";
+    let bool_name = "gpt_neox.layers.1.attention.bias".to_string();
+    let bits = vec![1u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::BOOL, vec![1, 1, 4, 4], &bits)
+            .unwrap();
+    safetensors::serialize_to_file(
+        [(bool_name.clone(), view)],
+        None,
+        &tmp.path().join(bool_file),
+    )
+    .unwrap();
+    weight_map.insert(bool_name, Value::String(bool_file.into()));
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
     std::fs::write(
         tmp.path().join("model.safetensors.index.json"),

@@ -20,7 +20,9 @@ use crate::BackendError;
 #[derive(Debug, Clone)]
 struct Entry {
     file: usize,
-    dtype: DType,
+    /// `Err(name)` for dtypes candle cannot hold (e.g. the BOOL `attention.bias` buffers of Pythia
+    /// checkpoints): an error only if the tensor is actually requested.
+    dtype: Result<DType, String>,
     shape: Vec<usize>,
     start: usize,
     end: usize,
@@ -121,11 +123,7 @@ impl SafetensorsStore {
                 })?;
             let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
-                let dtype = st_dtype(view.dtype()).ok_or_else(|| BackendError::Tensor {
-                    path: path.clone(),
-                    tensor: name.clone(),
-                    message: format!("unsupported dtype {:?}", view.dtype()),
-                })?;
+                let dtype = st_dtype(view.dtype()).ok_or_else(|| format!("{:?}", view.dtype()));
                 let start = view.data().as_ptr() as usize - base;
                 let end = start + view.data().len();
                 tensors.insert(
@@ -205,8 +203,18 @@ impl SafetensorsStore {
                 }));
             }
         }
+        let stored = match &e.dtype {
+            Ok(d) => *d,
+            Err(dtype_name) => {
+                return Err(self.record(BackendError::Tensor {
+                    path: self.files[e.file].clone(),
+                    tensor: name.into(),
+                    message: format!("unsupported dtype {dtype_name}"),
+                }));
+            }
+        };
         let data = &self.mmaps[e.file][e.start..e.end];
-        let t = Tensor::from_raw_buffer(data, e.dtype, &e.shape, &Device::Cpu)
+        let t = Tensor::from_raw_buffer(data, stored, &e.shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t.to_device(dev));
         t.map_err(|err| {
