@@ -2,8 +2,9 @@
 //! toxicity scorer replacing the Perspective API) and causal language models ([`OrtCausalLm`]).
 //!
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s `load-dynamic`; nothing is
-//! downloaded at build time) from [`SessionOptions::dylib_path`] or the `ORT_DYLIB_PATH`
-//! environment variable. `scripts/install-onnxruntime.sh` installs a pinned ONNX Runtime 1.31.1
+//! downloaded at build time) from [`SessionOptions::dylib_path`], else the `ORT_DYLIB_PATH`
+//! environment variable, else `.ort/lib/libonnxruntime.so` found in the working directory or
+//! above the executable. `scripts/install-onnxruntime.sh` installs a pinned ONNX Runtime 1.31.1
 //! into `.ort/lib/`, and `.cargo/config.toml` points `ORT_DYLIB_PATH` there for cargo commands.
 //! A missing or unusable library is a [`BackendError::OrtLibrary`](crate::BackendError::OrtLibrary)
 //! error, never a panic.

@@ -38,7 +38,8 @@ pub struct SessionOptions {
     /// Execution provider.
     pub device: OrtDevice,
     /// The ONNX Runtime shared library. `None`: the `ORT_DYLIB_PATH` environment variable
-    /// (which `.cargo/config.toml` sets for cargo commands).
+    /// (which `.cargo/config.toml` sets for cargo commands), else `.ort/lib/libonnxruntime.so`
+    /// in the working directory or above the executable (where the install script puts it).
     pub dylib_path: Option<PathBuf>,
 }
 
@@ -67,30 +68,55 @@ struct Loaded {
 static LOADED: OnceLock<Loaded> = OnceLock::new();
 static INIT: Mutex<()> = Mutex::new(());
 
-/// The library path to load: the explicit one, else `ORT_DYLIB_PATH`.
+/// The library path to load: the explicit one, else `ORT_DYLIB_PATH`, else the first existing
+/// `fallbacks` entry (the repository-local `.ort/lib/libonnxruntime.so`).
 pub(crate) fn resolve_dylib_path(
     explicit: Option<&Path>,
     env_value: Option<OsString>,
+    fallbacks: &[PathBuf],
 ) -> Result<PathBuf, BackendError> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
     match env_value {
         Some(v) if !v.is_empty() => Ok(PathBuf::from(v)),
-        _ => Err(BackendError::OrtLibrary {
+        _ => fallbacks.iter().find(|p| p.is_file()).cloned().ok_or_else(|| BackendError::OrtLibrary {
             path: None,
-            message: "no library configured (ORT_DYLIB_PATH is not set)".into(),
+            message: "no library configured (ORT_DYLIB_PATH is not set and no .ort/lib/libonnxruntime.so was found \
+                      in the working directory or above the executable)"
+                .into(),
         }),
     }
 }
 
+/// Where `scripts/install-onnxruntime.sh` puts the library, seen from the working directory and
+/// from the executable's ancestors (`target/<profile>/trust` is three levels below the repository).
+fn local_install_candidates() -> Vec<PathBuf> {
+    let rel = Path::new(".ort").join("lib").join(format!(
+        "{}onnxruntime{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    let mut out = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        out.push(cwd.join(&rel));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            out.push(dir.join(&rel));
+        }
+    }
+    out
+}
+
 /// Loads the ONNX Runtime library (once per process) and returns the process environment.
 ///
-/// `dylib`: the library to load; `None` reads `ORT_DYLIB_PATH`. Errors, never panics, when the
+/// `dylib`: the library to load; `None` reads `ORT_DYLIB_PATH`, else looks for the repository's
+/// `.ort/lib/libonnxruntime.so` (working directory, then above the executable). Errors, never panics, when the
 /// library is missing, is not an ONNX Runtime library, or is older than 1.31. Once a library is
 /// loaded, asking for a different one is an error (a process can hold only one).
 pub fn ort_environment(dylib: Option<&Path>) -> Result<Environment, BackendError> {
-    let path = resolve_dylib_path(dylib, std::env::var_os("ORT_DYLIB_PATH"))?;
+    let path = resolve_dylib_path(dylib, std::env::var_os("ORT_DYLIB_PATH"), &local_install_candidates())?;
     if !path.is_file() {
         return Err(BackendError::OrtLibrary { path: Some(path), message: "no such file".into() });
     }
@@ -219,19 +245,24 @@ mod tests {
 
     #[test]
     fn unset_env_var_names_the_install_script() {
-        let err = resolve_dylib_path(None, None).unwrap_err();
+        let err = resolve_dylib_path(None, None, &[PathBuf::from("/nonexistent/.ort/lib/libonnxruntime.so")]).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("ORT_DYLIB_PATH is not set"), "{msg}");
         assert!(msg.contains("scripts/install-onnxruntime.sh"), "{msg}");
-        assert!(resolve_dylib_path(None, Some(OsString::new())).is_err());
+        assert!(resolve_dylib_path(None, Some(OsString::new()), &[]).is_err());
     }
 
     #[test]
-    fn explicit_path_wins_over_env() {
-        let p = resolve_dylib_path(Some(Path::new("/x/lib.so")), Some("/y/lib.so".into())).unwrap();
+    fn explicit_path_wins_over_env_and_env_over_local_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = tmp.path().join("libonnxruntime.so");
+        std::fs::write(&local, "").unwrap();
+        let fallbacks = [tmp.path().join("missing.so"), local.clone()];
+        let p = resolve_dylib_path(Some(Path::new("/x/lib.so")), Some("/y/lib.so".into()), &fallbacks).unwrap();
         assert_eq!(p, PathBuf::from("/x/lib.so"));
-        let p = resolve_dylib_path(None, Some("/y/lib.so".into())).unwrap();
+        let p = resolve_dylib_path(None, Some("/y/lib.so".into()), &fallbacks).unwrap();
         assert_eq!(p, PathBuf::from("/y/lib.so"));
+        assert_eq!(resolve_dylib_path(None, None, &fallbacks).unwrap(), local);
     }
 
     #[test]
