@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use trust_core::testing::{MockModel, MockScorer};
+use trust_core::testing::MockModel;
 use trust_core::{Capability, DataDir, LanguageModel, Runner, TextScorer};
 use trust_verticals::registry::{self, BuildOptions};
 
@@ -48,8 +48,8 @@ pub struct EvalArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Text scorer for toxicity: `mock` (word-list test scorer) or an ONNX classifier directory,
-    /// `onnx:DIR` or `DIR` (needs the `ort` feature).
+    /// Text scorer for toxicity: `mock` (word-list test scorer), `none`, or an ONNX classifier,
+    /// `onnx:DIR[,primary=LABEL,batch=N,...]` or a bare `DIR` (needs the `ort` feature).
     #[arg(long)]
     scorer: Option<String>,
     /// Scorer label read as toxicity (default: the scorer's primary label).
@@ -113,13 +113,16 @@ fn load_model_dir(
     )
 }
 
-/// Builds the text scorer named by `--scorer`: `mock`, or an ONNX classifier directory.
-/// `onnx:DIR` and a bare `DIR` both name an ONNX classifier directory.
-pub fn make_scorer(spec: &str) -> anyhow::Result<Box<dyn TextScorer>> {
-    if spec == "mock" {
-        return Ok(Box::new(MockScorer::default()));
+/// Builds the text scorer named by `--scorer` (see `scorer_arg`): `mock`, `none`,
+/// `onnx:DIR[,key=value...]`; a bare existing directory is read as `onnx:DIR`.
+pub fn make_scorer(spec: &str) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
+    let s = spec.trim();
+    let bare_dir =
+        !matches!(s, "" | "none" | "mock") && !s.starts_with("onnx:") && Path::new(s).is_dir();
+    if bare_dir {
+        return crate::scorer_arg::load_scorer(&format!("onnx:{s}"));
     }
-    onnx_scorer(Path::new(spec.strip_prefix("onnx:").unwrap_or(spec)))
+    crate::scorer_arg::load_scorer(s)
 }
 
 /// Protocols of `vertical` whose decoding needs no beam search.
@@ -138,21 +141,6 @@ fn beam_free_protocols(vertical: &str) -> Vec<String> {
         })
         .map(|p| p.to_string())
         .collect()
-}
-
-#[cfg(feature = "ort")]
-fn onnx_scorer(dir: &Path) -> anyhow::Result<Box<dyn TextScorer>> {
-    let c = trust_backends::ort::OrtClassifier::from_dir(dir, Default::default())
-        .with_context(|| format!("loading the ONNX scorer in {}", dir.display()))?;
-    Ok(Box::new(c))
-}
-
-#[cfg(not(feature = "ort"))]
-fn onnx_scorer(dir: &Path) -> anyhow::Result<Box<dyn TextScorer>> {
-    bail!(
-        "cannot load scorer {}: this build has no ONNX Runtime support (rebuild trust-cli with --features ort), or use --scorer mock",
-        dir.display()
-    )
 }
 
 /// Parses `--verticals`.
@@ -213,7 +201,10 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     let (default_protocol, overrides) = parse_protocols(&a.protocol)?;
     let data = DataDir::resolve(a.data_dir.as_deref())?;
     let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size)?;
-    let scorer = a.scorer.as_deref().map(make_scorer).transpose()?;
+    let scorer = match a.scorer.as_deref() {
+        Some(spec) => make_scorer(spec)?,
+        None => None,
+    };
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let runner = Runner::builder()
         .batch_size(a.batch_size)

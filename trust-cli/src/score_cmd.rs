@@ -32,8 +32,8 @@ pub struct ScoreArgs {
     /// Data directory (layout of shared/data).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Text scorer for toxicity (`mock` or an ONNX classifier directory); without it, lines must
-    /// carry `"scores"`.
+    /// Text scorer for toxicity (`mock`, `onnx:DIR[,...]` or an ONNX classifier directory);
+    /// without it, lines must carry `"scores"`.
     #[arg(long)]
     scorer: Option<String>,
     /// Label read as toxicity: from the scorer, or the key in each line's `"scores"`
@@ -64,7 +64,10 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 
 async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
     let data = DataDir::resolve(a.data_dir.as_deref())?;
-    let scorer = a.scorer.as_deref().map(make_scorer).transpose()?;
+    let scorer = match a.scorer.as_deref() {
+        Some(spec) => make_scorer(spec)?,
+        None => None,
+    };
     let label = a.scorer_label.clone().unwrap_or_else(|| "toxicity".into());
     let info = match &scorer {
         Some(s) => s.info(),

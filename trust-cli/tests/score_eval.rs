@@ -285,26 +285,73 @@ fn eval_rejects_unknown_verticals_and_unloadable_models() {
 
 #[test]
 fn eval_without_beam_search_names_the_alternatives() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../trust-backends/tests/fixtures/tiny-gpt-neox-seq");
-    if !std::path::Path::new(fixture).join("model.safetensors").exists() || cfg!(not(feature = "candle")) {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../trust-backends/tests/fixtures/tiny-gpt-neox-seq"
+    );
+    if !std::path::Path::new(fixture)
+        .join("model.safetensors")
+        .exists()
+        || cfg!(not(feature = "candle"))
+    {
         eprintln!("skipping: candle fixture or feature not available");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let o = dir.path().join("o");
-    let args = ["eval", "--model", fixture, "--verticals", "stereotype,privacy", "--limit", "2", "--bootstrap", "10"];
+    let args = [
+        "eval",
+        "--model",
+        fixture,
+        "--verticals",
+        "stereotype,privacy",
+        "--limit",
+        "2",
+        "--bootstrap",
+        "10",
+    ];
     let mut args = args.to_vec();
     args.extend(["--out", o.to_str().unwrap()]);
     let out = trust(&args);
-    assert!(!out.status.success(), "stereotype/paper needs beam search, which candle lacks");
+    assert!(
+        !out.status.success(),
+        "stereotype/paper needs beam search, which candle lacks"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(o.join("report.json")).unwrap()).unwrap();
     let entries = report["verticals"].as_array().unwrap();
-    let st = entries.iter().find(|e| e["vertical"] == "stereotype").unwrap();
+    let st = entries
+        .iter()
+        .find(|e| e["vertical"] == "stereotype")
+        .unwrap();
     assert_eq!(st["status"], "failed");
     let err = st["error"].as_str().unwrap();
-    assert!(err.contains("beam search") && err.contains("decodingtrust"), "{err}");
+    assert!(
+        err.contains("beam search") && err.contains("decodingtrust"),
+        "{err}"
+    );
     let pv = entries.iter().find(|e| e["vertical"] == "privacy").unwrap();
     assert_eq!(pv["status"], "ok", "the other verticals still run");
     assert_eq!(pv["report"]["n_ok"], 2);
+}
+
+#[test]
+fn unknown_scorer_spec_is_an_error_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = dir.path().join("o");
+    let out = trust(&[
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "toxicity",
+        "--scorer",
+        "perspective",
+        "--out",
+        o.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown scorer `perspective`"), "{err}");
+    assert!(!o.join("toxicity").exists(), "nothing ran");
 }
