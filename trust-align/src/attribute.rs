@@ -1,27 +1,46 @@
 //! DataInf attribution of an aligned model's behaviour to its training pairs (PROTOCOLS A.8),
-//! over the LoRA adapters that [`crate::train`] produced.
+//! over LoRA adapters (trained ones, or ones obtained by a truncated SVD of a full fine-tune).
 //!
-//! Training side: per-example gradients of the stage loss (SFT cross-entropy or DPO against the
-//! reference) w.r.t. every LoRA `A`/`B` tensor, each tensor a DataInf "layer". Test side: the same
-//! loss on test pairs (prompt, preferred continuation, dispreferred continuation) built from a
-//! vertical's generations, averaged. Scores come from
-//! [`trust_verticals::attribution::datainf`]; I > 0 means up-weighting the pair raises the test
-//! loss.
+//! Two entry points:
+//! - [`attribute`]: the small in-memory path `trust demo` uses (SFT/DPO, adapters from
+//!   [`crate::train::train`], every adapter tensor attributed).
+//! - [`run_attribution`]: the full pipeline behind `trust attribute` — an [`AttributionModel`]
+//!   ([`AttributionModel::load`]: `adapter/` of the aligned model, or [`convert_full_to_lora`]
+//!   of `W_ft − W_base`), stage losses SFT / DPO / reward-model Bradley–Terry ([`AttrStage`]),
+//!   per-example gradients of the selected LoRA tensors written to resumable on-disk
+//!   [`GradientStoreWriter`] stores ([`extract_to_store`]), and DataInf streamed block by block
+//!   over the memory-mapped store, so memory stays bounded by one block for 100k+ examples.
+//!
+//! Each LoRA `A` (`[r, d_in]`) and `B` (`[d_out, r]`) tensor is one DataInf "layer". The paper
+//! stores `grad(B)ᵀ`; DataInf only uses inner products and norms within a layer, so the
+//! orientation does not change any score. The attributed tensors are chosen by an explicit
+//! [`LoraSelection`] (targets and block indices), not by the paper's hard-coded `names[288:-2]`
+//! slice; [`LoraSelection::last_blocks`] gives "the last k blocks" that slice selects.
+//!
+//! Sign convention (influence functions): I > 0 means up-weighting the pair raises the test loss
+//! (harmful for the test objective), I < 0 lowers it (helpful). With the test pairs of
+//! [`crate::test_pairs`] (aligned model's generation preferred), "helpful" pairs are those that
+//! pushed the model towards what it now generates.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CausalLm, ModelConfig};
 use trust_verticals::attribution::{
-    DataInfConfig, InMemoryGradients, LayerLayout, datainf, mean_gradient, normalize_signwise,
+    AttributionError, DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients,
+    LayerLayout, RandomizedSvdConfig, StoreKey, datainf, lora_from_delta_randomized,
+    lora_from_finetune, mean_gradient, normalize_signwise,
 };
 
 use crate::hh::PreferencePair;
+use crate::lora::{LoraAdapters, LoraConfig};
+use crate::reward::{RewardHead, rm_example_gradients};
 use crate::train::{
-    Stage, TrainConfig, TrainError, encode_pairs, example_gradients, load_lora_trainee,
-    load_weights,
+    PairEncoded, Stage, TrainConfig, TrainError, Trainee, batch_loss, encode, encode_pairs,
+    example_gradients, load_lora_trainee, load_weights,
 };
 
 /// A test-side pair: the loss is low when the model prefers `preferred` to `dispreferred` (DPO)
@@ -167,5 +186,755 @@ pub fn attribute(
         normalized,
         n_test: test_enc.len(),
         lambdas: r.lambdas,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The full pipeline (`trust attribute`).
+// ---------------------------------------------------------------------------------------------
+
+/// The loss attributed: the training stage whose objective is differentiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttrStage {
+    /// Token-mean next-token cross-entropy on prompt + chosen (the prompt unmasked unless
+    /// [`AttributeOptions::mask_prompt`]).
+    Sft,
+    /// DPO against the reference model, β = [`AttributeOptions::beta`].
+    Dpo,
+    /// Reward model: Bradley–Terry on (prompt + chosen, prompt + rejected) through `v_head`
+    /// (the paper attributes PPO through its reward model).
+    Rm,
+}
+
+impl AttrStage {
+    /// `sft`, `dpo` or `rm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttrStage::Sft => "sft",
+            AttrStage::Dpo => "dpo",
+            AttrStage::Rm => "rm",
+        }
+    }
+}
+
+impl std::str::FromStr for AttrStage {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, TrainError> {
+        match s {
+            "sft" => Ok(AttrStage::Sft),
+            "dpo" => Ok(AttrStage::Dpo),
+            "rm" | "ppo" => Ok(AttrStage::Rm),
+            o => Err(TrainError::Invalid(format!(
+                "unknown stage `{o}` (sft, dpo or rm)"
+            ))),
+        }
+    }
+}
+
+/// The linear layers of GPT-NeoX and Llama/Qwen2 blocks: the default conversion targets (every
+/// linear layer of the blocks; the LM head and embeddings are never converted, as in the paper).
+pub const DEFAULT_TARGETS: &[&str] = &[
+    "attention.query_key_value",
+    "attention.dense",
+    "mlp.dense_h_to_4h",
+    "mlp.dense_4h_to_h",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+/// Which LoRA tensors are attributed (and, for a converted full fine-tune, which linear layers
+/// get adapters of which rank).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraSelection {
+    /// Rank r of the SVD conversion (ignored for trained adapters, which keep their rank).
+    pub rank: usize,
+    /// Module-name suffixes (`None` = every adapter module / [`DEFAULT_TARGETS`]).
+    pub targets: Option<Vec<String>>,
+    /// Block indices (`None` = all blocks).
+    pub layers: Option<Vec<usize>>,
+}
+
+impl Default for LoraSelection {
+    fn default() -> Self {
+        LoraSelection {
+            rank: 4,
+            targets: None,
+            layers: None,
+        }
+    }
+}
+
+impl LoraSelection {
+    /// Block indices of the last `k` of `num_layers` blocks (the paper's `names[288:-2]` on a
+    /// 28-block GPT-J is `last_blocks(28, 4)` = 24..=27).
+    pub fn last_blocks(num_layers: usize, k: usize) -> Vec<usize> {
+        (num_layers.saturating_sub(k)..num_layers).collect()
+    }
+
+    fn config(&self) -> LoraConfig {
+        LoraConfig {
+            rank: self.rank,
+            alpha: self.rank as f64,
+            targets: self
+                .targets
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()),
+            layers: self.layers.clone(),
+        }
+    }
+
+    /// Whether the module (weight name without `.weight`) is selected.
+    pub fn selects(&self, module: &str) -> bool {
+        self.config().matches(&format!("{module}.weight"))
+    }
+}
+
+/// Settings of [`AttributionModel::load`] and [`run_attribution`].
+#[derive(Debug, Clone)]
+pub struct AttributeOptions {
+    /// Loss attributed.
+    pub stage: AttrStage,
+    /// The aligned model: a directory with `adapter/` (trained over `base_dir`), or a full
+    /// fine-tune of `base_dir` (converted by SVD).
+    pub model_dir: PathBuf,
+    /// The model the adapters / fine-tune start from.
+    pub base_dir: PathBuf,
+    /// DPO reference model (default: `base_dir`, i.e. the SFT model the DPO run started from).
+    pub reference_dir: Option<PathBuf>,
+    /// DPO β of the attribution loss (the paper's code: 1.0).
+    pub beta: f64,
+    /// Longest sequence in tokens (the paper truncates to 1,024).
+    pub max_len: usize,
+    /// SFT: score only response tokens (`false` = the paper's whole-text loss).
+    pub mask_prompt: bool,
+    /// Attributed tensors / conversion rank.
+    pub lora: LoraSelection,
+    /// RM: attach a seeded random `v_head` when the checkpoint has none (tests only).
+    pub init_v_head: bool,
+    /// RM: differentiate the head too (an extra layer `v_head.weight`); default frozen.
+    pub train_v_head: bool,
+    /// DataInf damping and block size.
+    pub datainf: DataInfConfig,
+}
+
+impl AttributeOptions {
+    /// Defaults: β = 1, max_len 1024, SFT prompt unmasked, rank-4 selection of every block.
+    pub fn new(stage: AttrStage, model_dir: &Path, base_dir: &Path) -> Self {
+        AttributeOptions {
+            stage,
+            model_dir: model_dir.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
+            reference_dir: None,
+            beta: 1.0,
+            max_len: 1024,
+            mask_prompt: false,
+            lora: LoraSelection::default(),
+            init_v_head: false,
+            train_v_head: false,
+            datainf: DataInfConfig::default(),
+        }
+    }
+}
+
+/// One linear layer converted from a full fine-tune.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConvertedModule {
+    /// Module path.
+    pub module: String,
+    /// ‖ΔW‖_F.
+    pub delta_norm: f64,
+    /// ‖ΔW − B·A‖_F (the rank-r truncation error).
+    pub residual_norm: f64,
+}
+
+/// Converts a full fine-tune to LoRA form (A.8 §1): for every 2-D weight selected by `sel`
+/// present in both, ΔW = W_ft − W_base → rank-r truncated SVD → `A = Vᵀ[:r]` (r × d_in),
+/// `B = U_r Σ_r` (d_out × r), alpha = r (scaling 1). Returns the weights the adapters apply to
+/// (the fine-tuned weights, with each converted linear layer replaced by its base weight, so the
+/// model keeps the fine-tune's other changes such as biases and norms), the adapters and the
+/// per-module truncation errors. Large matrices use the randomized SVD.
+pub fn convert_full_to_lora(
+    finetuned: &HashMap<String, Tensor>,
+    base: &HashMap<String, Tensor>,
+    sel: &LoraSelection,
+) -> Result<(HashMap<String, Tensor>, LoraAdapters, Vec<ConvertedModule>), TrainError> {
+    let cfg = sel.config();
+    let mut names: Vec<&String> = finetuned.keys().filter(|n| cfg.matches(n)).collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "LoRA targets {:?} (layers {:?}) match no weight of the fine-tuned model",
+            cfg.targets, cfg.layers
+        )));
+    }
+    let mut weights = finetuned.clone();
+    let mut factors = Vec::new();
+    let mut report = Vec::new();
+    for name in names {
+        let ft = &finetuned[name];
+        let Some(bw) = base.get(name) else {
+            return Err(TrainError::Invalid(format!(
+                "base model lacks `{name}` that the fine-tuned model has"
+            )));
+        };
+        if ft.dims() != bw.dims() || ft.rank() != 2 {
+            return Err(TrainError::Invalid(format!(
+                "`{name}`: fine-tuned shape {:?} vs base {:?} (need equal 2-D shapes)",
+                ft.dims(),
+                bw.dims()
+            )));
+        }
+        let (d_out, d_in) = ft.dims2()?;
+        let rank = cfg.rank.min(d_out.min(d_in));
+        let w_ft: Vec<f32> = ft.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let w_b: Vec<f32> = bw.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        let inv = |e: trust_verticals::attribution::AttributionError| {
+            TrainError::Invalid(format!("`{name}`: {e}"))
+        };
+        let f = if d_out.min(d_in) > 256 {
+            let delta: Vec<f64> = w_ft
+                .iter()
+                .zip(&w_b)
+                .map(|(&a, &b)| f64::from(a) - f64::from(b))
+                .collect();
+            lora_from_delta_randomized(&delta, d_out, d_in, rank, &RandomizedSvdConfig::default())
+                .map_err(inv)?
+        } else {
+            lora_from_finetune(&w_ft, &w_b, d_out, d_in, rank).map_err(inv)?
+        };
+        let delta_norm = w_ft
+            .iter()
+            .zip(&w_b)
+            .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let module = name.strip_suffix(".weight").unwrap_or(name).to_string();
+        let dev = ft.device();
+        factors.push((
+            module.clone(),
+            Tensor::from_vec(f.a_f32(), (rank, d_in), dev)?,
+            Tensor::from_vec(f.b_f32(), (d_out, rank), dev)?,
+        ));
+        report.push(ConvertedModule {
+            module,
+            delta_norm,
+            residual_norm: f.residual_norm,
+        });
+        weights.insert(name.clone(), bw.to_dtype(DType::F32)?);
+    }
+    let adapters = LoraAdapters::from_factors(
+        LoraConfig {
+            rank: cfg.rank,
+            alpha: cfg.rank as f64,
+            ..cfg
+        },
+        factors,
+    )?;
+    Ok((weights, adapters, report))
+}
+
+/// Content hash of a model directory: SHA-256 over the names and SHA-256s of `config.json`,
+/// `*.safetensors` and `adapter/*` (used in gradient-store keys).
+pub fn model_fingerprint(dir: &Path) -> Result<String, TrainError> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("adapter")] {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == "config.json"
+                || name == "adapter_config.json"
+                || p.extension().is_some_and(|x| x == "safetensors")
+            {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    let mut s = String::new();
+    for f in &files {
+        let h = trust_core::data::sha256_file(f)
+            .map_err(|e| TrainError::Invalid(format!("{}: {e}", f.display())))?;
+        let rel = f.strip_prefix(dir).unwrap_or(f);
+        s.push_str(&format!("{} {h}\n", rel.display()));
+    }
+    Ok(trust_core::data::sha256_bytes(s.as_bytes()))
+}
+
+/// How the attributed adapters were obtained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AdapterSource {
+    /// `adapter/` of the aligned model directory.
+    Trained,
+    /// Truncated SVD of the full fine-tune.
+    Svd {
+        /// Rank.
+        rank: usize,
+        /// Per converted module.
+        modules: Vec<ConvertedModule>,
+    },
+}
+
+/// A model ready for per-example gradients of the attributed stage loss.
+pub struct AttributionModel {
+    stage: AttrStage,
+    trainee: Trainee,
+    model: CausalLm,
+    reference: Option<CausalLm>,
+    head: Option<RewardHead>,
+    vars: Vec<Var>,
+    layout: LayerLayout,
+    tokenizer: tokenizers::Tokenizer,
+    eos: Option<u32>,
+    beta: f64,
+    max_len: usize,
+    mask_prompt: bool,
+    source: AdapterSource,
+    fingerprint: String,
+    device: Device,
+}
+
+impl AttributionModel {
+    /// Loads the aligned model as LoRA over its base (see [`AttributeOptions::model_dir`]),
+    /// the DPO reference and the reward head as the stage needs, and selects the attributed
+    /// tensors. Errors when the selection matches no adapter tensor.
+    pub fn load(opts: &AttributeOptions) -> Result<Self, TrainError> {
+        let device = Device::Cpu;
+        if !(opts.beta.is_finite() && opts.beta > 0.0) {
+            return Err(TrainError::Invalid(format!(
+                "β must be finite and > 0, got {}",
+                opts.beta
+            )));
+        }
+        if opts.lora.rank == 0 {
+            return Err(TrainError::Invalid("LoRA rank must be ≥ 1".into()));
+        }
+        let config = ModelConfig::from_dir(&opts.base_dir)?;
+        let tokenizer =
+            trust_backends::candle::loader::load_tokenizer(&opts.base_dir, config.vocab_size)?;
+        let eos = config.eos_token_ids.first().copied();
+        let has_adapter = opts
+            .model_dir
+            .join("adapter/adapter_config.json")
+            .exists();
+        let mut model_weights: Option<HashMap<String, Tensor>> = None;
+        let (trainee, source) = if has_adapter {
+            (
+                load_lora_trainee(&opts.model_dir, &opts.base_dir, &device)?,
+                AdapterSource::Trained,
+            )
+        } else {
+            let ft = load_weights(&opts.model_dir, &device)?;
+            let base = load_weights(&opts.base_dir, &device)?;
+            let (w, adapters, modules) = convert_full_to_lora(&ft, &base, &opts.lora)?;
+            model_weights = Some(ft);
+            (
+                Trainee::with_adapters(config.clone(), w, adapters, device.clone()),
+                AdapterSource::Svd {
+                    rank: opts.lora.rank,
+                    modules,
+                },
+            )
+        };
+        let adapters = trainee
+            .adapters()
+            .ok_or_else(|| TrainError::Invalid("not a LoRA model".into()))?;
+        let mut vars = Vec::new();
+        let mut layers = Vec::new();
+        for m in adapters.modules.iter().filter(|m| opts.lora.selects(&m.module)) {
+            layers.push((format!("{}.lora_A", m.module), m.a.as_tensor().elem_count()));
+            layers.push((format!("{}.lora_B", m.module), m.b.as_tensor().elem_count()));
+            vars.push(m.a.clone());
+            vars.push(m.b.clone());
+        }
+        if vars.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "the LoRA selection (targets {:?}, layers {:?}) matches none of the {} adapter modules of {}",
+                opts.lora.targets,
+                opts.lora.layers,
+                adapters.modules.len(),
+                opts.model_dir.display()
+            )));
+        }
+        let mut fingerprint = format!(
+            "model={} base={}",
+            model_fingerprint(&opts.model_dir)?,
+            model_fingerprint(&opts.base_dir)?
+        );
+        let reference = match opts.stage {
+            AttrStage::Dpo => {
+                let dir = opts.reference_dir.as_deref().unwrap_or(&opts.base_dir);
+                fingerprint.push_str(&format!(" ref={}", model_fingerprint(dir)?));
+                let rc = ModelConfig::from_dir(dir)?;
+                Some(CausalLm::from_var_builder(
+                    &rc,
+                    VarBuilder::from_tensors(load_weights(dir, &device)?, DType::F32, &device),
+                )?)
+            }
+            _ => None,
+        };
+        let head = match opts.stage {
+            AttrStage::Rm => {
+                let w = match model_weights.take() {
+                    Some(w) => w,
+                    None => load_weights(&opts.model_dir, &device)?,
+                };
+                let mut head = if w.contains_key(crate::reward::V_HEAD_WEIGHT) || !opts.init_v_head
+                {
+                    RewardHead::from_weights(&w, config.hidden_size, &opts.model_dir)?
+                } else {
+                    fingerprint.push_str(" v_head=init(seed 0)");
+                    RewardHead::init(config.hidden_size, 0, &device)?
+                };
+                if opts.train_v_head {
+                    head.trainable = true;
+                    layers.push((
+                        crate::reward::V_HEAD_WEIGHT.to_string(),
+                        head.weight.as_tensor().elem_count(),
+                    ));
+                    vars.push(head.weight.clone());
+                }
+                Some(head)
+            }
+            _ => None,
+        };
+        let layout = LayerLayout::new(layers).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        let model = trainee.model()?;
+        Ok(AttributionModel {
+            stage: opts.stage,
+            trainee,
+            model,
+            reference,
+            head,
+            vars,
+            layout,
+            tokenizer,
+            eos,
+            beta: opts.beta,
+            max_len: opts.max_len,
+            mask_prompt: opts.mask_prompt,
+            source,
+            fingerprint,
+            device,
+        })
+    }
+
+    /// The per-example gradient layout: one layer per attributed tensor.
+    pub fn layout(&self) -> &LayerLayout {
+        &self.layout
+    }
+
+    /// How the adapters were obtained.
+    pub fn source(&self) -> &AdapterSource {
+        &self.source
+    }
+
+    /// The LoRA trainee (base weights + adapters).
+    pub fn trainee(&self) -> &Trainee {
+        &self.trainee
+    }
+
+    /// Tokenises pairs for the stage: SFT (prompt + chosen, eos appended, prompt scored unless
+    /// masked), DPO (response tokens scored), RM (prompt + response without eos, so the reward
+    /// is read at the response's last token). Pairs that cannot be encoded are skipped and
+    /// counted.
+    pub fn encode(&self, pairs: &[PreferencePair]) -> (Vec<PairEncoded>, usize) {
+        match self.stage {
+            AttrStage::Sft | AttrStage::Dpo => {
+                let mut tc = TrainConfig::new(match self.stage {
+                    AttrStage::Sft => Stage::Sft,
+                    _ => Stage::Dpo,
+                });
+                tc.max_len = self.max_len;
+                tc.mask_prompt = self.mask_prompt;
+                encode_pairs(&self.tokenizer, pairs, &tc, self.eos)
+            }
+            AttrStage::Rm => {
+                let mut out = Vec::new();
+                let mut skipped = 0;
+                for p in pairs {
+                    let enc = |r: &str| encode(&self.tokenizer, &p.prompt, r, None, self.max_len, true);
+                    match (enc(&p.chosen), enc(&p.rejected)) {
+                        (Ok(c), Ok(r)) => out.push(PairEncoded {
+                            index: p.index,
+                            sft: c.clone(),
+                            chosen: c,
+                            rejected: r,
+                        }),
+                        _ => skipped += 1,
+                    }
+                }
+                (out, skipped)
+            }
+        }
+    }
+
+    /// The stage loss of one encoded example (for finite-difference checks).
+    pub fn loss(&self, example: &PairEncoded) -> Result<f64, TrainError> {
+        let model = self.trainee.model()?;
+        let l = match self.stage {
+            AttrStage::Rm => crate::reward::rm_loss(
+                &model,
+                self.head.as_ref().expect("rm head"),
+                &[example],
+                &self.device,
+            )?,
+            s => {
+                batch_loss(
+                    if s == AttrStage::Sft {
+                        Stage::Sft
+                    } else {
+                        Stage::Dpo
+                    },
+                    &model,
+                    self.reference.as_ref(),
+                    &[example],
+                    self.beta,
+                    &self.device,
+                )?
+                .0
+            }
+        };
+        Ok(l.to_scalar::<f32>()? as f64)
+    }
+
+    /// The attributed variables, in layout order (LoRA `A`, `B` per selected module, then the
+    /// head weight when trainable).
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    /// Gradients of the stage loss of one example w.r.t. the attributed tensors, one flattened
+    /// vector per layout layer (batch 1).
+    pub fn gradients(&self, example: &PairEncoded) -> Result<Vec<Vec<f32>>, TrainError> {
+        Ok(match self.stage {
+            AttrStage::Rm => rm_example_gradients(
+                &self.model,
+                self.head.as_ref().expect("rm head"),
+                &self.vars,
+                example,
+                &self.device,
+            )?,
+            AttrStage::Sft => example_gradients(
+                Stage::Sft,
+                &self.model,
+                None,
+                &self.vars,
+                example,
+                self.beta,
+                &self.device,
+            )?,
+            AttrStage::Dpo => example_gradients(
+                Stage::Dpo,
+                &self.model,
+                self.reference.as_ref(),
+                &self.vars,
+                example,
+                self.beta,
+                &self.device,
+            )?,
+        })
+    }
+
+    /// Store key of gradients of `examples` (model + reference + head hashes, the attributed
+    /// tensors and source, the loss and its settings, the data hash).
+    pub fn store_key(&self, role: &str, examples: &[PairEncoded]) -> StoreKey {
+        let mut data = String::new();
+        for e in examples {
+            for s in [&e.sft, &e.chosen, &e.rejected] {
+                data.push_str(&format!("{}:{:?}:{:?};", e.index, s.ids, s.targets));
+            }
+        }
+        StoreKey {
+            model: self.fingerprint.clone(),
+            lora: format!(
+                "{} layers={:?}",
+                serde_json::to_string(&self.source).unwrap_or_default(),
+                self.layout.names()
+            ),
+            loss: match self.stage {
+                AttrStage::Sft => format!("sft token-mean-ce mask_prompt={}", self.mask_prompt),
+                AttrStage::Dpo => format!("dpo beta={}", self.beta),
+                AttrStage::Rm => format!(
+                    "rm bradley-terry v_head={}",
+                    if self.head.as_ref().is_some_and(|h| h.trainable) {
+                        "trainable"
+                    } else {
+                        "frozen"
+                    }
+                ),
+            },
+            data: format!(
+                "{role} n={} max_len={} sha256={}",
+                examples.len(),
+                self.max_len,
+                trust_core::data::sha256_bytes(data.as_bytes())
+            ),
+        }
+    }
+}
+
+/// Progress of [`run_attribution`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// `train` or `test` gradients, or `score`.
+    pub phase: &'static str,
+    /// Examples done in this phase (including ones found in the store).
+    pub done: usize,
+    /// Examples in this phase.
+    pub total: usize,
+    /// Examples found already extracted when the phase started (resume).
+    pub resumed: usize,
+}
+
+/// Writes the gradients of `examples` into the store at `dir` (created, or resumed: examples
+/// already present are skipped, a torn last record is cut), then opens it for reading. Flushes
+/// every 16 examples and syncs every 1,024.
+pub fn extract_to_store(
+    model: &AttributionModel,
+    examples: &[PairEncoded],
+    dir: &Path,
+    key: &StoreKey,
+    phase: &'static str,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<GradientStoreReader, TrainError> {
+    let inv = |e: AttributionError| TrainError::Invalid(e.to_string());
+    let mut w = GradientStoreWriter::open(dir, key, model.layout()).map_err(inv)?;
+    let start = w.resume_info().examples_done;
+    if start > examples.len() {
+        return Err(TrainError::Invalid(format!(
+            "{}: store holds {start} records but there are only {} examples",
+            dir.display(),
+            examples.len()
+        )));
+    }
+    on_progress(&Progress {
+        phase,
+        done: start,
+        total: examples.len(),
+        resumed: start,
+    });
+    for (i, e) in examples.iter().enumerate().skip(start) {
+        let g = model.gradients(e)?;
+        let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+        w.append(&slices).map_err(inv)?;
+        if (i + 1) % 1024 == 0 {
+            w.sync().map_err(inv)?;
+        } else if (i + 1) % 16 == 0 {
+            w.flush().map_err(inv)?;
+        }
+        on_progress(&Progress {
+            phase,
+            done: i + 1,
+            total: examples.len(),
+            resumed: start,
+        });
+    }
+    w.sync().map_err(inv)?;
+    w.reader().map_err(inv)
+}
+
+/// Result of [`run_attribution`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttributionRun {
+    /// Scores (raw and sign-normalised) per encoded training pair.
+    pub attribution: Attribution,
+    /// Attributed tensor names (DataInf layers), in order.
+    pub layers: Vec<String>,
+    /// Layers whose training gradients were all zero (ignored by DataInf).
+    pub zero_layers: Vec<String>,
+    /// Training pairs that could not be encoded (not scored).
+    pub skipped_train: usize,
+    /// Test pairs that could not be encoded.
+    pub skipped_test: usize,
+    /// Training gradients found in the store at start (resumed).
+    pub resumed_train: usize,
+    /// How the adapters were obtained.
+    pub adapters: AdapterSource,
+}
+
+/// The full pipeline: load the model, extract training gradients into `store_dir/train` and test
+/// gradients into `store_dir/test` (both resumable), average the test gradients and stream
+/// DataInf over the training store.
+pub fn run_attribution(
+    opts: &AttributeOptions,
+    train: &[PreferencePair],
+    test: &[TestPair],
+    store_dir: &Path,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<AttributionRun, TrainError> {
+    let model = AttributionModel::load(opts)?;
+    let (train_enc, skipped_train) = model.encode(train);
+    let test_pairs: Vec<PreferencePair> = test
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PreferencePair {
+            index: i,
+            prompt: t.prompt.clone(),
+            chosen: t.preferred.clone(),
+            rejected: t.dispreferred.clone(),
+        })
+        .collect();
+    let (test_enc, skipped_test) = model.encode(&test_pairs);
+    if train_enc.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "no encodable training pair ({skipped_train} skipped)"
+        )));
+    }
+    if test_enc.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "no encodable test pair ({skipped_test} skipped)"
+        )));
+    }
+    let train_key = model.store_key("train", &train_enc);
+    let test_key = model.store_key("test", &test_enc);
+    let train_dir = store_dir.join("train");
+    let test_dir = store_dir.join(format!("test-{}", &test_key.sha256()[..16]));
+    let mut resumed_train = 0;
+    let train_g = extract_to_store(&model, &train_enc, &train_dir, &train_key, "train", &mut |p| {
+        resumed_train = p.resumed;
+        on_progress(p)
+    })?;
+    let test_g = extract_to_store(&model, &test_enc, &test_dir, &test_key, "test", on_progress)?;
+    let inv = |e: AttributionError| TrainError::Invalid(e.to_string());
+    let v = mean_gradient(&test_g, opts.datainf.block_size).map_err(inv)?;
+    on_progress(&Progress {
+        phase: "score",
+        done: 0,
+        total: train_enc.len(),
+        resumed: 0,
+    });
+    let r = datainf(&train_g, &v, &opts.datainf).map_err(inv)?;
+    let normalized = normalize_signwise(&r.scores).map_err(inv)?;
+    on_progress(&Progress {
+        phase: "score",
+        done: train_enc.len(),
+        total: train_enc.len(),
+        resumed: 0,
+    });
+    let names = model.layout().names().to_vec();
+    Ok(AttributionRun {
+        zero_layers: r.zero_layers.iter().map(|&l| names[l].clone()).collect(),
+        layers: names,
+        attribution: Attribution {
+            train_index: train_enc.iter().map(|e| e.index).collect(),
+            scores: r.scores,
+            normalized,
+            n_test: test_enc.len(),
+            lambdas: r.lambdas,
+        },
+        skipped_train,
+        skipped_test,
+        resumed_train,
+        adapters: model.source,
     })
 }

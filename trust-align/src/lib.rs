@@ -12,5 +12,7 @@ pub mod lexical;
 pub mod lora;
 pub mod losses;
 pub mod optim;
+pub mod reward;
 pub mod tiny;
+pub mod test_pairs;
 pub mod train;
