@@ -262,3 +262,23 @@ fn truncation_caps_long_inputs() {
     let (a, b) = (got[0].as_ref().unwrap(), got[1].as_ref().unwrap());
     assert_eq!(a, b);
 }
+
+#[test]
+fn cuda_without_a_cuda_provider_is_an_explicit_error() {
+    // With the CPU-only library (or a build without `ort-cuda`) asking for CUDA must fail loudly
+    // instead of silently running on the CPU.
+    use trust_backends::ort::OrtDevice;
+    let opts = OrtClassifierOptions {
+        session: SessionOptions { sessions: Some(1), device: OrtDevice::Cuda(0), ..Default::default() },
+        ..Default::default()
+    };
+    let err = OrtClassifier::from_dir(fixture_dir(), opts).unwrap_err();
+    assert!(matches!(err, BackendError::Device(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("CUDA"), "{msg}");
+    if cfg!(feature = "ort-cuda") {
+        assert!(msg.contains("no CUDA execution provider"), "{msg}");
+    } else {
+        assert!(msg.contains("ort-cuda"), "{msg}");
+    }
+}
