@@ -164,5 +164,44 @@ def main():
         print(name, "torch", torch.__version__, "transformers", transformers.__version__)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and not os.environ.get("BEAMS_ONLY"):
     main()
+    # beam_fixture is defined below; run it after the models exist.
+
+
+def beam_fixture(shared):
+    """Deterministic beam search outputs (`num_beams > 1`, `do_sample=False`) for the beam-search
+    port, written to trust-backends/tests/fixtures/beam_expected.json."""
+    import transformers as tf
+    out = []
+    dirs = {
+        "tiny-gpt-neox": os.path.join(shared, "tiny-gpt-neox"),
+        "tiny-llama": os.path.join(shared, "tiny-llama"),
+        "tiny-qwen2": os.path.join(OUT, "tiny-qwen2"),
+    }
+    for name, d in dirs.items():
+        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        model = tf.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation="eager").eval()
+        for prompt, _ in CASES[:3]:
+            ids = tok.encode(prompt).ids
+            greedy = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=3, eos_token_id=None,
+                                    pad_token_id=0)[0, len(ids):].tolist()
+            for beams, n, new, eos in [(3, 2, 8, None), (4, 4, 10, greedy[1])]:
+                with torch.no_grad():
+                    res = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                         do_sample=False, num_beams=beams, num_return_sequences=n,
+                                         max_new_tokens=new, eos_token_id=eos,
+                                         pad_token_id=eos if eos is not None else 0)
+                seqs = []
+                for row in res[:, len(ids):].tolist():
+                    if eos is not None and eos in row:
+                        row = row[:row.index(eos)]
+                    seqs.append(row)
+                out.append({"model": name, "prompt": prompt, "num_beams": beams, "n": n, "max_new_tokens": new,
+                            "eos": eos, "sequences": seqs})
+    with open(os.path.join(OUT, "beam_expected.json"), "w") as f:
+        json.dump(out, f, ensure_ascii=False, indent=0)
+
+
+if __name__ == "__main__":
+    beam_fixture(os.path.join(HERE, "..", "..", "shared", "fixtures", "hf"))

@@ -508,12 +508,12 @@ fn bad_requests_fail_alone() {
         "{:?}",
         out[2]
     );
-    let mut beam = greedy_request("Hello", 4);
-    beam.config.num_beams = 4;
-    let out = m.generate_sync(&[greedy_request("Hello", 4), beam, greedy_request(&long, 4)]);
+    let mut zero = greedy_request("Hello", 4);
+    zero.config.n = 0;
+    let out = m.generate_sync(&[greedy_request("Hello", 4), zero, greedy_request(&long, 4)]);
     assert_eq!(out[0].as_ref().unwrap().completions[0].token_ids.len(), 4);
     assert!(
-        matches!(out[1], Err(ModelError::Unsupported { .. })),
+        matches!(out[1], Err(ModelError::InvalidRequest(_))),
         "{:?}",
         out[1]
     );
@@ -525,7 +525,7 @@ fn bad_requests_fail_alone() {
     let caps = m.capabilities();
     assert!(
         caps.has(trust_core::Capability::LogLikelihood)
-            && !caps.has(trust_core::Capability::BeamSearch)
+            && caps.has(trust_core::Capability::BeamSearch)
     );
 }
 
@@ -935,4 +935,75 @@ fn cuda_without_feature_is_a_clear_error() {
         trust_backends::candle::parse_device("cpu"),
         Ok(Device::Cpu)
     ));
+}
+
+#[test]
+fn beam_search_matches_transformers() {
+    let path = local_dir().join("beam_expected.json");
+    let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(all.len() >= 12);
+    let mut ended_on_eos = 0;
+    for e in all {
+        let name = e["model"].as_str().unwrap();
+        let m = load(name, 4);
+        let mut config = DecodingConfig::greedy(e["max_new_tokens"].as_u64().unwrap() as usize);
+        config.num_beams = e["num_beams"].as_u64().unwrap() as usize;
+        config.n = e["n"].as_u64().unwrap() as usize;
+        config.stop = match e["eos"].as_u64() {
+            Some(id) => StopPolicy::Tokens(vec![id as u32]),
+            None => StopPolicy::Never,
+        };
+        let req = GenerateRequest {
+            prompt: e["prompt"].as_str().unwrap().into(),
+            config,
+            seed: 0,
+        };
+        let got = m.generate_sync(&[req]).remove(0).unwrap();
+        let want: Vec<Vec<u32>> = e["sequences"].as_array().unwrap().iter().map(ids).collect();
+        let got_ids: Vec<Vec<u32>> = got
+            .completions
+            .iter()
+            .map(|c| c.token_ids.clone())
+            .collect();
+        assert_eq!(
+            got_ids, want,
+            "{name}: {:?} beams {}",
+            e["prompt"], e["num_beams"]
+        );
+        for c in &got.completions {
+            if c.finish_reason == FinishReason::StopToken {
+                ended_on_eos += 1;
+            }
+        }
+    }
+    eprintln!("beam sequences ending on EOS: {ended_on_eos}");
+}
+
+#[test]
+fn beam_sample_is_seeded_and_batch_independent() {
+    let m = load("tiny-gpt-neox", 4);
+    let mk = |seed| {
+        let mut config = DecodingConfig::sampled(10, 0.8, 0.95, 2).with_stop(StopPolicy::Never);
+        config.num_beams = 3;
+        GenerateRequest {
+            prompt: "Hello, my name is".into(),
+            config,
+            seed,
+        }
+    };
+    let a = m.generate_sync(&[mk(1)]);
+    let b = m.generate_sync(&[mk(2), mk(1), greedy_request("The quick brown", 5)]);
+    assert_eq!(a[0], b[1]);
+    let a = a[0].as_ref().unwrap();
+    assert_eq!(a.completions.len(), 2);
+    assert!(a.completions.iter().all(|c| c.token_ids.len() == 10));
+    assert_ne!(b[0].as_ref().unwrap(), a, "seed has no effect");
+    // n > num_beams is refused.
+    let mut bad = mk(1);
+    bad.config.n = 5;
+    assert!(matches!(
+        m.generate_sync(&[bad])[0],
+        Err(ModelError::InvalidRequest(_))
+    ));
+    assert!(m.capabilities().has(trust_core::Capability::BeamSearch));
 }

@@ -240,6 +240,16 @@ impl KvCache {
         self.len() == 0
     }
 
+    /// Reorders (or replicates) the batch rows: row `j` of the result is row `indices[j]` now.
+    pub fn reorder(&mut self, indices: &[u32]) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let idx = Tensor::new(indices, k.device())?;
+            *k = k.index_select(&idx, 0)?;
+            *v = v.index_select(&idx, 0)?;
+        }
+        Ok(())
+    }
+
     /// Appends `k`, `v` for layer `i` and returns the full keys/values.
     pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
         let slot = &mut self.layers[i];

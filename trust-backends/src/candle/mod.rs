@@ -22,6 +22,7 @@
 //! log-probabilities from an f32 log-softmax. On the shared HF fixtures the f32 port agrees to
 //! about 1e-5 with transformers.
 
+pub mod beam;
 pub mod config;
 pub mod generate;
 pub mod gpt_neox;
@@ -548,15 +549,11 @@ impl CandleModel {
         let mut out: Vec<Option<Result<GenerateResponse, ModelError>>> = vec![None; requests.len()];
         // (request, completion index, row)
         let mut rows: Vec<(usize, usize, RowSpec)> = Vec::new();
+        let mut beams: Vec<(usize, beam::BeamSpec)> = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             let prepared = (|| {
                 r.config.validate()?;
-                if r.config.num_beams > 1 {
-                    return Err(ModelError::Unsupported {
-                        model: self.info.id.clone(),
-                        capability: Capability::BeamSearch,
-                    });
-                }
+
                 let prompt = self.encode(&r.prompt)?;
                 if prompt.is_empty() {
                     return Err(ModelError::InvalidRequest(
@@ -575,6 +572,40 @@ impl CandleModel {
                     StopPolicy::Tokens(ids) => ids.clone(),
                     StopPolicy::Never => Vec::new(),
                 };
+                if r.config.num_beams > 1 {
+                    if r.config.n > r.config.num_beams {
+                        return Err(ModelError::InvalidRequest(format!(
+                            "n ({}) must not exceed num_beams ({})",
+                            r.config.n, r.config.num_beams
+                        )));
+                    }
+                    let sampling = match r.config.sampling {
+                        Sampling::Greedy => None,
+                        Sampling::Sample {
+                            temperature,
+                            top_p,
+                            top_k,
+                        } => Some(beam::BeamSampling {
+                            rng: SplitMix64::new(derive_seed(r.seed, "beams")),
+                            temperature,
+                            top_p,
+                            top_k,
+                        }),
+                    };
+                    beams.push((
+                        i,
+                        beam::BeamSpec {
+                            prompt: prompt.clone(),
+                            max_new_tokens: r.config.max_new_tokens,
+                            num_beams: r.config.num_beams,
+                            n: r.config.n,
+                            stop_ids: stop_ids.clone(),
+                            stop_strings: r.config.stop_strings.clone(),
+                            sampling,
+                        },
+                    ));
+                    return Ok(Vec::new());
+                }
                 let spec = |sampler| RowSpec {
                     prompt: prompt.clone(),
                     max_new_tokens: r.config.max_new_tokens,
@@ -609,6 +640,14 @@ impl CandleModel {
                 Ok(rs) => rows.extend(rs.into_iter().map(|(c, s)| (i, c, s))),
                 Err(e) => out[i] = Some(Err(e)),
             }
+        }
+        // Beam search: one request at a time (its beams form the batch).
+        for (i, mut spec) in beams {
+            out[i] = Some(
+                beam::beam_search(&self.lm, &self.tokenizer, &mut spec)
+                    .map(|completions| GenerateResponse { completions })
+                    .map_err(|e| ModelError::Backend(e.to_string())),
+            );
         }
         rows.sort_by(|a, b| {
             b.2.prompt
@@ -691,6 +730,7 @@ impl trust_core::LanguageModel for CandleModel {
         Capabilities::of(&[
             Capability::Generate,
             Capability::Sampling,
+            Capability::BeamSearch,
             Capability::LogLikelihood,
         ])
     }
