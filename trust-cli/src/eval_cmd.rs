@@ -16,7 +16,9 @@ use trust_verticals::registry::{self, BuildOptions};
 /// Arguments of `trust eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Model directory (Hugging Face layout), or `mock` for the deterministic test model.
+    /// Model directory (Hugging Face layout), or `mock` for the deterministic test model
+    /// (`mock:generate,sampling` restricts its capabilities, e.g. to test a backend without beam
+    /// search or log-likelihood).
     #[arg(long)]
     model: String,
     /// `all` or a comma-separated list of verticals (toxicity, stereotype, machine_ethics,
@@ -76,7 +78,31 @@ pub fn load_model(
     if spec == "mock" {
         return Ok(Box::new(MockModel::new()));
     }
+    if let Some(caps) = spec.strip_prefix("mock:") {
+        return Ok(Box::new(
+            MockModel::new().with_capabilities(&parse_capabilities(caps)?),
+        ));
+    }
     load_model_dir(Path::new(spec), device, dtype, batch_size)
+}
+
+/// Parses `generate,sampling,beam_search,loglikelihood` (for `--model mock:CAPS`).
+fn parse_capabilities(list: &str) -> anyhow::Result<Vec<Capability>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|c| {
+            Ok(match c {
+                "generate" => Capability::Generate,
+                "sampling" => Capability::Sampling,
+                "beam_search" => Capability::BeamSearch,
+                "loglikelihood" => Capability::LogLikelihood,
+                other => bail!(
+                    "unknown capability `{other}` in --model mock:... (generate, sampling, beam_search, loglikelihood)"
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Loads a Hugging Face model directory with the candle backend.

@@ -285,24 +285,12 @@ fn eval_rejects_unknown_verticals_and_unloadable_models() {
 
 #[test]
 fn eval_without_beam_search_names_the_alternatives() {
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../trust-backends/tests/fixtures/tiny-gpt-neox-seq"
-    );
-    if !std::path::Path::new(fixture)
-        .join("model.safetensors")
-        .exists()
-        || cfg!(not(feature = "candle"))
-    {
-        eprintln!("skipping: candle fixture or feature not available");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
     let o = dir.path().join("o");
     let args = [
         "eval",
         "--model",
-        fixture,
+        "mock:generate,sampling",
         "--verticals",
         "stereotype,privacy",
         "--limit",
@@ -315,7 +303,7 @@ fn eval_without_beam_search_names_the_alternatives() {
     let out = trust(&args);
     assert!(
         !out.status.success(),
-        "stereotype/paper needs beam search, which candle lacks"
+        "stereotype/paper needs beam search, which this model lacks"
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(o.join("report.json")).unwrap()).unwrap();
@@ -354,4 +342,90 @@ fn unknown_scorer_spec_is_an_error_before_running() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown scorer `perspective`"), "{err}");
     assert!(!o.join("toxicity").exists(), "nothing ran");
+}
+
+#[test]
+fn rescoring_saved_replies_reproduces_the_eval_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let args = [
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "toxicity,stereotype,machine_ethics,truthfulness,privacy",
+        "--protocol",
+        "corrected,toxicity=paper,machine_ethics=paper,privacy=paper",
+        "--scorer",
+        "mock",
+        "--limit",
+        "25",
+        "--bootstrap",
+        "10",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let out = trust(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (vertical, protocol) in [
+        ("toxicity", "paper"),
+        ("stereotype", "corrected"),
+        ("machine_ethics", "paper"),
+        ("truthfulness", "corrected"),
+        ("privacy", "paper"),
+    ] {
+        let samples =
+            std::fs::read_to_string(out_dir.join(vertical).join("samples.jsonl")).unwrap();
+        let mut lines = Vec::new();
+        let mut want_labels = Vec::new();
+        for rec in samples.lines() {
+            let rec: serde_json::Value = serde_json::from_str(rec).unwrap();
+            for resp in rec["responses"].as_array().unwrap() {
+                for c in resp["completions"].as_array().unwrap() {
+                    lines
+                        .push(serde_json::json!({"id": rec["id"], "reply": c["text"]}).to_string());
+                }
+            }
+            want_labels.extend(rec["outcome"]["labels"].as_array().unwrap().iter().cloned());
+        }
+        let f = dir.path().join(format!("{vertical}.jsonl"));
+        std::fs::write(&f, lines.join("\n")).unwrap();
+        let out = trust(&[
+            "score",
+            "--vertical",
+            vertical,
+            "--protocol",
+            protocol,
+            "--replies",
+            f.to_str().unwrap(),
+            "--scorer",
+            "mock",
+        ]);
+        assert!(
+            out.status.success(),
+            "{vertical}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let scored = json_lines(&out);
+        let labels: Vec<serde_json::Value> = scored[..scored.len() - 1]
+            .iter()
+            .map(|l| l["label"].clone())
+            .collect();
+        assert_eq!(labels, want_labels, "{vertical}: per-reply labels");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out_dir.join(vertical).join("report.json")).unwrap(),
+        )
+        .unwrap();
+        let eval_metrics = report["metrics"].as_array().unwrap();
+        let score_metrics = scored.last().unwrap()["metrics"].as_array().unwrap();
+        assert_eq!(eval_metrics.len(), score_metrics.len());
+        for (a, b) in eval_metrics.iter().zip(score_metrics) {
+            assert_eq!(a["name"], b["name"]);
+            assert_eq!(a["value"], b["value"], "{vertical}: {}", a["name"]);
+        }
+    }
 }
