@@ -862,9 +862,10 @@ pub struct AttributionRun {
     pub adapters: AdapterSource,
 }
 
-/// The full pipeline: load the model, extract training gradients into `store_dir/train` and test
-/// gradients into `store_dir/test` (both resumable), average the test gradients and stream
-/// DataInf over the training store.
+/// The full pipeline: load the model, extract training gradients into `store_dir/train-<key>` and
+/// test gradients into `store_dir/test-<key>` (both resumable; `<key>` = the first 16 hex digits
+/// of the [`StoreKey`] hash, so runs with other settings get their own stores), average the test
+/// gradients and stream DataInf over the training store.
 pub fn run_attribution(
     opts: &AttributeOptions,
     train: &[PreferencePair],
@@ -897,7 +898,7 @@ pub fn run_attribution(
     }
     let train_key = model.store_key("train", &train_enc);
     let test_key = model.store_key("test", &test_enc);
-    let train_dir = store_dir.join("train");
+    let train_dir = store_dir.join(format!("train-{}", &train_key.sha256()[..16]));
     let test_dir = store_dir.join(format!("test-{}", &test_key.sha256()[..16]));
     let mut resumed_train = 0;
     let train_g = extract_to_store(&model, &train_enc, &train_dir, &train_key, "train", &mut |p| {

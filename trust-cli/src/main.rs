@@ -35,6 +35,10 @@ enum Command {
     /// attribute the toxicity change to the DPO pairs, and write report.json + report.html.
     #[cfg(feature = "candle")]
     Demo(demo_cmd::DemoArgs),
+    /// Attribute a vertical's change to the training pairs (DataInf over LoRA gradients of the
+    /// SFT, DPO or reward-model loss); writes {"train_index", "score"} lines.
+    #[cfg(feature = "candle")]
+    Attribute(attribute_cmd::AttributeArgs),
 }
 
 mod eval_cmd;
@@ -50,6 +54,8 @@ mod model_cmds;
 mod align_cmd;
 #[cfg(feature = "candle")]
 mod demo_cmd;
+#[cfg(feature = "candle")]
+mod attribute_cmd;
 mod score_cmd;
 
 fn main() {
@@ -72,6 +78,8 @@ fn main() {
         Command::Align(a) => align_cmd::run(a),
         #[cfg(feature = "candle")]
         Command::Demo(a) => demo_cmd::run_cmd(a),
+        #[cfg(feature = "candle")]
+        Command::Attribute(a) => attribute_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
     };
