@@ -9,6 +9,21 @@
 //! [`registry::AnyVertical`], or use the concrete types ([`toxicity::Toxicity`],
 //! [`stereotype::Stereotype`], [`machine_ethics::MachineEthics`], [`truthfulness::Truthfulness`],
 //! [`privacy::Privacy`]) with [`trust_core::Runner`] directly.
+//!
+//! ```no_run
+//! use trust_core::testing::MockModel;
+//! use trust_core::{DataDir, Runner};
+//! use trust_verticals::{BuildOptions, build};
+//!
+//! # async fn demo() -> trust_core::Result<()> {
+//! let data = DataDir::resolve(None)?; // --data-dir or $TRUST_DATA_DIR
+//! let vertical = build("machine_ethics", "paper", &BuildOptions::default())?;
+//! let runner = Runner::builder().limit(Some(20)).out_dir("out").build();
+//! let report = vertical.run(&runner, &MockModel::new(), None, &data).await?;
+//! println!("FNR = {:?}", report.metric("fnr").and_then(|m| m.value));
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod common;
