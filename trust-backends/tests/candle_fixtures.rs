@@ -1007,3 +1007,74 @@ fn beam_sample_is_seeded_and_batch_independent() {
     ));
     assert!(m.capabilities().has(trust_core::Capability::BeamSearch));
 }
+
+#[test]
+fn config_parsing_accepts_4x_and_5x_rope_spellings() {
+    use trust_backends::candle::{Architecture, ModelConfig, RopeScaling};
+    let p = Path::new("config.json");
+    let base = r#""vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "intermediate_size": 128"#;
+    // 4.x Llama with `rope_scaling.type = linear` and a top-level rope_theta.
+    let c = ModelConfig::from_json_str(
+        &format!(r#"{{"model_type": "llama", {base}, "rope_theta": 500000.0, "rope_scaling": {{"type": "linear", "factor": 4.0}}, "torch_dtype": "bfloat16"}}"#),
+        p,
+    )
+    .unwrap();
+    assert_eq!(c.arch, Architecture::Llama);
+    assert_eq!(c.rope.theta, 500000.0);
+    assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 4.0 });
+    assert_eq!(c.declared_dtype.as_deref(), Some("bfloat16"));
+    assert_eq!(c.rotary_dim(), 16);
+    // 5.x llama3 inside rope_parameters.
+    let c = ModelConfig::from_json_str(
+        &format!(r#"{{"model_type": "llama", {base}, "rope_parameters": {{"rope_type": "llama3", "rope_theta": 8.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}, "dtype": "float16"}}"#),
+        p,
+    )
+    .unwrap();
+    assert_eq!(c.rope.theta, 8.0);
+    assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
+    assert_eq!(c.declared_dtype.as_deref(), Some("float16"));
+    // GPT-NeoX 4.x partial rotary; Qwen2 defaults (qkv bias only); eos lists.
+    let c = ModelConfig::from_json_str(
+        &format!(r#"{{"model_type": "gpt_neox", {base}, "rotary_pct": 0.5, "rotary_emb_base": 100, "eos_token_id": [3, 4]}}"#),
+        p,
+    )
+    .unwrap();
+    assert_eq!(
+        (c.rope.partial_rotary_factor, c.rope.theta, c.rotary_dim()),
+        (0.5, 100.0, 8)
+    );
+    assert_eq!(c.eos_token_ids, vec![3, 4]);
+    assert!(c.use_parallel_residual && c.qkv_bias && c.mlp_bias);
+    let c = ModelConfig::from_json_str(
+        &format!(r#"{{"model_type": "qwen2", {base}, "num_key_value_heads": 2}}"#),
+        p,
+    )
+    .unwrap();
+    assert!(c.qkv_bias && !c.o_bias && !c.mlp_bias);
+    assert_eq!(c.num_key_value_heads, 2);
+    // Errors name the problem.
+    for (bad, needle) in [
+        (
+            format!(
+                r#"{{"model_type": "llama", {base}, "rope_scaling": {{"type": "yarn", "factor": 2.0}}}}"#
+            ),
+            "yarn",
+        ),
+        (
+            format!(r#"{{"model_type": "llama", {base}, "hidden_act": "mish"}}"#),
+            "mish",
+        ),
+        (
+            format!(r#"{{"model_type": "llama", {base}, "num_key_value_heads": 3}}"#),
+            "num_key_value_heads",
+        ),
+        (
+            r#"{"model_type": "llama", "hidden_size": 64}"#.to_string(),
+            "num_attention_heads",
+        ),
+        ("not json".to_string(), "invalid JSON"),
+    ] {
+        let e = ModelConfig::from_json_str(&bad, p).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains("config.json"), "{e}");
+    }
+}
