@@ -578,3 +578,25 @@ pub fn read_records_repairing(path: &Path) -> Result<Vec<SampleRecord>> {
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resume recomputes metrics from `samples.jsonl`, so per-sample values must survive a JSON
+    /// round trip bit for bit (serde_json's `float_roundtrip` feature).
+    #[test]
+    fn outcome_values_round_trip_through_json_exactly() {
+        let mut rng = crate::rng::SplitMix64::new(42);
+        for _ in 0..10_000 {
+            let x = f64::from_bits(rng.next_u64() >> 2) * if rng.below(2) == 0 { 1.0 } else { -1.0 };
+            if !x.is_finite() {
+                continue;
+            }
+            let mut o = Outcome::default();
+            o.values.insert("v".into(), x);
+            let back: Outcome = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+            assert_eq!(back.values["v"].to_bits(), x.to_bits(), "{x:e}");
+        }
+    }
+}
