@@ -218,9 +218,7 @@ pub struct DemoReport {
 
 fn last_log(dir: &Path) -> Option<StepLog> {
     let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
-    text.lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
 }
 
 fn stage_complete(dir: &Path, steps: usize) -> bool {
