@@ -45,8 +45,8 @@ mod eval_cmd;
 mod list;
 #[cfg(feature = "ort")]
 mod classify_cmd;
-// `load_scorer` is the `--scorer` hook for `trust eval` (unused until eval_cmd calls it).
-#[allow(dead_code)]
+// Without `ort`, some `onnx:` option fields are parsed but never read.
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 mod scorer_arg;
 #[cfg(feature = "candle")]
 mod model_cmds;
