@@ -553,7 +553,6 @@ impl CandleModel {
         for (i, r) in requests.iter().enumerate() {
             let prepared = (|| {
                 r.config.validate()?;
-
                 let prompt = self.encode(&r.prompt)?;
                 if prompt.is_empty() {
                     return Err(ModelError::InvalidRequest(
