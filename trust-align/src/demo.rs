@@ -78,7 +78,7 @@ impl DemoConfig {
             sft,
             dpo,
             eval_limit: 24,
-            eval_samples: Some(3),
+            eval_samples: None,
             protocols: default_protocols(),
             eval_batch_size: 16,
             attribution_train: 256,
@@ -111,21 +111,14 @@ impl DemoConfig {
     }
 }
 
-/// The protocols the demo evaluates: the paper's where the candle backend supports them. The
-/// paper's code decodes toxicity and stereotype replies with HF beam-sample, which the candle
-/// backend does not implement, so toxicity uses the paper *text*'s independent samples
-/// (`paper-text`) and stereotype DecodingTrust's independent samples (`decodingtrust`).
+/// The protocols the demo evaluates: the paper's (RLHF_Trust code) for every vertical, including
+/// HF beam-sample decoding for toxicity and stereotype. Other protocols (`paper-text`,
+/// `decodingtrust`, `corrected`, ...) can be set in [`DemoConfig::protocols`].
 pub fn default_protocols() -> Vec<(String, String)> {
-    [
-        ("toxicity", "paper-text"),
-        ("stereotype", "decodingtrust"),
-        ("machine_ethics", "paper"),
-        ("truthfulness", "paper"),
-        ("privacy", "paper"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect()
+    ["toxicity", "stereotype", "machine_ethics", "truthfulness", "privacy"]
+        .iter()
+        .map(|v| (v.to_string(), "paper".to_string()))
+        .collect()
 }
 
 /// Errors of the demo.
