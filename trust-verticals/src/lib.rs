@@ -30,6 +30,7 @@ pub mod common;
 pub mod machine_ethics;
 pub mod privacy;
 pub mod registry;
+pub mod sophistry;
 pub mod stereotype;
 pub mod toxicity;
 pub mod truthfulness;
