@@ -289,9 +289,19 @@ impl LoraSelection {
         }
     }
 
-    /// Whether the module (weight name without `.weight`) is selected.
+    /// Whether the module (weight name without `.weight`) is selected; with `targets = None`
+    /// any module of the selected blocks is (used for trained adapters, whose modules are all
+    /// linear layers).
     pub fn selects(&self, module: &str) -> bool {
-        self.config().matches(&format!("{module}.weight"))
+        match &self.targets {
+            Some(_) => self.config().matches(&format!("{module}.weight")),
+            None => match &self.layers {
+                None => true,
+                Some(layers) => {
+                    crate::lora::layer_index(module).is_some_and(|i| layers.contains(&i))
+                }
+            },
+        }
     }
 }
 
@@ -353,6 +363,17 @@ pub struct ConvertedModule {
     pub residual_norm: f64,
 }
 
+/// The result of [`convert_full_to_lora`].
+#[derive(Debug)]
+pub struct LoraConversion {
+    /// The weights the adapters apply to.
+    pub weights: HashMap<String, Tensor>,
+    /// The adapters.
+    pub adapters: LoraAdapters,
+    /// Per converted module, the norms of ΔW and of the truncation error.
+    pub modules: Vec<ConvertedModule>,
+}
+
 /// Converts a full fine-tune to LoRA form (A.8 §1): for every 2-D weight selected by `sel`
 /// present in both, ΔW = W_ft − W_base → rank-r truncated SVD → `A = Vᵀ[:r]` (r × d_in),
 /// `B = U_r Σ_r` (d_out × r), alpha = r (scaling 1). Returns the weights the adapters apply to
@@ -363,7 +384,7 @@ pub fn convert_full_to_lora(
     finetuned: &HashMap<String, Tensor>,
     base: &HashMap<String, Tensor>,
     sel: &LoraSelection,
-) -> Result<(HashMap<String, Tensor>, LoraAdapters, Vec<ConvertedModule>), TrainError> {
+) -> Result<LoraConversion, TrainError> {
     let cfg = sel.config();
     let mut names: Vec<&String> = finetuned.keys().filter(|n| cfg.matches(n)).collect();
     names.sort();
@@ -436,7 +457,11 @@ pub fn convert_full_to_lora(
         },
         factors,
     )?;
-    Ok((weights, adapters, report))
+    Ok(LoraConversion {
+        weights,
+        adapters,
+        modules: report,
+    })
 }
 
 /// Content hash of a model directory: SHA-256 over the names and SHA-256s of `config.json`,
@@ -522,10 +547,7 @@ impl AttributionModel {
         let tokenizer =
             trust_backends::candle::loader::load_tokenizer(&opts.base_dir, config.vocab_size)?;
         let eos = config.eos_token_ids.first().copied();
-        let has_adapter = opts
-            .model_dir
-            .join("adapter/adapter_config.json")
-            .exists();
+        let has_adapter = opts.model_dir.join("adapter/adapter_config.json").exists();
         let mut model_weights: Option<HashMap<String, Tensor>> = None;
         let (trainee, source) = if has_adapter {
             (
@@ -535,7 +557,11 @@ impl AttributionModel {
         } else {
             let ft = load_weights(&opts.model_dir, &device)?;
             let base = load_weights(&opts.base_dir, &device)?;
-            let (w, adapters, modules) = convert_full_to_lora(&ft, &base, &opts.lora)?;
+            let LoraConversion {
+                weights: w,
+                adapters,
+                modules,
+            } = convert_full_to_lora(&ft, &base, &opts.lora)?;
             model_weights = Some(ft);
             (
                 Trainee::with_adapters(config.clone(), w, adapters, device.clone()),
@@ -550,7 +576,11 @@ impl AttributionModel {
             .ok_or_else(|| TrainError::Invalid("not a LoRA model".into()))?;
         let mut vars = Vec::new();
         let mut layers = Vec::new();
-        for m in adapters.modules.iter().filter(|m| opts.lora.selects(&m.module)) {
+        for m in adapters
+            .modules
+            .iter()
+            .filter(|m| opts.lora.selects(&m.module))
+        {
             layers.push((format!("{}.lora_A", m.module), m.a.as_tensor().elem_count()));
             layers.push((format!("{}.lora_B", m.module), m.b.as_tensor().elem_count()));
             vars.push(m.a.clone());
@@ -662,7 +692,8 @@ impl AttributionModel {
                 let mut out = Vec::new();
                 let mut skipped = 0;
                 for p in pairs {
-                    let enc = |r: &str| encode(&self.tokenizer, &p.prompt, r, None, self.max_len, true);
+                    let enc =
+                        |r: &str| encode(&self.tokenizer, &p.prompt, r, None, self.max_len, true);
                     match (enc(&p.chosen), enc(&p.rejected)) {
                         (Ok(c), Ok(r)) => out.push(PairEncoded {
                             index: p.index,
@@ -901,10 +932,17 @@ pub fn run_attribution(
     let train_dir = store_dir.join(format!("train-{}", &train_key.sha256()[..16]));
     let test_dir = store_dir.join(format!("test-{}", &test_key.sha256()[..16]));
     let mut resumed_train = 0;
-    let train_g = extract_to_store(&model, &train_enc, &train_dir, &train_key, "train", &mut |p| {
-        resumed_train = p.resumed;
-        on_progress(p)
-    })?;
+    let train_g = extract_to_store(
+        &model,
+        &train_enc,
+        &train_dir,
+        &train_key,
+        "train",
+        &mut |p| {
+            resumed_train = p.resumed;
+            on_progress(p)
+        },
+    )?;
     let test_g = extract_to_store(&model, &test_enc, &test_dir, &test_key, "test", on_progress)?;
     let inv = |e: AttributionError| TrainError::Invalid(e.to_string());
     let v = mean_gradient(&test_g, opts.datainf.block_size).map_err(inv)?;

@@ -199,11 +199,7 @@ pub fn load_test_pairs(
         return Err(TrainError::Invalid(format!(
             "{}: no test pair for vertical `{vertical}` (no generation matched{})",
             new.display(),
-            if old.is_some() {
-                " in both files"
-            } else {
-                ""
-            }
+            if old.is_some() { " in both files" } else { "" }
         )));
     }
     Ok(pairs)
@@ -222,7 +218,9 @@ fn plain_pairs(
             "{} has {} rows but {} has {}; plain generation files are paired row by row",
             new_path.display(),
             new.len(),
-            old_path.map(|p| p.display().to_string()).unwrap_or_default(),
+            old_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             o.len()
         )));
     }

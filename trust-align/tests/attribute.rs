@@ -35,7 +35,10 @@ fn pairs(n: usize) -> Vec<PreferencePair> {
             let t = TOPICS[i % TOPICS.len()];
             PreferencePair {
                 index: i,
-                prompt: format!("\n\nHuman: how do I {t}? (question {})\n\nAssistant:", i / 8),
+                prompt: format!(
+                    "\n\nHuman: how do I {t}? (question {})\n\nAssistant:",
+                    i / 8
+                ),
                 chosen: if i % 3 == 0 {
                     format!(" I can help you {t} safely, step by step.")
                 } else {
@@ -197,7 +200,10 @@ fn rm_without_head_is_an_error_naming_the_directory() {
     // The base model has no v_head: use it as "aligned" model vs itself.
     let mut opts = AttributeOptions::new(AttrStage::Rm, &base, &base);
     opts.lora.layers = Some(vec![1]);
-    let err = AttributionModel::load(&opts).err().expect("no v_head").to_string();
+    let err = AttributionModel::load(&opts)
+        .err()
+        .expect("no v_head")
+        .to_string();
     assert!(
         err.contains("v_head.weight") && err.contains("base"),
         "{err}"
@@ -253,7 +259,8 @@ fn datainf_ranks_close_to_exact_influence_on_tiny_lora() {
     let layout = tg.layout().clone();
     let n = tg.len();
     let mut want = vec![0.0f64; n];
-    for l in 0..layout.num_layers() {
+    assert_eq!(v.len(), layout.num_layers());
+    for (l, vl) in v.iter().enumerate() {
         let gl: Vec<Vec<f64>> = (0..n)
             .map(|i| {
                 layout
@@ -267,10 +274,10 @@ fn datainf_ranks_close_to_exact_influence_on_tiny_lora() {
         let lambda = 0.1 * gl.iter().flatten().map(|x| x * x).sum::<f64>() / (n * d) as f64;
         let mut h = vec![0.0; d];
         for g in &gl {
-            let vg: f64 = v[l].iter().zip(g).map(|(a, b)| a * b).sum();
+            let vg: f64 = vl.iter().zip(g).map(|(a, b)| a * b).sum();
             let gg: f64 = g.iter().map(|x| x * x).sum();
-            for k in 0..d {
-                h[k] += (v[l][k] - vg / (lambda + gg) * g[k]) / (n as f64 * lambda);
+            for (hk, (vk, gk)) in h.iter_mut().zip(vl.iter().zip(g)) {
+                *hk += (vk - vg / (lambda + gg) * gk) / (n as f64 * lambda);
             }
         }
         for (i, g) in gl.iter().enumerate() {
@@ -299,7 +306,9 @@ fn datainf_ranks_close_to_exact_influence_on_tiny_lora() {
         )
         .unwrap();
         let rho = spearman(&approx.scores, &exact.scores).unwrap();
-        println!("tiny LoRA (DPO, n = 96, 2 x 32 params): Spearman(DataInf, exact) = {rho:.3} at damping c = {c}");
+        println!(
+            "tiny LoRA (DPO, n = 96, 2 x 32 params): Spearman(DataInf, exact) = {rho:.3} at damping c = {c}"
+        );
         rhos.push(rho);
     }
     // Measured: 0.714 (c = 0.1), 0.931 (c = 1), 0.996 (c = 10). DataInf's error grows as the

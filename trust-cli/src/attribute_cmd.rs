@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use trust_align::attribute::{AttrStage, AttributeOptions, LoraSelection, Progress, run_attribution};
+use trust_align::attribute::{
+    AttrStage, AttributeOptions, LoraSelection, Progress, run_attribution,
+};
 use trust_align::test_pairs::{TestPairOptions, load_test_pairs, stage_test_pair};
 use trust_core::DataDir;
 use trust_verticals::attribution::{DataInfConfig, most_harmful, most_helpful};
@@ -108,12 +110,18 @@ pub struct AttributeArgs {
 
 fn parse_layers(s: &str, model: &Path) -> anyhow::Result<Vec<usize>> {
     if let Some(k) = s.strip_prefix("last:") {
-        let k: usize = k.parse().with_context(|| format!("--lora-layers `{s}`: K must be a number"))?;
+        let k: usize = k
+            .parse()
+            .with_context(|| format!("--lora-layers `{s}`: K must be a number"))?;
         let cfg = trust_backends::candle::ModelConfig::from_dir(model)?;
         return Ok(LoraSelection::last_blocks(cfg.num_hidden_layers, k));
     }
     s.split(',')
-        .map(|x| x.trim().parse::<usize>().with_context(|| format!("--lora-layers: `{x}` is not a block index")))
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--lora-layers: `{x}` is not a block index"))
+        })
         .collect()
 }
 
@@ -125,13 +133,17 @@ fn tail(s: &str, n: usize) -> String {
 pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     let stage: AttrStage = a.stage.parse()?;
     if stage != AttrStage::Sft && a.baseline_generations.is_none() {
-        bail!("--stage {} compares new and old generations: pass --baseline-generations", a.stage);
+        bail!(
+            "--stage {} compares new and old generations: pass --baseline-generations",
+            a.stage
+        );
     }
-    let data = match DataDir::resolve(a.data_dir.as_deref()) {
-        Ok(d) => Some(d),
-        Err(_) => None,
+    let data = DataDir::resolve(a.data_dir.as_deref()).ok();
+    let opts_tp = TestPairOptions {
+        stride: a.test_stride,
+        max_pairs: a.max_test,
+        skip_empty: true,
     };
-    let opts_tp = TestPairOptions { stride: a.test_stride, max_pairs: a.max_test, skip_empty: true };
     let raw_test = load_test_pairs(
         &a.vertical,
         &a.protocol,
@@ -166,11 +178,18 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     opts.mask_prompt = a.mask_prompt;
     opts.init_v_head = a.init_v_head;
     opts.train_v_head = a.train_v_head;
-    opts.datainf = DataInfConfig { damping_scale: a.damping, ..DataInfConfig::default() };
+    opts.datainf = DataInfConfig {
+        damping_scale: a.damping,
+        ..DataInfConfig::default()
+    };
     opts.lora = LoraSelection {
         rank: a.lora_rank,
         targets: a.lora_targets.clone(),
-        layers: a.lora_layers.as_deref().map(|s| parse_layers(s, &a.base)).transpose()?,
+        layers: a
+            .lora_layers
+            .as_deref()
+            .map(|s| parse_layers(s, &a.base))
+            .transpose()?,
     };
     let store = a.store.clone().unwrap_or_else(|| {
         let mut s = a.out.clone().into_os_string();
@@ -196,15 +215,24 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
             current = p.phase;
             phase_start = Instant::now();
             if p.resumed > 0 {
-                eprintln!("{}: resuming after {} examples found in the store", p.phase, p.resumed);
+                eprintln!(
+                    "{}: resuming after {} examples found in the store",
+                    p.phase, p.resumed
+                );
             }
         }
         let fresh = p.done - p.resumed;
-        if p.phase != "score" && (last_print.elapsed().as_secs_f64() > 2.0 || p.done == p.total) && fresh > 0 {
+        if p.phase != "score"
+            && (last_print.elapsed().as_secs_f64() > 2.0 || p.done == p.total)
+            && fresh > 0
+        {
             last_print = Instant::now();
             let rate = fresh as f64 / phase_start.elapsed().as_secs_f64().max(1e-9);
             let eta = (p.total - p.done) as f64 / rate.max(1e-9);
-            eprintln!("{} gradients {}/{} ({rate:.1} ex/s, eta {eta:.0}s)", p.phase, p.done, p.total);
+            eprintln!(
+                "{} gradients {}/{} ({rate:.1} ex/s, eta {eta:.0}s)",
+                p.phase, p.done, p.total
+            );
         }
     })
     .with_context(|| format!("attributing with {}", a.model.display()))?;
@@ -216,7 +244,11 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         run.skipped_train,
         run.layers.len(),
-        if run.zero_layers.is_empty() { String::new() } else { format!(", {} with zero gradients", run.zero_layers.len()) }
+        if run.zero_layers.is_empty() {
+            String::new()
+        } else {
+            format!(", {} with zero gradients", run.zero_layers.len())
+        }
     );
 
     let use_raw = a.raw && !a.normalize;
@@ -228,7 +260,8 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
         std::fs::File::create(&a.out).with_context(|| a.out.display().to_string())?,
     );
     for (&idx, &s) in at.train_index.iter().zip(written) {
-        writeln!(f, "{}", json!({"train_index": idx, "score": s})).with_context(|| a.out.display().to_string())?;
+        writeln!(f, "{}", json!({"train_index": idx, "score": s}))
+            .with_context(|| a.out.display().to_string())?;
     }
     f.flush().with_context(|| a.out.display().to_string())?;
 
@@ -285,8 +318,14 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
             );
         }
     };
-    show(&format!("most helpful (top {})", a.top_k), &top["most_helpful"]);
-    show(&format!("most harmful (top {})", a.top_k), &top["most_harmful"]);
+    show(
+        &format!("most helpful (top {})", a.top_k),
+        &top["most_helpful"],
+    );
+    show(
+        &format!("most harmful (top {})", a.top_k),
+        &top["most_harmful"],
+    );
     eprintln!("wrote {} and {}", a.out.display(), top_path.display());
     Ok(())
 }
