@@ -34,6 +34,7 @@ pub mod manifest;
 pub mod metric;
 pub mod model;
 pub mod rng;
+pub mod sampling;
 pub mod runner;
 pub mod scorer;
 pub mod testing;

@@ -30,18 +30,7 @@ pub enum Sampler {
     },
 }
 
-/// Argmax of a logits row (first index on ties, like `torch.argmax`).
-pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in row.iter().enumerate() {
-        if v > best_v || (i == 0 && v.is_nan()) {
-            best_v = v;
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use trust_core::sampling::{argmax, sample};
 
 impl Sampler {
     /// Chooses the next token from a logits row.
@@ -56,61 +45,6 @@ impl Sampler {
             } => sample(logits, rng, *temperature, *top_p, *top_k),
         }
     }
-}
-
-/// Draws a token: softmax(logits / temperature) restricted to the top-k tokens and then to the
-/// smallest set of most likely tokens whose mass reaches `top_p`. Candidates are ordered by
-/// logit (descending, ties by id), so the result is a pure function of the logits and the rng.
-pub fn sample(
-    logits: &[f32],
-    rng: &mut SplitMix64,
-    temperature: f64,
-    top_p: f64,
-    top_k: usize,
-) -> u32 {
-    let mut idx: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| !logits[i as usize].is_nan())
-        .collect();
-    if idx.is_empty() {
-        return 0;
-    }
-    idx.sort_by(|&a, &b| {
-        logits[b as usize]
-            .partial_cmp(&logits[a as usize])
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(&b))
-    });
-    if top_k > 0 && top_k < idx.len() {
-        idx.truncate(top_k);
-    }
-    let max = logits[idx[0] as usize] as f64 / temperature;
-    let mut probs: Vec<f64> = idx
-        .iter()
-        .map(|&i| (logits[i as usize] as f64 / temperature - max).exp())
-        .collect();
-    let total: f64 = probs.iter().sum();
-    if top_p < 1.0 {
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (j, p) in probs.iter().enumerate() {
-            cum += p / total;
-            if cum >= top_p {
-                keep = j + 1;
-                break;
-            }
-        }
-        probs.truncate(keep);
-        idx.truncate(keep);
-    }
-    let mass: f64 = probs.iter().sum();
-    let mut u = rng.next_f64() * mass;
-    for (j, p) in probs.iter().enumerate() {
-        if u < *p {
-            return idx[j];
-        }
-        u -= p;
-    }
-    idx[idx.len() - 1]
 }
 
 /// One sequence to decode.

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use ::ort::session::{Session, SessionInputValue};
 use ::ort::value::{DynValue, Tensor, TensorElementType};
 use tokenizers::Tokenizer;
+use trust_core::sampling::{argmax, sample};
 use trust_core::rng::{SplitMix64, derive_seed};
 use trust_core::{
     Capabilities, Capability, Completion, FinishReason, GenerateRequest, GenerateResponse, LanguageModel,
@@ -476,67 +477,11 @@ impl OrtCausalLm {
     }
 }
 
-/// Argmax of a logits row (first index on ties).
-fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0usize;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in row.iter().enumerate() {
-        if v > best_v {
-            best_v = v;
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// log softmax(row)[target], in f64.
 fn log_softmax_at(row: &[f32], target: usize) -> f64 {
     let m = row.iter().map(|&v| f64::from(v)).fold(f64::NEG_INFINITY, f64::max);
     let lse = row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln() + m;
     f64::from(row[target]) - lse
-}
-
-/// Draws a token: candidates sorted by logit (descending, ties by id), cut to the top `top_k`
-/// (0 = all), softmax(logits / temperature) in f64, cut to the smallest prefix whose mass reaches
-/// `top_p`, then `u = rng.next_f64() * mass` picks the first candidate whose cumulative mass
-/// exceeds `u`. The same algorithm as the candle backend, and as scripts/make_onnx_fixtures.py.
-fn sample(logits: &[f32], rng: &mut SplitMix64, temperature: f64, top_p: f64, top_k: usize) -> u32 {
-    let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
-    if idx.is_empty() {
-        return 0;
-    }
-    idx.sort_by(|&a, &b| {
-        logits[b as usize].partial_cmp(&logits[a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
-    });
-    if top_k > 0 && top_k < idx.len() {
-        idx.truncate(top_k);
-    }
-    let max = f64::from(logits[idx[0] as usize]) / temperature;
-    let mut probs: Vec<f64> = idx.iter().map(|&i| (f64::from(logits[i as usize]) / temperature - max).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    if top_p < 1.0 {
-        let mut cum = 0.0;
-        let mut keep = probs.len();
-        for (j, p) in probs.iter().enumerate() {
-            cum += p / total;
-            if cum >= top_p {
-                keep = j + 1;
-                break;
-            }
-        }
-        probs.truncate(keep);
-        idx.truncate(keep);
-    }
-    let mass: f64 = probs.iter().sum();
-    let u = rng.next_f64() * mass;
-    let mut cum = 0.0;
-    for (j, p) in probs.iter().enumerate() {
-        cum += p;
-        if cum > u {
-            return idx[j];
-        }
-    }
-    idx[idx.len() - 1]
 }
 
 #[async_trait::async_trait]
