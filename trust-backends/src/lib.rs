@@ -6,12 +6,15 @@
 //!   full-sequence logits, KV cache, batching; `cuda` forwards to candle's CUDA support.
 //! - `ort`: ONNX Runtime sequence classifiers (toxicity scorers) and causal LMs, loaded from the
 //!   library named by `ORT_DYLIB_PATH`; `ort-cuda` adds the CUDA execution provider.
-//! - `http` (planned): OpenAI-compatible servers (vLLM, TGI, llama.cpp).
+//! - `http`: [`http::HttpModel`], a client of OpenAI-compatible servers (vLLM, TGI, llama.cpp,
+//!   mistral.rs, `trust serve`); with `candle` also [`http::server`], the server behind `trust serve`.
 #![warn(missing_docs)]
 
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod error;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "ort")]
 pub mod ort;
 

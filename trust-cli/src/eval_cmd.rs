@@ -18,7 +18,8 @@ use trust_verticals::registry::{self, BuildOptions};
 pub struct EvalArgs {
     /// Model directory (Hugging Face layout), or `mock` for the deterministic test model
     /// (`mock:generate,sampling` restricts its capabilities, e.g. to test a backend without beam
-    /// search or log-likelihood).
+    /// search or log-likelihood), or an OpenAI-compatible server `http://HOST:PORT/v1#MODEL[;opt...]`
+    /// (several, comma-separated, shard the run; see docs/http-backend.md).
     #[arg(long)]
     model: String,
     /// `all` or a comma-separated list of verticals (toxicity, stereotype, machine_ethics,
@@ -83,7 +84,31 @@ pub fn load_model(
             MockModel::new().with_capabilities(&parse_capabilities(caps)?),
         ));
     }
+    if spec.starts_with("http://") || spec.starts_with("https://") {
+        return load_http_model(spec);
+    }
     load_model_dir(Path::new(spec), device, dtype, batch_size)
+}
+
+/// `http://HOST:PORT/v1#MODEL[;opt...]`, or several comma-separated (a [`ShardedModel`]).
+///
+/// [`ShardedModel`]: trust_backends::http::ShardedModel
+#[cfg(feature = "http")]
+fn load_http_model(spec: &str) -> anyhow::Result<Box<dyn LanguageModel>> {
+    use trust_backends::http::{HttpModel, HttpOptions, ShardedModel};
+    let mut members: Vec<Box<dyn LanguageModel>> = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        members.push(Box::new(HttpModel::new(HttpOptions::from_spec(part)?)?));
+    }
+    if members.len() == 1 {
+        return Ok(members.remove(0));
+    }
+    Ok(Box::new(ShardedModel::new(members).context("--model: no URL")?))
+}
+
+#[cfg(not(feature = "http"))]
+fn load_http_model(spec: &str) -> anyhow::Result<Box<dyn LanguageModel>> {
+    bail!("cannot use {spec}: this build has no `http` feature")
 }
 
 /// Parses `generate,sampling,beam_search,loglikelihood` (for `--model mock:CAPS`).

@@ -39,6 +39,9 @@ enum Command {
     /// SFT, DPO or reward-model loss); writes {"train_index", "score"} lines.
     #[cfg(feature = "candle")]
     Attribute(attribute_cmd::AttributeArgs),
+    /// Serve a local model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions).
+    #[cfg(all(feature = "candle", feature = "http"))]
+    Serve(serve_cmd::ServeArgs),
 }
 
 mod eval_cmd;
@@ -57,6 +60,8 @@ mod demo_cmd;
 #[cfg(feature = "candle")]
 mod attribute_cmd;
 mod score_cmd;
+#[cfg(all(feature = "candle", feature = "http"))]
+mod serve_cmd;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -80,6 +85,8 @@ fn main() {
         Command::Demo(a) => demo_cmd::run_cmd(a),
         #[cfg(feature = "candle")]
         Command::Attribute(a) => attribute_cmd::run(a),
+        #[cfg(all(feature = "candle", feature = "http"))]
+        Command::Serve(a) => serve_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
     };
