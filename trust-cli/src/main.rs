@@ -22,6 +22,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Score saved replies (JSON Lines `{"id", "reply"}`) without a model.
     Score(score_cmd::ScoreArgs),
+    /// Compare run directories (checkpoints): self-contained report.html, report.json, report.md.
+    Report(report_cmd::ReportArgs),
     /// Log-likelihood of continuations with a local model (JSONL in: prompt, continuation).
     #[cfg(feature = "candle")]
     Loglik(model_cmds::LoglikArgs),
@@ -60,6 +62,7 @@ mod demo_cmd;
 #[cfg(feature = "candle")]
 mod attribute_cmd;
 mod score_cmd;
+mod report_cmd;
 #[cfg(all(feature = "candle", feature = "http"))]
 mod serve_cmd;
 
@@ -89,6 +92,7 @@ fn main() {
         Command::Serve(a) => serve_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
+        Command::Report(a) => report_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
