@@ -37,9 +37,9 @@ use trust_verticals::attribution::{
 
 use crate::hh::PreferencePair;
 use crate::lora::{LoraAdapters, LoraConfig};
-use crate::reward::{RewardHead, rm_example_gradients};
+use crate::reward::RewardHead;
 use crate::train::{
-    PairEncoded, Stage, TrainConfig, TrainError, Trainee, batch_loss, encode, encode_pairs,
+    Encoded, PairEncoded, Stage, TrainConfig, TrainError, Trainee, encode, encode_pairs,
     example_gradients, load_lora_trainee, load_weights,
 };
 
@@ -709,32 +709,19 @@ impl AttributionModel {
         }
     }
 
-    /// The stage loss of one encoded example (for finite-difference checks).
+    /// The stage loss of one encoded example, recomputed from the current adapter values (for
+    /// finite-difference checks).
     pub fn loss(&self, example: &PairEncoded) -> Result<f64, TrainError> {
         let model = self.trainee.model()?;
-        let l = match self.stage {
-            AttrStage::Rm => crate::reward::rm_loss(
-                &model,
-                self.head.as_ref().expect("rm head"),
-                &[example],
-                &self.device,
-            )?,
-            s => {
-                batch_loss(
-                    if s == AttrStage::Sft {
-                        Stage::Sft
-                    } else {
-                        Stage::Dpo
-                    },
-                    &model,
-                    self.reference.as_ref(),
-                    &[example],
-                    self.beta,
-                    &self.device,
-                )?
-                .0
-            }
-        };
+        let l = stage_loss(
+            self.stage,
+            &model,
+            self.reference.as_ref(),
+            self.head.as_ref(),
+            example,
+            self.beta,
+            &self.device,
+        )?;
         Ok(l.to_scalar::<f32>()? as f64)
     }
 
@@ -745,45 +732,32 @@ impl AttributionModel {
     }
 
     /// Gradients of the stage loss of one example w.r.t. the attributed tensors, one flattened
-    /// vector per layout layer (batch 1).
+    /// vector per layout layer (batch 1; see [`stage_gradients`]).
     pub fn gradients(&self, example: &PairEncoded) -> Result<Vec<Vec<f32>>, TrainError> {
-        Ok(match self.stage {
-            AttrStage::Rm => rm_example_gradients(
-                &self.model,
-                self.head.as_ref().expect("rm head"),
-                &self.vars,
-                example,
-                &self.device,
-            )?,
-            AttrStage::Sft => example_gradients(
-                Stage::Sft,
-                &self.model,
-                None,
-                &self.vars,
-                example,
-                self.beta,
-                &self.device,
-            )?,
-            AttrStage::Dpo => example_gradients(
-                Stage::Dpo,
-                &self.model,
-                self.reference.as_ref(),
-                &self.vars,
-                example,
-                self.beta,
-                &self.device,
-            )?,
-        })
+        Ok(stage_gradients(
+            self.stage,
+            &self.model,
+            self.reference.as_ref(),
+            self.head.as_ref(),
+            &self.vars,
+            example,
+            self.beta,
+            &self.device,
+        )?)
     }
 
     /// Store key of gradients of `examples` (model + reference + head hashes, the attributed
     /// tensors and source, the loss and its settings, the data hash).
     pub fn store_key(&self, role: &str, examples: &[PairEncoded]) -> StoreKey {
-        let mut data = String::new();
+        // One SHA-256 per example, then a hash of those: memory stays O(n · 64 bytes).
+        let mut data = String::with_capacity(examples.len() * 65);
         for e in examples {
+            let mut one = format!("{};", e.index);
             for s in [&e.sft, &e.chosen, &e.rejected] {
-                data.push_str(&format!("{}:{:?}:{:?};", e.index, s.ids, s.targets));
+                one.push_str(&format!("{:?}:{:?};", s.ids, s.targets));
             }
+            data.push_str(&trust_core::data::sha256_bytes(one.as_bytes()));
+            data.push('\n');
         }
         StoreKey {
             model: self.fingerprint.clone(),
@@ -812,6 +786,98 @@ impl AttributionModel {
             ),
         }
     }
+}
+
+/// Sum of the log-probs of one unpadded sequence's target tokens, `[1]`. Only the positions
+/// that predict a target go through the LM head, so a DPO response of 32 tokens after a 96-token
+/// prompt costs a quarter of the full-vocabulary projection of [`crate::train::batch_logprob`]
+/// (same value up to float rounding).
+pub fn target_logprob(
+    model: &CausalLm,
+    e: &Encoded,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let t = e.ids.len();
+    let pos: Vec<u32> = (1..t)
+        .filter(|&j| e.targets.get(j).is_some_and(|&x| x > 0.0))
+        .map(|j| (j - 1) as u32)
+        .collect();
+    if pos.is_empty() {
+        return Tensor::zeros(1, DType::F32, device);
+    }
+    let next: Vec<u32> = pos.iter().map(|&p| e.ids[p as usize + 1]).collect();
+    let k = pos.len();
+    let ids = Tensor::from_vec(e.ids.clone(), (1, t), device)?;
+    let hidden = model.forward_hidden(&ids, None, None, None)?.squeeze(0)?;
+    let h = hidden.index_select(&Tensor::from_vec(pos, k, device)?, 0)?;
+    let lp = candle_nn::ops::log_softmax(
+        &model.lm_head(&h)?.to_dtype(DType::F32)?,
+        candle_core::D::Minus1,
+    )?;
+    lp.gather(&Tensor::from_vec(next, (k, 1), device)?, 1)?
+        .sum_all()?
+        .reshape(1)
+}
+
+/// The stage loss of one example (batch 1, no padding): SFT token-mean cross-entropy over the
+/// `sft` targets, DPO on `chosen` / `rejected` against `reference` (its log-probs detached), or
+/// the reward model's Bradley–Terry loss through `head`. Equal to
+/// [`crate::train::batch_loss`] / [`crate::reward::rm_loss`] on a batch of one, but projects only
+/// scored positions through the LM head ([`target_logprob`]).
+pub fn stage_loss(
+    stage: AttrStage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    head: Option<&RewardHead>,
+    e: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    match stage {
+        AttrStage::Sft => {
+            let n: f32 = e.sft.targets.iter().skip(1).sum();
+            if n == 0.0 {
+                candle_core::bail!("example {} has no scored token", e.index);
+            }
+            (target_logprob(model, &e.sft, device)?.neg()? / f64::from(n))?.squeeze(0)
+        }
+        AttrStage::Dpo => {
+            let reference = reference
+                .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
+            let pc = target_logprob(model, &e.chosen, device)?;
+            let pr = target_logprob(model, &e.rejected, device)?;
+            let rc = target_logprob(reference, &e.chosen, device)?.detach();
+            let rr = target_logprob(reference, &e.rejected, device)?.detach();
+            Ok(crate::losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?.0)
+        }
+        AttrStage::Rm => {
+            let head =
+                head.ok_or_else(|| candle_core::Error::Msg("RM needs a reward head".into()))?;
+            crate::reward::rm_loss(model, head, &[e], device)
+        }
+    }
+}
+
+/// Gradients of [`stage_loss`] w.r.t. `vars`, each flattened row-major (zeros for a variable the
+/// loss does not reach).
+#[allow(clippy::too_many_arguments)]
+pub fn stage_gradients(
+    stage: AttrStage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    head: Option<&RewardHead>,
+    vars: &[Var],
+    e: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let grads = stage_loss(stage, model, reference, head, e, beta, device)?.backward()?;
+    vars.iter()
+        .map(|v| match grads.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>(),
+            None => Ok(vec![0.0; v.as_tensor().elem_count()]),
+        })
+        .collect()
 }
 
 /// Progress of [`run_attribution`].

@@ -412,3 +412,63 @@ fn resume_after_interruption_gives_identical_scores() {
         bits(&full.attribution.scores)
     );
 }
+
+/// The attribution losses (LM head only at scored positions, no padding) give the same
+/// per-example gradients as the training path (`train::example_gradients`, full projection).
+#[test]
+fn fast_stage_gradients_equal_the_training_path() {
+    use trust_align::train::{Stage, example_gradients, load_weights};
+    let root = tempfile::tempdir().unwrap();
+    let (base, ft) = models(root.path());
+    let dev = Device::Cpu;
+    let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
+    let reference = trust_backends::candle::CausalLm::from_var_builder(
+        &config,
+        candle_nn::VarBuilder::from_tensors(
+            load_weights(&base, &dev).unwrap(),
+            candle_core::DType::F32,
+            &dev,
+        ),
+    )
+    .unwrap();
+    for (stage, mask_prompt) in [
+        (AttrStage::Sft, false),
+        (AttrStage::Sft, true),
+        (AttrStage::Dpo, false),
+    ] {
+        let mut opts = AttributeOptions::new(stage, &ft, &base);
+        opts.max_len = 48;
+        opts.mask_prompt = mask_prompt;
+        opts.beta = 0.5;
+        opts.lora.layers = Some(vec![1]);
+        let m = AttributionModel::load(&opts).unwrap();
+        let (enc, _) = m.encode(&pairs(3));
+        let model = m.trainee().model().unwrap();
+        let train_stage = if stage == AttrStage::Sft {
+            Stage::Sft
+        } else {
+            Stage::Dpo
+        };
+        for e in &enc {
+            let fast = m.gradients(e).unwrap();
+            let slow = example_gradients(
+                train_stage,
+                &model,
+                Some(&reference),
+                m.vars(),
+                e,
+                0.5,
+                &dev,
+            )
+            .unwrap();
+            let scale = slow.iter().flatten().fold(0f32, |a, x| a.max(x.abs()));
+            assert!(scale > 1e-4, "{stage:?}: trivial gradients");
+            for (f, s) in fast.iter().flatten().zip(slow.iter().flatten()) {
+                assert!(
+                    (f - s).abs() <= 1e-4 * scale,
+                    "{stage:?} mask_prompt={mask_prompt}: {f} vs {s} (scale {scale})"
+                );
+            }
+        }
+    }
+}
