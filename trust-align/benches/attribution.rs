@@ -4,7 +4,8 @@
 //!
 //! Prints:
 //! 1. per-example gradient extraction rate (examples/s) for the SFT, DPO and reward-model losses
-//!    on random token sequences (prompt 96 + response 32 tokens; batch 1 as in the paper);
+//!    ([`trust_align::attribute::stage_gradients`], what `trust attribute` runs) on random token
+//!    sequences (prompt 96 + response 32 tokens; SFT scores the whole text as the paper; batch 1);
 //! 2. DataInf scoring time for n = 2,312 training examples (the HH-RLHF harmless-base test
 //!    split size) with gradients of the right layout: extrapolated from n = 256 and measured,
 //!    in memory and streamed from the on-disk memory-mapped store.
@@ -16,10 +17,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use trust_align::attribute::{AttrStage, stage_gradients};
 use trust_align::lora::LoraConfig;
-use trust_align::reward::{RewardHead, rm_example_gradients};
+use trust_align::reward::RewardHead;
 use trust_align::tiny::NeoxShape;
-use trust_align::train::{Encoded, PairEncoded, Stage, Trainee, example_gradients};
+use trust_align::train::{Encoded, PairEncoded, Trainee};
 use trust_backends::candle::{CausalLm, ModelConfig};
 use trust_core::rng::SplitMix64;
 use trust_verticals::attribution::{
@@ -122,13 +124,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         let mut norm = 0.0f64;
         for e in &examples {
-            let g = match stage {
-                "sft" => example_gradients(Stage::Sft, &model, None, &vars, e, 1.0, &dev)?,
-                "dpo" => {
-                    example_gradients(Stage::Dpo, &model, Some(&reference), &vars, e, 1.0, &dev)?
-                }
-                _ => rm_example_gradients(&model, &head, &vars, e, &dev)?,
+            let st = match stage {
+                "sft" => AttrStage::Sft,
+                "dpo" => AttrStage::Dpo,
+                _ => AttrStage::Rm,
             };
+            let g = stage_gradients(
+                st,
+                &model,
+                Some(&reference),
+                Some(&head),
+                &vars,
+                e,
+                1.0,
+                &dev,
+            )?;
             norm += g
                 .iter()
                 .flatten()

