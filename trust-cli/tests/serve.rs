@@ -13,8 +13,8 @@ use trust_backends::http::server::chat_prompt;
 use trust_backends::http::wire::ChatMessage;
 use trust_backends::http::{HttpModel, HttpOptions, ShardedModel};
 use trust_core::{
-    Capability, DecodingConfig, GenerateRequest, LanguageModel, LogLikelihoodRequest,
-    ModelError, StopPolicy,
+    Capability, DecodingConfig, GenerateRequest, LanguageModel, LogLikelihoodRequest, ModelError,
+    StopPolicy,
 };
 
 const FIXTURE: &str = concat!(
@@ -37,10 +37,18 @@ struct Server {
 impl Server {
     fn start(extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_trust"));
-        cmd.args(["serve", "--model", FIXTURE, "--port", "0", "--served-model-name", "tiny"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "serve",
+            "--model",
+            FIXTURE,
+            "--port",
+            "0",
+            "--served-model-name",
+            "tiny",
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -87,7 +95,12 @@ impl Server {
     }
 
     /// A raw HTTP/1.1 request: (status, body).
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(&self.addr)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let body = body.unwrap_or("");
@@ -104,7 +117,11 @@ impl Server {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_string();
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string();
         Ok((status, body))
     }
 
@@ -201,19 +218,38 @@ async fn generations_over_http_equal_in_process_ones() {
     };
     let templated = GenerateRequest {
         prompt: chat_prompt(&[
-            ChatMessage { role: "system".into(), content: "Be brief.".into() },
-            ChatMessage { role: "user".into(), content: "Hi there".into() },
+            ChatMessage {
+                role: "system".into(),
+                content: "Be brief.".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hi there".into(),
+            },
         ]),
         ..r.clone()
     };
-    let want = local().generate(std::slice::from_ref(&templated)).await.remove(0).unwrap();
+    let want = local()
+        .generate(std::slice::from_ref(&templated))
+        .await
+        .remove(0)
+        .unwrap();
     let got = chat.generate(&[r]).await.remove(0).unwrap();
     assert_eq!(want, got);
     let ll = chat
-        .loglikelihood(&[LogLikelihoodRequest { context: "a".into(), continuation: "b".into() }])
+        .loglikelihood(&[LogLikelihoodRequest {
+            context: "a".into(),
+            continuation: "b".into(),
+        }])
         .await;
     assert!(
-        matches!(&ll[0], Err(ModelError::Unsupported { capability: Capability::LogLikelihood, .. })),
+        matches!(
+            &ll[0],
+            Err(ModelError::Unsupported {
+                capability: Capability::LogLikelihood,
+                ..
+            })
+        ),
         "{ll:?}"
     );
 
@@ -227,7 +263,10 @@ async fn generations_over_http_equal_in_process_ones() {
             seed: 0,
         }])
         .await;
-    assert!(matches!(&r[0], Err(ModelError::InvalidRequest(m)) if m.contains("ignore_eos")), "{r:?}");
+    assert!(
+        matches!(&r[0], Err(ModelError::InvalidRequest(m)) if m.contains("ignore_eos")),
+        "{r:?}"
+    );
     assert_eq!(srv.model_requests(), before);
 }
 
@@ -250,7 +289,10 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
     ];
     let reqs: Vec<LogLikelihoodRequest> = pairs
         .iter()
-        .map(|(c, x)| LogLikelihoodRequest { context: c.to_string(), continuation: x.to_string() })
+        .map(|(c, x)| LogLikelihoodRequest {
+            context: c.to_string(),
+            continuation: x.to_string(),
+        })
         .collect();
     let want = local.loglikelihood(&reqs).await;
     let got = http.loglikelihood(&reqs).await;
@@ -259,7 +301,9 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
         let (w, g) = (w.unwrap(), g.unwrap_or_else(|e| panic!("{r:?}: {e}")));
         let mut separate = local.encode(&r.context).unwrap();
         separate.extend(local.encode(&r.continuation).unwrap());
-        let joined = local.encode(&format!("{}{}", r.context, r.continuation)).unwrap();
+        let joined = local
+            .encode(&format!("{}{}", r.context, r.continuation))
+            .unwrap();
         if separate == joined {
             agreeing += 1;
             assert_eq!(w.token_logprobs.len(), g.token_logprobs.len(), "{r:?}");
@@ -278,7 +322,11 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
     // A greedy continuation is recognised as such.
     let ctx = "Once upon a time";
     let g = local
-        .generate(&[GenerateRequest { prompt: ctx.into(), config: DecodingConfig::greedy(3), seed: 0 }])
+        .generate(&[GenerateRequest {
+            prompt: ctx.into(),
+            config: DecodingConfig::greedy(3),
+            seed: 0,
+        }])
         .await
         .remove(0)
         .unwrap();
@@ -286,18 +334,36 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
     let mut joined = local.encode(ctx).unwrap();
     joined.extend(&g.completions[0].token_ids);
     if !cont.is_empty() && local.encode(&format!("{ctx}{cont}")).unwrap() == joined {
-        let r = LogLikelihoodRequest { context: ctx.into(), continuation: cont };
-        let got = http.loglikelihood(std::slice::from_ref(&r)).await.remove(0).unwrap();
+        let r = LogLikelihoodRequest {
+            context: ctx.into(),
+            continuation: cont,
+        };
+        let got = http
+            .loglikelihood(std::slice::from_ref(&r))
+            .await
+            .remove(0)
+            .unwrap();
         assert!(got.is_greedy, "{got:?}");
     }
 
     // OpenAI-style errors with proper status codes.
-    let (code, body) = srv.request("POST", "/v1/completions", Some("{not json")).unwrap();
+    let (code, body) = srv
+        .request("POST", "/v1/completions", Some("{not json"))
+        .unwrap();
     assert_eq!(code, 400, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(v["error"]["message"].as_str().unwrap().contains("invalid request body"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid request body")
+    );
     let (code, body) = srv
-        .request("POST", "/v1/completions", Some(r#"{"prompt": "hi", "max_tokens": 100000}"#))
+        .request(
+            "POST",
+            "/v1/completions",
+            Some(r#"{"prompt": "hi", "max_tokens": 100000}"#),
+        )
         .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("max_position_embeddings"), "{body}");
@@ -335,7 +401,11 @@ async fn server_errors_and_dropped_connections_are_retried() {
         seed: 0,
     };
     let got = http.generate(std::slice::from_ref(&r)).await.remove(0);
-    let want = local().generate(std::slice::from_ref(&r)).await.remove(0).unwrap();
+    let want = local()
+        .generate(std::slice::from_ref(&r))
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(got.unwrap(), want);
     assert_eq!(srv.model_requests(), 5, "four failures, then the answer");
 
@@ -370,8 +440,16 @@ async fn slow_responses_time_out_and_are_retried_or_reported() {
     );
     o.max_retries = 2;
     let patient = HttpModel::new(o).unwrap();
-    let got = patient.generate(std::slice::from_ref(&r)).await.remove(0).unwrap();
-    let want = local().generate(std::slice::from_ref(&r)).await.remove(0).unwrap();
+    let got = patient
+        .generate(std::slice::from_ref(&r))
+        .await
+        .remove(0)
+        .unwrap();
+    let want = local()
+        .generate(std::slice::from_ref(&r))
+        .await
+        .remove(0)
+        .unwrap();
     assert_eq!(got, want);
 }
 
@@ -389,10 +467,25 @@ fn a_failing_request_fails_its_sample_only_and_sharding_gives_the_same_report() 
         let out_dir = dir.path().join(out);
         let o = trust(
             &[
-                "eval", "--model", model, "--verticals", "privacy,machine_ethics,toxicity",
-                "--protocol", "paper,toxicity=paper-text", "--scorer", "mock", "--limit", "3",
-                "--samples", "2", "--bootstrap", "20", "--batch-size", "4",
-                "--out", out_dir.to_str().unwrap(),
+                "eval",
+                "--model",
+                model,
+                "--verticals",
+                "privacy,machine_ethics,toxicity",
+                "--protocol",
+                "paper,toxicity=paper-text",
+                "--scorer",
+                "mock",
+                "--limit",
+                "3",
+                "--samples",
+                "2",
+                "--bootstrap",
+                "20",
+                "--batch-size",
+                "4",
+                "--out",
+                out_dir.to_str().unwrap(),
             ],
             &[],
         );
@@ -407,22 +500,43 @@ fn a_failing_request_fails_its_sample_only_and_sharding_gives_the_same_report() 
     assert_eq!(rep["n_ok"], 2, "{rep}");
     assert_eq!(rep["failures"][0]["id"], "pii-0001", "{rep}");
     let err = rep["failures"][0]["error"].as_str().unwrap();
-    assert!(err.contains("HTTP 500") && err.contains("always fails"), "{err}");
+    assert!(
+        err.contains("HTTP 500") && err.contains("always fails"),
+        "{err}"
+    );
 
     // One server vs the same run sharded over two: identical records and metrics.
     let (o1, one) = eval(&a.spec(";vllm"), "one");
-    assert!(o1.status.success(), "{}", String::from_utf8_lossy(&o1.stderr));
+    assert!(
+        o1.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o1.stderr)
+    );
     let (o2, two) = eval(&format!("{},{}", a.spec(";vllm"), b.spec(";vllm")), "two");
-    assert!(o2.status.success(), "{}", String::from_utf8_lossy(&o2.stderr));
+    assert!(
+        o2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o2.stderr)
+    );
     assert!(b.model_requests() > 0, "the second shard got no requests");
     for v in ["privacy", "machine_ethics", "toxicity"] {
         let s1 = std::fs::read_to_string(one.join(v).join("samples.jsonl")).unwrap();
         let s2 = std::fs::read_to_string(two.join(v).join("samples.jsonl")).unwrap();
         assert_eq!(s1.lines().count(), 3, "{v}");
         assert_eq!(s1, s2, "{v}: records differ");
-        let (r1, r2) = (read_json(&one.join(v).join("report.json")), read_json(&two.join(v).join("report.json")));
+        let (r1, r2) = (
+            read_json(&one.join(v).join("report.json")),
+            read_json(&two.join(v).join("report.json")),
+        );
         assert_eq!(r1["n_ok"], 3, "{v}: {r1}");
-        for k in ["n_samples", "n_ok", "n_failed", "n_unparsed", "metrics", "failures"] {
+        for k in [
+            "n_samples",
+            "n_ok",
+            "n_failed",
+            "n_unparsed",
+            "metrics",
+            "failures",
+        ] {
             assert_eq!(r1[k], r2[k], "{v}: {k}");
         }
     }
@@ -431,21 +545,36 @@ fn a_failing_request_fails_its_sample_only_and_sharding_gives_the_same_report() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_is_sent_but_never_shown() {
     let key = "sk-test-0123456789-secret";
-    let srv = Server::start(&["--api-key-env", "TRUST_TEST_SERVE_KEY"], &[("TRUST_TEST_SERVE_KEY", key)]);
+    let srv = Server::start(
+        &["--api-key-env", "TRUST_TEST_SERVE_KEY"],
+        &[("TRUST_TEST_SERVE_KEY", key)],
+    );
     let dir = tempfile::tempdir().unwrap();
     let run = |var_value: &str, out: &str| {
         let out_dir = dir.path().join(out);
         let o = trust(
             &[
-                "eval", "--model", &srv.spec(";api_key_env=MY_KEY;retries=0;vllm"), "--verticals", "privacy",
-                "--limit", "2", "--bootstrap", "10",
-                "--out", out_dir.to_str().unwrap(),
+                "eval",
+                "--model",
+                &srv.spec(";api_key_env=MY_KEY;retries=0;vllm"),
+                "--verticals",
+                "privacy",
+                "--limit",
+                "2",
+                "--bootstrap",
+                "10",
+                "--out",
+                out_dir.to_str().unwrap(),
             ],
             &[("MY_KEY", var_value), ("TRUST_LOG", "trace")],
         );
         let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&o.stderr));
-        for f in ["report.json", "privacy/samples.jsonl", "privacy/manifest.json"] {
+        for f in [
+            "report.json",
+            "privacy/samples.jsonl",
+            "privacy/manifest.json",
+        ] {
             text.push_str(&std::fs::read_to_string(out_dir.join(f)).unwrap_or_default());
         }
         (o, text, out_dir)
@@ -459,8 +588,17 @@ async fn the_api_key_is_sent_but_never_shown() {
     let (_, text, out) = run(wrong, "bad");
     let rep = read_json(&out.join("privacy/report.json"));
     assert_eq!(rep["n_failed"], 2, "{rep}");
-    assert!(rep["failures"][0]["error"].as_str().unwrap().contains("HTTP 401"), "{rep}");
-    assert!(!text.contains(wrong) && !text.contains(key), "a key leaked into the output");
+    assert!(
+        rep["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 401"),
+        "{rep}"
+    );
+    assert!(
+        !text.contains(wrong) && !text.contains(key),
+        "a key leaked into the output"
+    );
 
     // Debug output of a model holding a key (here: the value of PATH) never shows it.
     let mut o = HttpOptions::new(srv.base(), "tiny");
@@ -471,7 +609,11 @@ async fn the_api_key_is_sent_but_never_shown() {
     let dbg = format!("{m:?}");
     assert!(!dbg.contains(&path) && dbg.contains("redacted"), "{dbg}");
     let r = m
-        .generate(&[GenerateRequest { prompt: "x".into(), config: DecodingConfig::greedy(2), seed: 0 }])
+        .generate(&[GenerateRequest {
+            prompt: "x".into(),
+            config: DecodingConfig::greedy(2),
+            seed: 0,
+        }])
         .await;
     let e = format!("{:?}", r[0]);
     assert!(e.contains("401") && !e.contains(&path), "{e}");

@@ -101,9 +101,9 @@ impl HttpOptions {
     /// `stop_token_ids`, `ignore_eos` and `top_k` extensions; each can also be named alone).
     pub fn from_spec(spec: &str) -> Result<Self, BackendError> {
         let bad = |m: String| config_error(spec, m);
-        let (url, rest) = spec
-            .split_once('#')
-            .ok_or_else(|| bad("expected URL#MODEL (e.g. http://127.0.0.1:8000/v1#my-model)".into()))?;
+        let (url, rest) = spec.split_once('#').ok_or_else(|| {
+            bad("expected URL#MODEL (e.g. http://127.0.0.1:8000/v1#my-model)".into())
+        })?;
         if !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(bad("the URL must start with http://".into()));
         }
@@ -356,10 +356,7 @@ impl HttpModel {
             status: None,
             retry_after: None,
             message: if e.is_timeout() {
-                format!(
-                    "{url}: no response within {:?}",
-                    self.inner.opts.timeout
-                )
+                format!("{url}: no response within {:?}", self.inner.opts.timeout)
             } else {
                 // Without the source chain the message is often just "error sending request".
                 let mut m = e.to_string();
@@ -519,20 +516,29 @@ impl HttpModel {
             ModelError::Backend(format!("{}: unreadable response: {e}", self.url(path)))
         };
         // (text, finish_reason, stop_reason, token_ids) per choice, by index.
-        let mut choices: Vec<RawChoice> =
-            if o.chat {
-                let resp: ChatResponse = serde_json::from_slice(&bytes).map_err(bad)?;
-                resp.choices
-                    .into_iter()
-                    .map(|c| (c.index, c.message.content, c.finish_reason, c.stop_reason, c.token_ids))
-                    .collect()
-            } else {
-                let resp: CompletionResponse = serde_json::from_slice(&bytes).map_err(bad)?;
-                resp.choices
-                    .into_iter()
-                    .map(|c: CompletionChoice| (c.index, c.text, c.finish_reason, c.stop_reason, c.token_ids))
-                    .collect()
-            };
+        let mut choices: Vec<RawChoice> = if o.chat {
+            let resp: ChatResponse = serde_json::from_slice(&bytes).map_err(bad)?;
+            resp.choices
+                .into_iter()
+                .map(|c| {
+                    (
+                        c.index,
+                        c.message.content,
+                        c.finish_reason,
+                        c.stop_reason,
+                        c.token_ids,
+                    )
+                })
+                .collect()
+        } else {
+            let resp: CompletionResponse = serde_json::from_slice(&bytes).map_err(bad)?;
+            resp.choices
+                .into_iter()
+                .map(|c: CompletionChoice| {
+                    (c.index, c.text, c.finish_reason, c.stop_reason, c.token_ids)
+                })
+                .collect()
+        };
         choices.sort_by_key(|c| c.0);
         if choices.len() != want {
             return Err(ModelError::Backend(format!(
@@ -577,7 +583,10 @@ impl HttpModel {
         Ok(GenerateResponse { completions })
     }
 
-    async fn loglikelihood_one(&self, r: &LogLikelihoodRequest) -> Result<LogLikelihood, ModelError> {
+    async fn loglikelihood_one(
+        &self,
+        r: &LogLikelihoodRequest,
+    ) -> Result<LogLikelihood, ModelError> {
         let o = &self.inner.opts;
         if o.chat || !self.inner.loglik.load(Ordering::SeqCst) {
             return Err(self.unsupported(Capability::LogLikelihood));
@@ -610,14 +619,21 @@ impl HttpModel {
                     || e.status == Some(501);
                 if rejects_echo {
                     self.inner.loglik.store(false, Ordering::SeqCst);
-                    tracing::warn!("{}: server rejects echo + logprobs: {}", o.base_url, e.message);
+                    tracing::warn!(
+                        "{}: server rejects echo + logprobs: {}",
+                        o.base_url,
+                        e.message
+                    );
                     return Err(self.unsupported(Capability::LogLikelihood));
                 }
                 return Err(self.model_error(e));
             }
         };
         let resp: CompletionResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            ModelError::Backend(format!("{}: unreadable response: {e}", self.url("completions")))
+            ModelError::Backend(format!(
+                "{}: unreadable response: {e}",
+                self.url("completions")
+            ))
         })?;
         let Some(lp) = resp.choices.into_iter().next().and_then(|c| c.logprobs) else {
             self.inner.loglik.store(false, Ordering::SeqCst);
@@ -703,7 +719,11 @@ impl LanguageModel for HttpModel {
             id: format!("{}#{}", o.base_url, o.model),
             backend: "http".into(),
             weights_sha256: None,
-            details: if o.chat { "api=chat".into() } else { "api=completions".into() },
+            details: if o.chat {
+                "api=chat".into()
+            } else {
+                "api=completions".into()
+            },
         }
     }
 
@@ -735,5 +755,104 @@ impl LanguageModel for HttpModel {
         requests: &[LogLikelihoodRequest],
     ) -> Vec<Result<LogLikelihood, ModelError>> {
         futures::future::join_all(requests.iter().map(|r| self.loglikelihood_one(r))).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::http::wire::Logprobs;
+
+    #[test]
+    fn spec_parses_url_model_and_options() {
+        let o = HttpOptions::from_spec(
+            "http://127.0.0.1:8000/v1/#pythia;chat;concurrency=3;timeout_ms=250;retries=0;loglik=off;vllm;api_key_env=K",
+        )
+        .unwrap();
+        assert_eq!(o.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(o.model, "pythia");
+        assert!(o.chat && !o.loglikelihood && o.stop_token_ids && o.ignore_eos && o.top_k);
+        assert_eq!(o.max_concurrency, 3);
+        assert_eq!(o.timeout, Duration::from_millis(250));
+        assert_eq!(o.max_retries, 0);
+        assert_eq!(o.api_key_env, "K");
+        for bad in [
+            "http://h/v1",
+            "http://h/v1#",
+            "ftp://h/v1#m",
+            "http://h/v1#m;retries=-1",
+            "http://h/v1#m;nope",
+            "http://h/v1#m;chat=maybe",
+        ] {
+            assert!(HttpOptions::from_spec(bad).is_err(), "{bad}");
+        }
+        let https = HttpOptions::from_spec("https://h/v1#m").unwrap();
+        assert!(HttpModel::new(https).is_err(), "https needs a TLS proxy");
+    }
+
+    fn echoed(tokens: &[(&str, Option<f64>, f64)]) -> Logprobs {
+        // (token, its log-prob, best log-prob at its position)
+        let mut lp = Logprobs::default();
+        let mut off = 0;
+        for (t, l, best) in tokens {
+            lp.tokens.push(t.to_string());
+            lp.token_logprobs.push(*l);
+            lp.top_logprobs
+                .push(l.map(|_| HashMap::from([("best".to_string(), *best)])));
+            lp.text_offset.push(off);
+            off += t.chars().count();
+        }
+        lp
+    }
+
+    #[test]
+    fn continuation_tokens_are_picked_by_text_offset() {
+        let lp = echoed(&[
+            ("Hello", None, 0.0),
+            (",", Some(-1.0), -1.0),
+            (" wor", Some(-2.0), -0.5),
+            ("ld", Some(-0.25), -0.25),
+            ("!", Some(-3.0), -1.0),
+        ]);
+        let r = |c: &str, x: &str| LogLikelihoodRequest {
+            context: c.into(),
+            continuation: x.into(),
+        };
+        let ll = continuation_logprobs(&lp, &r("Hello,", " world")).unwrap();
+        assert_eq!(ll.token_logprobs, vec![-2.0, -0.25]);
+        assert_eq!(ll.sum, -2.25);
+        assert!(!ll.is_greedy);
+        let ll = continuation_logprobs(&lp, &r("Hello, wor", "ld")).unwrap();
+        assert_eq!(ll.token_logprobs, vec![-0.25]);
+        assert!(ll.is_greedy);
+        // A boundary inside " wor": the straddling token counts as the continuation's.
+        let ll = continuation_logprobs(&lp, &r("Hello, ", "world")).unwrap();
+        assert_eq!(ll.token_logprobs, vec![-2.0, -0.25]);
+        // Nothing predicts the first token of an empty context.
+        assert!(matches!(
+            continuation_logprobs(&lp, &r("", "Hello")),
+            Err(ModelError::InvalidRequest(_))
+        ));
+        // Mismatched arrays are a backend error, not a panic.
+        let mut broken = lp.clone();
+        broken.text_offset.pop();
+        assert!(matches!(
+            continuation_logprobs(&broken, &r("Hello,", " world")),
+            Err(ModelError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let mut o = HttpOptions::new("http://127.0.0.1:9/v1", "m");
+        o.api_key_env = "PATH".into();
+        let m = HttpModel::new(o).unwrap();
+        let path = std::env::var("PATH").unwrap();
+        assert!(m.has_api_key());
+        assert!(!format!("{m:?}").contains(&path));
+        assert_eq!(m.info().backend, "http");
+        assert_eq!(m.info().id, "http://127.0.0.1:9/v1#m");
     }
 }

@@ -149,13 +149,17 @@ fn first_line(e: &dyn std::fmt::Display) -> String {
 
 fn model_error(e: ModelError) -> Response {
     match e {
-        ModelError::InvalidRequest(m) => {
-            error(StatusCode::BAD_REQUEST, m, "invalid_request_error")
-        }
-        ModelError::Unsupported { .. } => {
-            error(StatusCode::BAD_REQUEST, e.to_string(), "invalid_request_error")
-        }
-        e => error(StatusCode::INTERNAL_SERVER_ERROR, first_line(&e), "server_error"),
+        ModelError::InvalidRequest(m) => error(StatusCode::BAD_REQUEST, m, "invalid_request_error"),
+        ModelError::Unsupported { .. } => error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            "invalid_request_error",
+        ),
+        e => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            first_line(&e),
+            "server_error",
+        ),
     }
 }
 
@@ -216,7 +220,11 @@ async fn apply_fault(s: &AppState, texts: &[&str]) -> Option<Response> {
         Fault::Status(c) => Some(error(
             StatusCode::from_u16(c).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             format!("injected fault: HTTP {c}"),
-            if c == 429 { "rate_limit_error" } else { "server_error" },
+            if c == 429 {
+                "rate_limit_error"
+            } else {
+                "server_error"
+            },
         )),
         Fault::Stall(d) => {
             tokio::time::sleep(d).await;
@@ -401,9 +409,7 @@ fn sequence_logprobs(
         let mut order: Vec<u32> = (0..row.len() as u32).collect();
         let kk = k.max(1).min(row.len());
         order.select_nth_unstable_by(kk - 1, |a, b| {
-            row[*b as usize]
-                .total_cmp(&row[*a as usize])
-                .then(a.cmp(b))
+            row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b))
         });
         order.truncate(kk);
         order.sort_by(|a, b| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b)));
@@ -488,12 +494,20 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
         Err(e) => return model_error(e),
     };
     if prompts.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "prompt is empty", "invalid_request_error");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "prompt is empty",
+            "invalid_request_error",
+        );
     }
     let echo = req.echo.unwrap_or(false);
     let logprobs = req.logprobs;
     let Ok(_permit) = s.compute.acquire().await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "shutting down", "server_error");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "shutting down",
+            "server_error",
+        );
     };
     let state = s.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<Vec<CompletionChoice>, ModelError> {
@@ -574,7 +588,11 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
         return r;
     }
     if req.messages.is_empty() {
-        return error(StatusCode::BAD_REQUEST, "messages is empty", "invalid_request_error");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "messages is empty",
+            "invalid_request_error",
+        );
     }
     let (config, seed) = match decoding(&s, &req.params) {
         Ok(c) => c,
@@ -582,12 +600,15 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
     };
     let prompt = chat_prompt(&req.messages);
     let Ok(_permit) = s.compute.acquire().await else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "shutting down", "server_error");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "shutting down",
+            "server_error",
+        );
     };
     let state = s.clone();
-    let job = tokio::task::spawn_blocking(move || {
-        generate_all(&state.model, &[prompt], &config, seed)
-    });
+    let job =
+        tokio::task::spawn_blocking(move || generate_all(&state.model, &[prompt], &config, seed));
     match job.await {
         Ok(Ok(mut gens)) => {
             let choices = gens
@@ -620,5 +641,39 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
             format!("model task failed: {e}"),
             "server_error",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_plans_parse_and_reject_nonsense() {
+        assert_eq!(
+            Fault::parse_plan("500, 429,drop,stall:20,ok").unwrap(),
+            vec![
+                Fault::Status(500),
+                Fault::Status(429),
+                Fault::Drop,
+                Fault::Stall(Duration::from_millis(20)),
+                Fault::Ok
+            ]
+        );
+        for bad in ["200", "stall:x", "boom"] {
+            assert!(Fault::parse_plan(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn chat_template_is_the_documented_one() {
+        let m = |r: &str, c: &str| ChatMessage {
+            role: r.into(),
+            content: c.into(),
+        };
+        assert_eq!(
+            chat_prompt(&[m("system", "S"), m("user", "U")]),
+            "system: S\nuser: U\nassistant:"
+        );
     }
 }

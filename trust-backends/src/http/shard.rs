@@ -72,7 +72,11 @@ impl LanguageModel for ShardedModel {
             id: ids.join(","),
             backend: first.backend,
             weights_sha256: first.weights_sha256,
-            details: format!("sharded over {} models; {}", self.members.len(), first.details),
+            details: format!(
+                "sharded over {} models; {}",
+                self.members.len(),
+                first.details
+            ),
         }
     }
 
@@ -90,10 +94,14 @@ impl LanguageModel for ShardedModel {
         requests: &[GenerateRequest],
     ) -> Vec<Result<GenerateResponse, ModelError>> {
         let mut out = self
-            .spread(requests, |m, part| Box::pin(async move { m.generate(&part).await }))
+            .spread(requests, |m, part| {
+                Box::pin(async move { m.generate(&part).await })
+            })
             .await;
         while out.len() < requests.len() {
-            out.push(Err(ModelError::Backend("a shard returned too few results".into())));
+            out.push(Err(ModelError::Backend(
+                "a shard returned too few results".into(),
+            )));
         }
         out
     }
@@ -108,7 +116,9 @@ impl LanguageModel for ShardedModel {
             })
             .await;
         while out.len() < requests.len() {
-            out.push(Err(ModelError::Backend("a shard returned too few results".into())));
+            out.push(Err(ModelError::Backend(
+                "a shard returned too few results".into(),
+            )));
         }
         out
     }
