@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Testing: model requests whose prompt contains this text always fail with HTTP 500.
     #[arg(long, hide = true)]
     fault_prompt: Option<String>,
+    /// Testing: reject `echo: true` like servers without prompt log-probs.
+    #[arg(long, hide = true)]
+    reject_echo: bool,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -88,6 +91,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 api_key,
                 faults,
                 fail_prompt: a.fault_prompt.clone(),
+                reject_echo: a.reject_echo,
             },
         );
         println!("listening on http://{addr}");

@@ -125,10 +125,14 @@ impl Server {
         Ok((status, body))
     }
 
-    fn model_requests(&self) -> u64 {
+    fn health(&self, field: &str) -> u64 {
         let (_, body) = self.request("GET", "/health", None).unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["model_requests"].as_u64().unwrap()
+        v[field].as_u64().unwrap()
+    }
+
+    fn model_requests(&self) -> u64 {
+        self.health("model_requests")
     }
 }
 
@@ -617,6 +621,71 @@ async fn the_api_key_is_sent_but_never_shown() {
         .await;
     let e = format!("{:?}", r[0]);
     assert!(e.contains("401") && !e.contains(&path), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_stay_within_the_concurrency_limit() {
+    let srv = Server::start(
+        &[
+            "--fault-plan",
+            "stall:300,stall:300,stall:300,stall:300,stall:300,stall:300",
+        ],
+        &[],
+    );
+    let mut o = srv.options();
+    o.max_concurrency = 2;
+    let http = HttpModel::new(o).unwrap();
+    let reqs: Vec<GenerateRequest> = (0..6)
+        .map(|i| GenerateRequest {
+            prompt: format!("Number {i}"),
+            config: DecodingConfig::greedy(2),
+            seed: 0,
+        })
+        .collect();
+    let got = http.generate(&reqs).await;
+    assert!(got.iter().all(|r| r.is_ok()), "{got:?}");
+    assert_eq!(srv.model_requests(), 6);
+    // Two are sent at once and each stalls 300 ms, so exactly two overlap.
+    assert_eq!(srv.health("max_in_flight"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_echo_gives_a_capability_error() {
+    let srv = Server::start(&["--reject-echo"], &[]);
+    let http = HttpModel::new(srv.options()).unwrap();
+    assert!(
+        http.capabilities().has(Capability::LogLikelihood),
+        "claimed until known"
+    );
+    let r = LogLikelihoodRequest {
+        context: "Hello".into(),
+        continuation: " world".into(),
+    };
+    let got = http.loglikelihood(std::slice::from_ref(&r)).await.remove(0);
+    match &got {
+        Err(
+            e @ ModelError::Unsupported {
+                capability: Capability::LogLikelihood,
+                ..
+            },
+        ) => {
+            assert!(e.to_string().contains("log-likelihood"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!http.capabilities().has(Capability::LogLikelihood));
+    let fresh = HttpModel::new(srv.options()).unwrap();
+    assert!(!fresh.probe_loglikelihood().await.unwrap());
+    assert!(!fresh.capabilities().has(Capability::LogLikelihood));
+    // Generation still works.
+    let g = fresh
+        .generate(&[GenerateRequest {
+            prompt: "Hi".into(),
+            config: DecodingConfig::greedy(3),
+            seed: 0,
+        }])
+        .await;
+    assert!(g[0].is_ok(), "{g:?}");
 }
 
 #[test]

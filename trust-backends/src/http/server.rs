@@ -1,6 +1,6 @@
 //! An OpenAI-compatible server over a [`CandleModel`] (behind `trust serve`).
 //!
-//! Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`,
+//! Endpoints: `GET /health` (`{"status", "model_requests", "max_in_flight"}`), `GET /v1/models`, `POST /v1/completions`,
 //! `POST /v1/chat/completions`. Errors are OpenAI-style JSON (`{"error": {"message", "type",
 //! "param", "code"}}`) with 400 (bad request), 401 (missing or wrong key when one is required),
 //! 404 (unknown route) or 500 (model failure).
@@ -99,6 +99,8 @@ pub struct ServeOptions {
     /// Model requests whose prompt (or a message) contains this text always fail with 500
     /// (testing).
     pub fail_prompt: Option<String>,
+    /// Reject `echo: true` with a 400, like servers without prompt log-probs (testing).
+    pub reject_echo: bool,
 }
 
 struct AppState {
@@ -106,6 +108,25 @@ struct AppState {
     opts: ServeOptions,
     compute: tokio::sync::Semaphore,
     requests: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a model request as in flight while alive.
+struct InFlight<'a>(&'a AppState);
+
+impl<'a> InFlight<'a> {
+    fn new(s: &'a AppState) -> Self {
+        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(s)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The server's routes over `model`. Serve with `axum::serve(listener, router(..))`.
@@ -115,6 +136,8 @@ pub fn router(model: CandleModel, opts: ServeOptions) -> Router {
         opts,
         compute: tokio::sync::Semaphore::new(1),
         requests: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
     });
     Router::new()
         .route("/health", get(health))
@@ -167,6 +190,7 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({
         "status": "ok",
         "model_requests": s.requests.load(Ordering::SeqCst),
+        "max_in_flight": s.max_in_flight.load(Ordering::SeqCst),
     }))
     .into_response()
 }
@@ -486,8 +510,16 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
     };
     let prompts = req.prompt.clone().into_vec();
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let _in_flight = InFlight::new(&s);
     if let Some(r) = apply_fault(&s, &texts).await {
         return r;
+    }
+    if s.opts.reject_echo && req.echo == Some(true) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "echo is not supported by this server",
+            "invalid_request_error",
+        );
     }
     let (config, seed) = match decoding(&s, &req.params) {
         Ok(c) => c,
@@ -584,6 +616,7 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
         Err(r) => return *r,
     };
     let texts: Vec<&str> = req.messages.iter().map(|m| m.content.as_str()).collect();
+    let _in_flight = InFlight::new(&s);
     if let Some(r) = apply_fault(&s, &texts).await {
         return r;
     }
