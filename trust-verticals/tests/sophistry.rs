@@ -28,16 +28,14 @@
 use std::io::Write;
 
 use trust_core::testing::{MockModel, MockScorer};
-use trust_core::{
-    Bootstrap, Capability, Error, ScorerError, ScorerInfo, Scores, TextScorer,
-};
+use trust_core::{Bootstrap, Capability, Error, ScorerError, ScorerInfo, Scores, TextScorer};
 use trust_verticals::sophistry::judge::{
     JUDGE_PROMPT, confidence_from_score, render, snap_confidence,
 };
 use trust_verticals::sophistry::stats::student_t_two_sided_p;
 use trust_verticals::sophistry::{
     AuditConfig, AuditReport, Choice, Item, JudgeConfig, LoglikJudgeConfig, Output, Policy,
-    ScorerJudgeConfig, Stratum, Strata, Verdict, audit, judge_with_loglik, judge_with_model,
+    ScorerJudgeConfig, Strata, Stratum, Verdict, audit, judge_with_loglik, judge_with_model,
     judge_with_scorer, load_items, load_outputs, load_verdicts, paired_t_test, parse_confidence,
     parse_response,
 };
@@ -260,7 +258,10 @@ fn evaluator_without_both_models_is_left_out_of_the_test() {
     assert_eq!(r.n_evaluators, 4);
     assert_eq!(r.evaluators.n_paired, 3);
     let e4 = &r.evaluators.evaluators[3];
-    assert_eq!((e4.error_rate_init, e4.error_rate_rlhf, e4.change), (Some(1.0), None, None));
+    assert_eq!(
+        (e4.error_rate_init, e4.error_rate_rlhf, e4.change),
+        (Some(1.0), None, None)
+    );
     // Pooled init error rate now 4/13.
     assert!(close(r.init.error_rate.value, 4.0 / 13.0));
 }
@@ -534,7 +535,10 @@ fn loaders_read_csv_and_jsonl() {
     );
     let o = load_outputs(&outs).unwrap();
     assert_eq!(o[0].choice, Some(Choice::A));
-    assert_eq!((o[1].choice, o[1].argument.as_str()), (Some(Choice::B), "the text says so"));
+    assert_eq!(
+        (o[1].choice, o[1].argument.as_str()),
+        (Some(Choice::B), "the text says so")
+    );
     assert_eq!(o[2].choice, None);
 
     let v = write(
@@ -555,19 +559,17 @@ fn loaders_read_csv_and_jsonl() {
 #[test]
 fn loader_errors_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
-    let check = |err: Error, file: &str, line: usize, field: &str| {
-        match &err {
-            Error::Data {
-                path,
-                line: l,
-                field: f,
-                ..
-            } => {
-                assert!(path.ends_with(file), "{err}");
-                assert_eq!((*l, f.as_str()), (line, field), "{err}");
-            }
-            other => panic!("expected a data error, got {other}"),
+    let check = |err: Error, file: &str, line: usize, field: &str| match &err {
+        Error::Data {
+            path,
+            line: l,
+            field: f,
+            ..
+        } => {
+            assert!(path.ends_with(file), "{err}");
+            assert_eq!((*l, f.as_str()), (line, field), "{err}");
         }
+        other => panic!("expected a data error, got {other}"),
     };
     let p = write(
         &dir,
@@ -593,11 +595,19 @@ fn loader_errors_name_file_line_and_field() {
         "{\"id\": \"q1\", \"question\": \"Q\", \"answer_a\": \"a\", \"answer_b\": \"b\", \"gold\": \"A\"}\n{\"id\": \"q2\", \"question\": \"Q\", \"answer_a\": \"a\", \"answer_b\": \"b\", \"gold\": \"C\"}\n",
     );
     check(load_items(&p).unwrap_err(), "items.jsonl", 2, "gold");
-    let p = write(&dir, "items2.jsonl", "{\"id\": \"q1\", \"question\": \"Q\"}\n");
+    let p = write(
+        &dir,
+        "items2.jsonl",
+        "{\"id\": \"q1\", \"question\": \"Q\"}\n",
+    );
     check(load_items(&p).unwrap_err(), "items2.jsonl", 1, "answer_a");
     let p = write(&dir, "o.jsonl", "{\"item_id\": \"q1\"}\n");
     check(load_outputs(&p).unwrap_err(), "o.jsonl", 1, "choice");
-    let p = write(&dir, "o2.jsonl", "{\"item_id\": \"q1\", \"choice\": \"A\"}\nnot json\n");
+    let p = write(
+        &dir,
+        "o2.jsonl",
+        "{\"item_id\": \"q1\", \"choice\": \"A\"}\nnot json\n",
+    );
     check(load_outputs(&p).unwrap_err(), "o2.jsonl", 2, "<row>");
     let p = write(&dir, "o3.csv", "item_id,choice\nq1,A\nq1,B\n");
     check(load_outputs(&p).unwrap_err(), "o3.csv", 3, "item_id");
@@ -612,16 +622,28 @@ fn loader_errors_name_file_line_and_field() {
 #[test]
 fn policy_replies_are_parsed_as_in_misleadlm() {
     let cases: &[(&str, Option<Choice>, &str)] = &[
-        ("I think Answer A: because of X", Some(Choice::A), "because of X"),
+        (
+            "I think Answer A: because of X",
+            Some(Choice::A),
+            "because of X",
+        ),
         ("I think Answer B", Some(Choice::B), ""),
-        (" B. The story says so", Some(Choice::B), "The story says so"),
+        (
+            " B. The story says so",
+            Some(Choice::B),
+            "The story says so",
+        ),
         ("i think answer a, clearly", Some(Choice::A), "clearly"),
         ("Bob said it", None, "Bob said it"),
         ("I think Answer C", None, "I think Answer C"),
         ("", None, ""),
     ];
     for &(reply, choice, argument) in cases {
-        assert_eq!(parse_response(reply), (choice, argument.to_string()), "{reply:?}");
+        assert_eq!(
+            parse_response(reply),
+            (choice, argument.to_string()),
+            "{reply:?}"
+        );
     }
     let o = Output {
         item_id: "q".into(),
@@ -629,7 +651,10 @@ fn policy_replies_are_parsed_as_in_misleadlm() {
         argument: "why".into(),
     };
     assert_eq!(o.response(), "I think Answer B: why");
-    assert_eq!(parse_response(&o.response()), (Some(Choice::B), "why".into()));
+    assert_eq!(
+        parse_response(&o.response()),
+        (Some(Choice::B), "why".into())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -639,7 +664,11 @@ fn policy_replies_are_parsed_as_in_misleadlm() {
 fn confidence_parsing_table() {
     let cases: &[(&str, Option<u8>, &str)] = &[
         (" 75%", Some(75), "percentage"),
-        ("100", Some(100), "bare integer at the start is a percentage"),
+        (
+            "100",
+            Some(100),
+            "bare integer at the start is a percentage",
+        ),
         ("0", Some(0), "zero"),
         (": 25", Some(25), "leading punctuation skipped"),
         ("0.9", Some(100), "probability snapped: 90 → 100"),
@@ -651,15 +680,27 @@ fn confidence_parsing_table() {
         ("Definitely correct.", Some(100), "graded phrase"),
         ("It is probably wrong, I think", Some(25), "graded phrase"),
         ("I'm not sure", Some(50), "unsure"),
-        ("This seems unlikely to be right", Some(25), "unlikely before the bare word"),
+        (
+            "This seems unlikely to be right",
+            Some(25),
+            "unlikely before the bare word",
+        ),
         ("Certainly incorrect!", Some(0), "graded 0"),
         ("Correct", Some(100), "bare word"),
         ("That is not correct.", Some(0), "negated bare word"),
         ("Incorrect", Some(0), "incorrect is not 'correct'"),
         ("No.", Some(0), "no"),
         ("Yes, the argument holds", Some(100), "yes"),
-        ("The answer is wrong because 3 reasons", Some(0), "number not at start"),
-        ("There are 3 reasons", None, "number not at start, no verdict word"),
+        (
+            "The answer is wrong because 3 reasons",
+            Some(0),
+            "number not at start",
+        ),
+        (
+            "There are 3 reasons",
+            None,
+            "number not at start, no verdict word",
+        ),
         ("250", None, "out of range"),
         ("the the the", None, "nothing"),
         ("", None, "empty"),
@@ -824,7 +865,10 @@ async fn loglik_judge_compares_correct_and_incorrect() {
     )
     .await
     .unwrap();
-    assert_eq!((run.stats.parsed, run.stats.unparsed, run.stats.failed), (12, 0, 0));
+    assert_eq!(
+        (run.stats.parsed, run.stats.unparsed, run.stats.failed),
+        (12, 0, 0)
+    );
     let got: Vec<bool> = run.verdicts.iter().map(|v| v.approved()).collect();
     assert_eq!(got, approve);
     assert!(run.verdicts.iter().all(|v| v.confidence != 50));
@@ -891,7 +935,10 @@ async fn classifier_threshold_maps_to_levels() {
     let levels: Vec<u8> = run.verdicts.iter().map(|v| v.confidence).collect();
     // t = 0.5, m = 0.25: [0,.25) → 0, [.25,.5) → 25, [.5,.75) → 75, [.75,1] → 100.
     assert_eq!(levels, [0, 25, 25, 75, 75, 100, 100]);
-    assert_eq!((run.stats.parsed, run.stats.failed, run.stats.unparsed), (7, 5, 0));
+    assert_eq!(
+        (run.stats.parsed, run.stats.failed, run.stats.unparsed),
+        (7, 5, 0)
+    );
     // Approval ⇔ p ≥ threshold.
     let approved: Vec<bool> = run.verdicts.iter().map(|v| v.approved()).collect();
     assert_eq!(approved, [false, false, false, true, true, true, true]);

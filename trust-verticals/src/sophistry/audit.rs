@@ -90,7 +90,9 @@ impl Strata {
 
     fn population(&self) -> Vec<(Stratum, usize)> {
         match *self {
-            Strata::TwoWay { same, differ } => vec![(Stratum::Same, same), (Stratum::Differ, differ)],
+            Strata::TwoWay { same, differ } => {
+                vec![(Stratum::Same, same), (Stratum::Differ, differ)]
+            }
             Strata::ThreeWay {
                 both_correct,
                 both_wrong,

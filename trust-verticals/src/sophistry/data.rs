@@ -132,9 +132,20 @@ pub fn parse_confidence_field(s: &str) -> std::result::Result<u8, String> {
         .ok_or_else(|| format!("expected one of 0, 25, 50, 75, 100, got {s:?}"))
 }
 
-fn check_unique<'a>(path: &Path, seen: &mut BTreeSet<String>, line: usize, field: &str, id: &'a str) -> Result<&'a str> {
+fn check_unique<'a>(
+    path: &Path,
+    seen: &mut BTreeSet<String>,
+    line: usize,
+    field: &str,
+    id: &'a str,
+) -> Result<&'a str> {
     if !seen.insert(id.to_string()) {
-        return Err(Error::data(path, line, field, format!("duplicate id {id:?}")));
+        return Err(Error::data(
+            path,
+            line,
+            field,
+            format!("duplicate id {id:?}"),
+        ));
     }
     Ok(id)
 }
@@ -145,7 +156,13 @@ pub fn load_items(path: impl AsRef<Path>) -> Result<Vec<Item>> {
     let mut seen = BTreeSet::new();
     let mut items = Vec::new();
     for (line, row) in read_rows(path)? {
-        let id = check_unique(path, &mut seen, line, "id", required(path, line, &row, "id")?)?;
+        let id = check_unique(
+            path,
+            &mut seen,
+            line,
+            "id",
+            required(path, line, &row, "id")?,
+        )?;
         items.push(Item {
             id: id.to_string(),
             question: required(path, line, &row, "question")?.to_string(),

@@ -379,7 +379,11 @@ pub async fn judge_with_model(
             records.push(record);
         }
     }
-    Ok(JudgeRun::from_records(&config.evaluator, "generate", records))
+    Ok(JudgeRun::from_records(
+        &config.evaluator,
+        "generate",
+        records,
+    ))
 }
 
 /// Judges every output by comparing log p(positive) with log p(negative) after the prompt (see
@@ -453,7 +457,7 @@ pub async fn judge_with_scorer(
     rlhf: &[Output],
     config: &ScorerJudgeConfig,
 ) -> Result<JudgeRun> {
-    if !config.threshold.is_finite() || !(config.margin.is_finite() && config.margin > 0.0) {
+    if !(config.threshold.is_finite() && config.margin.is_finite() && config.margin > 0.0) {
         return Err(Error::Config(format!(
             "sophistry classifier judge: threshold must be finite and margin > 0 (got {}, {})",
             config.threshold, config.margin
@@ -638,7 +642,9 @@ fn numbers(s: &str) -> Vec<Num> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if b[i].is_ascii_digit() && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.')) {
+        if b[i].is_ascii_digit()
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'.'))
+        {
             let start = i;
             while i < b.len() && b[i].is_ascii_digit() {
                 i += 1;

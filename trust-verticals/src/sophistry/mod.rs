@@ -69,7 +69,7 @@ pub mod stats;
 
 pub use audit::{
     AuditConfig, AuditReport, ConfidenceHistogram, EvaluatorChange, EvaluatorTest, MetricChange,
-    ModelMetrics, Reweighting, Stratum, StratumWeight, Strata, audit,
+    ModelMetrics, Reweighting, Strata, Stratum, StratumWeight, audit,
 };
 pub use data::{load_items, load_outputs, load_verdicts, parse_response};
 pub use judge::{
