@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod common;
+pub mod guard;
 pub mod machine_ethics;
 pub mod privacy;
 pub mod registry;

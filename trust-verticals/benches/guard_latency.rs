@@ -1,0 +1,112 @@
+//! Latency of `trust_verticals::guard::Guard::check` per reply, p50 / p99, under concurrent
+//! callers, with the mock scorer (`cargo bench -p trust-verticals --bench guard_latency`).
+//!
+//! Options (environment): `GUARD_BENCH_CLIENTS` (default 64 concurrent callers),
+//! `GUARD_BENCH_CHECKS` (checks per caller, default 200), `GUARD_BENCH_MAX_BATCH` (32),
+//! `GUARD_BENCH_MAX_WAIT_US` (500). An ONNX classifier is measured the same way by
+//! `examples/axum_guard.rs`'s scorer argument; see examples/README.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trust_core::TextScorer;
+use trust_core::testing::MockScorer;
+use trust_verticals::guard::Guard;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn run(
+    name: &str,
+    scorer: Arc<dyn TextScorer>,
+    clients: usize,
+    checks: usize,
+    max_batch: usize,
+    max_wait: Duration,
+) {
+    let guard = Guard::builder()
+        .scorer(scorer, 0.5)
+        .secret("ssn", "123-45-6789")
+        .secret("email", "alice@example.com")
+        .max_batch(max_batch)
+        .max_wait(max_wait)
+        .budget(Duration::from_secs(5))
+        .build()
+        .expect("guard");
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let g = guard.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(checks);
+                for i in 0..checks {
+                    let reply = format!(
+                        "Reply {i} from client {c}: here is a fairly ordinary answer of a few dozen words, \
+                         which mentions nothing secret and is not rude at all, you idiot{}",
+                        if i % 10 == 0 { " 123456789" } else { "" }
+                    );
+                    let t = Instant::now();
+                    let v = g.check(&reply).await;
+                    lat.push(t.elapsed());
+                    assert!(v.toxicity.is_some(), "{v:?}");
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(clients * checks);
+    for t in tasks {
+        all.extend(t.await.expect("client"));
+    }
+    let wall = start.elapsed();
+    all.sort();
+    println!(
+        "{name}: {} checks, {clients} concurrent callers, max_batch {max_batch}, max_wait {}us: p50 {:.1}us  p99 {:.1}us  max {:.1}us  throughput {:.0} replies/s",
+        all.len(),
+        max_wait.as_micros(),
+        percentile(&all, 0.5).as_secs_f64() * 1e6,
+        percentile(&all, 0.99).as_secs_f64() * 1e6,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e6,
+        all.len() as f64 / wall.as_secs_f64()
+    );
+}
+
+fn main() {
+    let clients = env("GUARD_BENCH_CLIENTS", 64);
+    let checks = env("GUARD_BENCH_CHECKS", 200);
+    let max_batch = env("GUARD_BENCH_MAX_BATCH", 32);
+    let max_wait = Duration::from_micros(env("GUARD_BENCH_MAX_WAIT_US", 500) as u64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        run(
+            "mock scorer",
+            Arc::new(MockScorer::default()),
+            clients,
+            checks,
+            max_batch,
+            max_wait,
+        )
+        .await;
+        run(
+            "mock scorer, single caller",
+            Arc::new(MockScorer::default()),
+            1,
+            checks,
+            max_batch,
+            max_wait,
+        )
+        .await;
+    });
+}
