@@ -371,6 +371,15 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
         .unwrap();
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("max_position_embeddings"), "{body}");
+    let (code, body) = srv
+        .request(
+            "POST",
+            "/v1/completions",
+            Some(r#"{"prompt": "hi", "n": 1000000000, "temperature": 1}"#),
+        )
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("n must be at most"), "{body}");
     let (code, _) = srv.request("GET", "/v1/nope", None).unwrap();
     assert_eq!(code, 404);
     let (code, body) = srv.request("GET", "/v1/models", None).unwrap();

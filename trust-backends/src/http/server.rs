@@ -279,6 +279,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Resp
     })
 }
 
+/// Largest `n` (sequences per prompt) the server accepts.
+pub const MAX_N: usize = 128;
+/// Most prompts in one `/v1/completions` request.
+pub const MAX_PROMPTS: usize = 1024;
+
 /// The decoding config of a request (`n` = samples per prompt).
 fn decoding(s: &AppState, p: &SamplingParams) -> Result<(DecodingConfig, u64), ModelError> {
     let temperature = p.temperature.unwrap_or(1.0);
@@ -312,10 +317,16 @@ fn decoding(s: &AppState, p: &SamplingParams) -> Result<(DecodingConfig, u64), M
             StopPolicy::Tokens(ids)
         }
     };
+    let n = p.n.unwrap_or(1);
+    if n > MAX_N {
+        return Err(ModelError::InvalidRequest(format!(
+            "n must be at most {MAX_N}, got {n}"
+        )));
+    }
     let config = DecodingConfig {
         max_new_tokens: p.max_tokens.unwrap_or(16),
         sampling,
-        n: p.n.unwrap_or(1),
+        n,
         num_beams: 1,
         stop,
         stop_strings: p.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
