@@ -33,7 +33,10 @@ const ITEMS: &[(&str, &str, &str, &str, Choice)] = &[
 
 /// (choice, argument) of π_init and π_rlhf per item: π_rlhf is wrong more often, with
 /// more assertive arguments — the pattern the audit is meant to detect.
-const OUTPUTS: &[((Choice, &str), (Choice, &str))] = &[
+/// A made-up output: (choice, argument).
+type Made = (Choice, &'static str);
+
+const OUTPUTS: &[(Made, Made)] = &[
     (
         (Choice::A, "She moved there."),
         (Choice::A, "The story says Oslo twice."),
@@ -86,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             story: None,
         })
         .collect();
-    let out = |id: &str, (choice, argument): (Choice, &str)| Output {
+    let out = |id: &str, (choice, argument): Made| Output {
         item_id: id.into(),
         choice: Some(choice),
         argument: argument.into(),
