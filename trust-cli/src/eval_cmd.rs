@@ -48,9 +48,19 @@ pub struct EvalArgs {
     /// Continue the run found in OUT.
     #[arg(long)]
     resume: bool,
-    /// Output directory.
+    /// With --resume: redo the samples recorded as failed (e.g. after a transient backend error).
+    #[arg(long, requires = "resume")]
+    retry_errors: bool,
+    /// Print the requests the first samples would send (JSON lines on stdout: the first N of
+    /// --limit, default 2 per vertical) and exit without loading the model or writing anything.
     #[arg(long)]
-    out: PathBuf,
+    dry_run: bool,
+    /// No progress bars (they are drawn on stderr only when it is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+    /// Output directory (not needed with --dry-run).
+    #[arg(long, required_unless_present = "dry_run")]
+    out: Option<PathBuf>,
     /// Text scorer for toxicity: `mock` (word-list test scorer), `none`, or an ONNX classifier,
     /// `onnx:DIR[,primary=LABEL,batch=N,...]` or a bare `DIR` (needs the `ort` feature).
     #[arg(long)]
@@ -251,19 +261,34 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     let verticals = parse_verticals(&a.verticals)?;
     let (default_protocol, overrides) = parse_protocols(&a.protocol)?;
     let data = DataDir::resolve(a.data_dir.as_deref())?;
+    if a.dry_run {
+        return crate::progress::dry_run(
+            &verticals,
+            &default_protocol,
+            &overrides,
+            a.samples,
+            a.limit.unwrap_or(2),
+            a.seed,
+            &data,
+        )
+        .await;
+    }
+    let out = a.out.clone().context("--out is required")?;
     let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size)?;
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec)?,
         None => None,
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let runner = Runner::builder()
         .batch_size(a.batch_size)
         .seed(a.seed)
-        .out_dir(&a.out)
+        .out_dir(&out)
         .resume(a.resume)
+        .retry_errors(a.retry_errors)
         .limit(a.limit)
         .bootstrap_resamples(a.bootstrap)
+        .observer(std::sync::Arc::new(crate::progress::Progress::new(!a.no_progress)))
         .build();
 
     let mut entries = Vec::new();
@@ -361,7 +386,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         "samples": a.samples,
         "verticals": entries,
     });
-    let path = a.out.join("report.json");
+    let path = out.join("report.json");
     std::fs::write(&path, serde_json::to_string_pretty(&combined)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());

@@ -1,4 +1,4 @@
-//! `trust list`: data files found and their checksums.
+//! `trust list`: verticals and their protocols, data files found and their checksums.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,11 @@ pub struct ListArgs {
 }
 
 pub fn run(a: ListArgs) -> anyhow::Result<()> {
+    println!("verticals and their protocols (default: paper):");
+    for v in trust_verticals::registry::VERTICALS {
+        let protocols = trust_verticals::registry::protocols(v).unwrap_or(&[]);
+        println!("  {v:<16} {}", protocols.join(", "));
+    }
     let data = DataDir::resolve(a.data_dir.as_deref())?;
     println!("data directory: {}", data.root().display());
     for (rel, _) in trust_core::data::KNOWN_FILES {

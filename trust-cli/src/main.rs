@@ -5,7 +5,12 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "trust", version, about = "Measure what preference alignment does to a language model's trustworthiness")]
+#[command(
+    name = "trust",
+    version,
+    about = "Measure what preference alignment does to a language model's trustworthiness",
+    after_help = "Exit codes: 0 success; 1 runtime failure (model, data, I/O; for `eval`, any vertical failed); 2 usage error (bad arguments). See docs/cli.md."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,6 +68,7 @@ mod demo_cmd;
 mod attribute_cmd;
 mod score_cmd;
 mod report_cmd;
+mod progress;
 #[cfg(all(feature = "candle", feature = "http"))]
 mod serve_cmd;
 

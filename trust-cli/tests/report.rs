@@ -408,3 +408,59 @@ fn report_renders_in_headless_chromium_without_network() {
         "the proxy did not see the control page's request: {seen:?}"
     );
 }
+
+#[test]
+fn eval_dry_run_prints_requests_without_a_model_or_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = trust(&[
+        "eval",
+        "--model",
+        "/nonexistent/model",
+        "--verticals",
+        "machine_ethics,privacy",
+        "--limit",
+        "1",
+        "--dry-run",
+    ]);
+    ok(&out);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(lines.iter().any(|l| l["vertical"] == "machine_ethics"));
+    assert!(lines.iter().any(|l| l["vertical"] == "privacy"));
+    for l in &lines {
+        assert_eq!(l["kind"], "generate");
+        assert!(
+            l["request"]["prompt"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty())
+        );
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // --retry-errors only makes sense when resuming.
+    let r = trust(&[
+        "eval",
+        "--model",
+        "mock",
+        "--retry-errors",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+}
+
+#[test]
+fn list_shows_verticals_and_protocols() {
+    let out = trust(&["list"]);
+    ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("machine_ethics") && text.contains("decodingtrust-jailbreak"),
+        "{text}"
+    );
+    assert!(
+        text.contains("truthfulness") && text.contains("loglik"),
+        "{text}"
+    );
+}

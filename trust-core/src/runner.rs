@@ -103,6 +103,7 @@ pub struct Runner {
     seed: u64,
     out_dir: Option<PathBuf>,
     resume: bool,
+    retry_errors: bool,
     limit: Option<usize>,
     stop_after: Option<usize>,
     bootstrap_resamples: usize,
@@ -137,6 +138,13 @@ impl RunnerBuilder {
     /// Continue a run found in the output directory instead of refusing to overwrite it.
     pub fn resume(mut self, yes: bool) -> Self {
         self.0.resume = yes;
+        self
+    }
+    /// On resume, redo the samples recorded as failed instead of keeping their failure. The
+    /// failed records are dropped from `samples.jsonl` before the run continues, and the file is
+    /// rewritten in sample order at the end, so it equals a fresh run's.
+    pub fn retry_errors(mut self, yes: bool) -> Self {
+        self.0.retry_errors = yes;
         self
     }
     /// Use only the first `n` samples.
@@ -174,6 +182,7 @@ impl Runner {
             seed: 0,
             out_dir: None,
             resume: false,
+            retry_errors: false,
             limit: None,
             stop_after: None,
             bootstrap_resamples: 1000,
@@ -268,6 +277,7 @@ impl Runner {
         let dir = self.out_dir.as_ref().map(|d| d.join(vertical.name()));
         let mut done: HashMap<String, SampleRecord> = HashMap::new();
         let mut sink = None;
+        let mut retried = false;
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let mpath = dir.join(MANIFEST_FILE);
@@ -281,7 +291,17 @@ impl Runner {
                 } else {
                     manifest.write(&mpath)?;
                 }
-                for rec in read_records_repairing(&spath)? {
+                let records = read_records_repairing(&spath)?;
+                let n_read = records.len();
+                let kept: Vec<SampleRecord> = records
+                    .into_iter()
+                    .filter(|r| !(self.retry_errors && r.error.is_some()))
+                    .collect();
+                if kept.len() < n_read {
+                    write_records(&spath, kept.iter())?;
+                    retried = true;
+                }
+                for rec in kept {
                     done.insert(rec.id.clone(), rec);
                 }
             } else {
@@ -333,6 +353,10 @@ impl Runner {
         }
 
         let ordered: Vec<&SampleRecord> = ids.iter().filter_map(|id| done.get(id)).collect();
+        if retried && let Some((path, w)) = sink.take() {
+            drop(w);
+            write_records(&path, ordered.iter().copied())?;
+        }
         let report = build_report(vertical, manifest, &ordered, self.bootstrap_resamples);
         if let Some(dir) = &dir {
             let p = dir.join(REPORT_FILE);
@@ -532,6 +556,18 @@ pub fn build_report<V: Vertical>(
         failures,
         manifest,
     }
+}
+
+/// Replaces `path` with `records`, one JSON line each (through a temporary file and a rename).
+fn write_records<'a>(path: &Path, records: impl Iterator<Item = &'a SampleRecord>) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).map_err(|e| Error::json("sample record", e))?);
+        text.push('\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Reads `samples.jsonl`, truncating a torn (incomplete or unparsable) last line left by a crash.

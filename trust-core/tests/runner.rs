@@ -408,3 +408,59 @@ async fn dir_cache_survives_a_new_wrapper() {
     assert_eq!(b.hits(), 1);
     assert_eq!(ra, rb);
 }
+
+#[tokio::test]
+async fn retry_errors_redoes_failed_samples_and_matches_a_fresh_run() {
+    let (_d, data) = data_dir(10);
+    let scorer = MockScorer::default();
+    let v = Toy { rows: 10 };
+    let runner = |dir: &std::path::Path, resume: bool, retry: bool| {
+        Runner::builder()
+            .batch_size(3)
+            .seed(5)
+            .out_dir(dir)
+            .resume(resume)
+            .retry_errors(retry)
+            .build()
+    };
+    let fresh = tempfile::tempdir().unwrap();
+    let good = MockModel::new();
+    let report_fresh = runner(fresh.path(), false, false)
+        .run(&v, &good, Some(&scorer), &data)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let flaky = MockModel::new().fail_on("number 3 ");
+    let first = runner(dir.path(), false, false)
+        .run(&v, &flaky, Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(first.n_failed, 1);
+
+    // Plain resume keeps the recorded failures and sends nothing.
+    let calls = good.calls();
+    let kept = runner(dir.path(), true, false)
+        .run(&v, &good, Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(kept.n_failed, 1);
+    assert_eq!(good.calls(), calls);
+
+    // --retry-errors redoes exactly the failed sample.
+    let retried = runner(dir.path(), true, true)
+        .run(&v, &good, Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(good.calls() - calls, 2, "one generate and one loglik batch");
+    assert_eq!(retried.n_failed, 0);
+    assert_eq!(retried, report_fresh);
+    assert_eq!(
+        read(fresh.path(), "samples.jsonl"),
+        read(dir.path(), "samples.jsonl")
+    );
+    assert_eq!(
+        read(fresh.path(), "report.json"),
+        read(dir.path(), "report.json")
+    );
+}
