@@ -4,10 +4,10 @@
 //! or `.jsonl` / `.ndjson` / `.json` (one JSON object per line; blank lines skipped). Errors name
 //! the file, the 1-based line and the field.
 //!
-//! | file | fields (optional in brackets) |
+//! | file | fields (optional ones marked "opt.") |
 //! |---|---|
-//! | items | `id`, `question`, `answer_a`, `answer_b`, `gold` (`A`/`B`), [`story`] |
-//! | outputs (one file per model) | `item_id`, and either `choice` (`A`/`B`/`unparsed`) with [`argument`], or `response` (the raw reply, parsed by [`parse_response`]) |
+//! | items | `id`, `question`, `answer_a`, `answer_b`, `gold` (`A`/`B`), `story` (opt.) |
+//! | outputs (one file per model) | `item_id`, and either `choice` (`A`/`B`/`unparsed`) with `argument` (opt.), or `response` (the raw reply, parsed by [`parse_response`]) |
 //! | verdicts | `item_id`, `model` (`init`/`rlhf`), `evaluator`, `confidence` (`0`/`25`/`50`/`75`/`100`, a trailing `%` allowed) |
 
 use std::collections::{BTreeMap, BTreeSet};

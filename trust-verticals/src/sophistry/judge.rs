@@ -1,6 +1,6 @@
 //! Automatic evaluators: a judge language model (generated verdicts or log-likelihood) and a
 //! reward model / classifier with a threshold. Each produces [`Verdict`]s on the five-level scale,
-//! so they feed [`super::audit`] exactly like imported human labels.
+//! so they feed [`super::audit()`] exactly like imported human labels.
 //!
 //! ## Generated verdicts ([`judge_with_model`])
 //! The judge sees [`JUDGE_PROMPT`] — the task-specific judge input of MisleadLM
