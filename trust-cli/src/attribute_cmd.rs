@@ -1,7 +1,8 @@
 //! `trust attribute`: DataInf attribution of a vertical's change to the training pairs
 //! (PROTOCOLS A.8; see docs/attribution.md).
 //!
-//! Writes one `{"train_index", "score"}` line per scored training pair to `--out`, the most
+//! Writes one `{"train_index", "score"}` line per scored training pair to `--out` (and the score
+//! vector to `<out>.npy`, as the paper's `np.save`), the most
 //! helpful / harmful pairs with their text to `<out>.top.json` (and stdout), and keeps the
 //! per-example gradients in a resumable store (`--store`, default `<out>.store/`).
 
@@ -264,6 +265,11 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
             .with_context(|| a.out.display().to_string())?;
     }
     f.flush().with_context(|| a.out.display().to_string())?;
+
+    // The score vector as the paper saves it (`np.save`, one value per scored pair, in order).
+    let mut npy = a.out.clone().into_os_string();
+    npy.push(".npy");
+    trust_verticals::attribution::write_npy(PathBuf::from(&npy), written)?;
 
     let by_index: std::collections::HashMap<usize, &trust_align::hh::PreferencePair> =
         pairs.iter().map(|p| (p.index, p)).collect();
