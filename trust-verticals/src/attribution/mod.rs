@@ -33,18 +33,13 @@
 //! Everything here is pure Rust on `f32` / `f64` slices, accumulates in `f64`, and returns
 //! [`AttributionError`] on bad input instead of panicking.
 //!
-//! ## Still missing (later work)
-//! - Per-example LoRA gradients from the candle models for the three training-side losses of
-//!   A.8 §3 (SFT token-mean cross-entropy over prompt + chosen, reward-model Bradley–Terry, DPO
-//!   with β = 1 against the SFT reference), and the selection of attributed tensors (the
-//!   architecture-dependent `names[288:-2]` slice of A.8 §2).
-//! - The test-side losses per vertical (A.8 §4): only the toxicity (prompt, continuation) format
-//!   exists in the reference code; how the other verticals become test pairs is unknown.
-//! - The `trust attribute` CLI that wires models, stores and DataInf together and saves the
-//!   length-n normalised score vector per (stage, vertical).
-//! - Reading / writing checkpoints (safetensors) and PEFT adapters around [`lora_svd`], which
-//!   works on plain row-major slices (exact Jacobi SVD for small weights, randomized truncated SVD
-//!   for large ones).
+//! ## Where the model-dependent parts live
+//! `trust_align::attribute` (candle) provides the rest of A.8: per-example LoRA gradients of the
+//! SFT, DPO and reward-model Bradley–Terry losses, the explicit selection of attributed tensors
+//! (targets and blocks instead of the `names[288:-2]` slice), the conversion of full fine-tunes
+//! through [`lora_svd`], gradient extraction into [`store`] and streaming DataInf;
+//! `trust_align::test_pairs` builds the test pairs of all five verticals; `trust attribute` is
+//! the CLI (docs/attribution.md).
 #![warn(missing_docs)]
 
 pub mod datainf;
