@@ -212,6 +212,63 @@ impl Rope {
     }
 }
 
+/// Where the real tokens of a right- or left-padded `[b, t]` batch are: lets position-wise
+/// layers run on the `n` real tokens only (`[n, d]`) instead of all `b * t` positions.
+#[derive(Debug, Clone)]
+pub(crate) struct Packing {
+    /// `[n]` (u32): flat index `row * t + pos` of each real token, in order.
+    pub(crate) gather: Tensor,
+    /// `[b * t]` (u32): for each flat position, its index in the packed rows, or `n` (a zero row)
+    /// for padding.
+    scatter: Tensor,
+    b: usize,
+    t: usize,
+}
+
+impl Packing {
+    /// From the key mask rows (1 = real token), all of length `t`.
+    pub(crate) fn new(key_mask: &[Vec<u32>], t: usize, dev: &Device) -> Result<Self> {
+        let b = key_mask.len();
+        let mut gather = Vec::new();
+        let mut scatter = Vec::with_capacity(b * t);
+        for (r, row) in key_mask.iter().enumerate() {
+            for p in 0..t {
+                if row.get(p).copied().unwrap_or(1) != 0 {
+                    scatter.push(gather.len() as u32);
+                    gather.push((r * t + p) as u32);
+                } else {
+                    scatter.push(u32::MAX);
+                }
+            }
+        }
+        let n = gather.len() as u32;
+        for s in &mut scatter {
+            if *s == u32::MAX {
+                *s = n;
+            }
+        }
+        Ok(Packing {
+            gather: Tensor::from_vec(gather, n as usize, dev)?,
+            scatter: Tensor::from_vec(scatter, b * t, dev)?,
+            b,
+            t,
+        })
+    }
+
+    /// `[b, t, d]` -> `[n, d]` (the real tokens).
+    pub(crate) fn pack(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        x.reshape((self.b * self.t, d))?.index_select(&self.gather, 0)
+    }
+
+    /// `[n, d]` -> `[b * t, d]`, zeros at padding positions.
+    pub(crate) fn unpack(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1)?;
+        let zero = Tensor::zeros((1, d), x.dtype(), x.device())?;
+        Tensor::cat(&[x, &zero], 0)?.index_select(&self.scatter, 0)
+    }
+}
+
 /// Key/value cache of one decoder stack: per layer `(k, v)`, each `[b, kv_heads, T, head_dim]`.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {

@@ -206,6 +206,34 @@ impl CausalLm {
         }
     }
 
+    /// [`Self::forward_hidden_with`] without a cache, running the position-wise layers only on
+    /// the real (unmasked) tokens where the architecture supports it (GPT-NeoX); same results
+    /// for the real tokens, padding positions are not meaningful.
+    pub(crate) fn forward_hidden_packed(
+        &self,
+        input_ids: &Tensor,
+        key_mask: &[Vec<u32>],
+        positions: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        match &self.arch {
+            Arch::GptNeoX(m) => {
+                let (_, t) = input_ids.dims2()?;
+                let max = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+                if max >= self.max_positions() {
+                    candle_core::bail!(
+                        "position {max} is beyond max_position_embeddings = {}",
+                        self.max_positions()
+                    );
+                }
+                let mask = layers::build_mask(key_mask, 0, t, &self.device)?;
+                let pack = layers::Packing::new(key_mask, t, &self.device)?;
+                let (cos, sin) = m.rope.gather(positions)?;
+                m.forward_hidden_packed(input_ids, &mask, &cos, &sin, None, Some(&pack))
+            }
+            Arch::Llama(_) => self.forward_hidden_with(input_ids, key_mask, positions, None),
+        }
+    }
+
     /// Projects hidden states to logits (`[..., hidden]` -> `[..., vocab]`).
     pub fn lm_head(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         match &self.arch {
@@ -507,9 +535,7 @@ impl CandleModel {
             pos.extend(std::iter::repeat_n(0u32, l - r.len()));
         }
         let positions = Tensor::from_vec(pos, (b, l), dev)?;
-        let hidden = self
-            .lm
-            .forward_hidden_with(&input, &mask, &positions, None)?;
+        let hidden = self.lm.forward_hidden_packed(&input, &mask, &positions)?;
         let mut results = Vec::with_capacity(b);
         for (row, (_, ids, plen)) in rows.iter().enumerate() {
             let clen = ids.len() - plen;
