@@ -29,6 +29,9 @@ enum Command {
     Score(score_cmd::ScoreArgs),
     /// Compare run directories (checkpoints): self-contained report.html, report.json, report.md.
     Report(report_cmd::ReportArgs),
+    /// The sophistry audit (Wen et al.): correctness, approval, evaluation error rate and FPR of
+    /// a model before and after RLHF from evaluator verdicts and/or a judge model; JSON report.
+    Sophistry(sophistry_cmd::SophistryArgs),
     /// Log-likelihood of continuations with a local model (JSONL in: prompt, continuation).
     #[cfg(feature = "candle")]
     Loglik(model_cmds::LoglikArgs),
@@ -68,6 +71,7 @@ mod demo_cmd;
 mod attribute_cmd;
 mod score_cmd;
 mod report_cmd;
+mod sophistry_cmd;
 mod progress;
 #[cfg(all(feature = "candle", feature = "http"))]
 mod serve_cmd;
@@ -99,6 +103,7 @@ fn main() {
         Command::Eval(a) => eval_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
         Command::Report(a) => report_cmd::run(a),
+        Command::Sophistry(a) => sophistry_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
