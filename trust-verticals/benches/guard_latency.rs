@@ -3,8 +3,9 @@
 //!
 //! Options (environment): `GUARD_BENCH_CLIENTS` (default 64 concurrent callers),
 //! `GUARD_BENCH_CHECKS` (checks per caller, default 200), `GUARD_BENCH_MAX_BATCH` (32),
-//! `GUARD_BENCH_MAX_WAIT_US` (500). An ONNX classifier is measured the same way by
-//! `examples/axum_guard.rs`'s scorer argument; see examples/README.md.
+//! `GUARD_BENCH_MAX_WAIT_US` (500). Built with `--features ort`, it also measures the tiny ONNX
+//! classifier fixture (`trust-backends/tests/fixtures/onnx/tiny-classifier`, or
+//! `GUARD_BENCH_ONNX=DIR`; ONNX Runtime found as for `trust classify`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,5 +109,39 @@ fn main() {
             max_wait,
         )
         .await;
+        #[cfg(feature = "ort")]
+        {
+            let dir = std::env::var("GUARD_BENCH_ONNX").unwrap_or_else(|_| {
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../trust-backends/tests/fixtures/onnx/tiny-classifier"
+                )
+                .to_string()
+            });
+            match trust_backends::ort::OrtClassifier::from_dir(&dir, Default::default()) {
+                Ok(c) => {
+                    let c: Arc<dyn TextScorer> = Arc::new(c);
+                    run(
+                        "onnx tiny-classifier",
+                        c.clone(),
+                        clients,
+                        checks,
+                        max_batch,
+                        max_wait,
+                    )
+                    .await;
+                    run(
+                        "onnx tiny-classifier, single caller",
+                        c,
+                        1,
+                        checks,
+                        max_batch,
+                        max_wait,
+                    )
+                    .await;
+                }
+                Err(e) => eprintln!("skipping the ONNX classifier ({dir}): {e}"),
+            }
+        }
     });
 }
