@@ -390,6 +390,7 @@ fn report_renders_in_headless_chromium_without_network() {
     assert!(dom.contains("<svg"), "no SVG in the rendered DOM");
     assert_eq!(dom.matches("data-kind=\"vertical-bars\"").count(), 5);
     assert_eq!(dom.matches("data-kind=\"stereotype-heatmap\"").count(), 2);
+    assert!(dom.contains("data-kind=\"relative-change\""));
     assert!(dom.contains("data-kind=\"pii-leakage\""));
     assert!(dom.contains("class=\"bar\"") && dom.contains("class=\"whisker\""));
     assert!(dom.contains("id=\"attribution\""));

@@ -1,7 +1,7 @@
 //! One self-contained HTML page: inline CSS and inline SVG, no script, no external URL, every
 //! text escaped. Figures are `<figure class="figure" data-kind=KIND>` elements with
-//! `KIND` one of `vertical-bars`, `stereotype-heatmap`, `pii-leakage`; the attributed pairs are
-//! in `<section id="attribution">`.
+//! `KIND` one of `vertical-bars`, `relative-change`, `stereotype-heatmap`, `pii-leakage`; the
+//! attributed pairs are in `<section id="attribution">`.
 
 use std::fmt::Write;
 
@@ -113,6 +113,7 @@ pub fn render(report: &Report) -> String {
                 &format!("{}: metrics per checkpoint with 95% CIs", v.vertical),
                 &bar_chart(&rows, &names, &labels),
             );
+            relative_change_figure(&mut h, &v.vertical, &v.headline, &labels);
             change_table(&mut h, &v.headline, &labels);
         }
         h.push_str("</section>\n");
@@ -211,6 +212,54 @@ fn figure(h: &mut String, kind: &str, id: &str, caption: &str, svg: &str) {
         "<figure class=\"figure\" data-kind=\"{kind}\" id=\"{}\">{svg}<figcaption>{}</figcaption></figure>",
         esc(id),
         esc(caption)
+    );
+}
+
+/// Bars of the relative change (%) of each metric against the first checkpoint, for the
+/// metrics where it is defined (the reference's bar is 0).
+fn relative_change_figure(h: &mut String, vertical: &str, rows: &[MetricRow], labels: &[String]) {
+    if labels.len() < 2 {
+        return;
+    }
+    let changed: Vec<MetricRow> = rows
+        .iter()
+        .filter(|r| {
+            r.values
+                .iter()
+                .skip(1)
+                .flatten()
+                .any(|c| c.relative_change.is_some())
+        })
+        .take(MAX_BARS_GROUPS)
+        .map(|r| MetricRow {
+            values: r
+                .values
+                .iter()
+                .map(|c| {
+                    c.as_ref().map(|c| Cell {
+                        value: c.relative_change.map(|x| x * 100.0),
+                        ci_low: None,
+                        ci_high: None,
+                        n: c.n,
+                        delta: None,
+                        relative_change: None,
+                    })
+                })
+                .collect(),
+            ..r.clone()
+        })
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    let refs: Vec<&MetricRow> = changed.iter().collect();
+    let names: Vec<String> = changed.iter().map(|r| r.name.clone()).collect();
+    figure(
+        h,
+        "relative-change",
+        &format!("fig-{vertical}-change"),
+        &format!("{vertical}: relative change (%) vs {}", labels[0]),
+        &bar_chart(&refs, &names, labels),
     );
 }
 
