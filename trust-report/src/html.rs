@@ -123,7 +123,7 @@ pub fn render(report: &Report) -> String {
         h.push_str("<section id=\"stereotype-heatmap\"><h2>Stereotype: topic × group</h2>");
         let _ = write!(
             h,
-            "<p class=\"note\">{} per (topic, group) cell; grey cells have no data.</p>",
+            "<p class=\"note\">{} per (topic, group) cell, from white (0) to red (1); grey cells have no data.</p>",
             esc(&hm.metric)
         );
         for (c, label) in labels.iter().enumerate() {
@@ -424,7 +424,7 @@ fn heat(v: f64) -> String {
 fn heatmap_svg(hm: &crate::Heatmap, c: usize) -> String {
     let cell = 22.0f64;
     let (ml, mt) = (130.0, 130.0);
-    let w = ml + cell * hm.groups.len() as f64 + 10.0;
+    let w = ml + cell * hm.groups.len() as f64 + 90.0;
     let ht = mt + cell * hm.topics.len() as f64 + 10.0;
     let mut s = String::new();
     let _ = write!(
