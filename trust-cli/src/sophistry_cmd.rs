@@ -15,10 +15,10 @@ use trust_verticals::sophistry::{
 /// Arguments of `trust sophistry`.
 #[derive(clap::Args)]
 pub struct SophistryArgs {
-    /// Items: id, question, answer_a, answer_b, gold (A/B), [story].
+    /// Items: id, question, answer_a, answer_b, gold (A/B), optional story.
     #[arg(long)]
     items: PathBuf,
-    /// Outputs of the model before RLHF: item_id, choice (A/B/unparsed), [argument] — or response.
+    /// Outputs of the model before RLHF: item_id, choice (A/B/unparsed), optional argument — or response.
     #[arg(long)]
     init: PathBuf,
     /// Outputs of the model after RLHF (same format).
