@@ -536,22 +536,39 @@ impl CandleModel {
         }
         let positions = Tensor::from_vec(pos, (b, l), dev)?;
         let hidden = self.lm.forward_hidden_packed(&input, &mask, &positions)?;
-        let mut results = Vec::with_capacity(b);
+        // One output projection for the continuation positions of every row (the weight matrix
+        // is streamed once per batch instead of once per row); each logits row only depends on
+        // its own hidden state.
+        let hdim = hidden.dim(2)?;
+        let mut idx = Vec::new();
         for (row, (_, ids, plen)) in rows.iter().enumerate() {
+            idx.extend((plen - 1..ids.len() - 1).map(|p| (row * l + p) as u32));
+        }
+        // A single row would take the matrix-vector path, whose summation order differs from
+        // the matrix-matrix one: project it twice so results never depend on the batch.
+        if idx.len() == 1 {
+            idx.push(idx[0]);
+        }
+        let n = idx.len();
+        let idx = Tensor::from_vec(idx, n, dev)?;
+        let h = hidden.reshape((b * l, hdim))?.index_select(&idx, 0)?;
+        let logits = self.lm.lm_head(&h)?.to_dtype(DType::F32)?;
+        let lsm = generate::log_softmax_f32(&logits)?.to_vec2::<f32>()?;
+        let logits = logits.to_vec2::<f32>()?;
+        let mut results = Vec::with_capacity(b);
+        let mut at = 0;
+        for (_, ids, plen) in rows {
             let clen = ids.len() - plen;
-            let h = hidden.get(row)?.narrow(0, plen - 1, clen)?;
-            let logits = self.lm.lm_head(&h)?.to_dtype(DType::F32)?;
-            let lsm = generate::log_softmax_f32(&logits)?.to_vec2::<f32>()?;
-            let logits = logits.to_vec2::<f32>()?;
             let mut token_logprobs = Vec::with_capacity(clen);
             let mut is_greedy = true;
             for t in 0..clen {
                 let target = ids[plen + t];
-                token_logprobs.push(lsm[t][target as usize] as f64);
-                if generate::argmax(&logits[t]) != target {
+                token_logprobs.push(lsm[at + t][target as usize] as f64);
+                if generate::argmax(&logits[at + t]) != target {
                     is_greedy = false;
                 }
             }
+            at += clen;
             let sum = token_logprobs.iter().sum();
             results.push(LogLikelihood {
                 token_logprobs,
