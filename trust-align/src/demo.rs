@@ -115,10 +115,16 @@ impl DemoConfig {
 /// HF beam-sample decoding for toxicity and stereotype. Other protocols (`paper-text`,
 /// `decodingtrust`, `corrected`, ...) can be set in [`DemoConfig::protocols`].
 pub fn default_protocols() -> Vec<(String, String)> {
-    ["toxicity", "stereotype", "machine_ethics", "truthfulness", "privacy"]
-        .iter()
-        .map(|v| (v.to_string(), "paper".to_string()))
-        .collect()
+    [
+        "toxicity",
+        "stereotype",
+        "machine_ethics",
+        "truthfulness",
+        "privacy",
+    ]
+    .iter()
+    .map(|v| (v.to_string(), "paper".to_string()))
+    .collect()
 }
 
 /// Errors of the demo.
@@ -211,7 +217,9 @@ pub struct DemoReport {
 
 fn last_log(dir: &Path) -> Option<StepLog> {
     let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
-    text.lines().rev().find_map(|l| serde_json::from_str(l).ok())
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
 }
 
 fn stage_complete(dir: &Path, steps: usize) -> bool {
@@ -434,8 +442,43 @@ pub async fn run(
         serde_json::to_string_pretty(&report).map_err(|e| trust_core::Error::json("report", e))?;
     let p = out.join("report.json");
     std::fs::write(&p, json + "\n").map_err(|e| trust_core::Error::io(&p, e))?;
+    // The HTML and Markdown views come from trust-report (the same renderer as `trust report`),
+    // over the evaluation runs, with the attribution and the disclaimer.
+    let dirs: Vec<PathBuf> = report
+        .checkpoints
+        .iter()
+        .map(|c| out.join("eval").join(c))
+        .collect();
+    let mut view = trust_report::build_from_dirs(
+        &dirs,
+        Some(&report.checkpoints),
+        Some(&out.join("report.json")),
+    )
+    .map_err(|e| DemoError::Other(format!("report: {e}")))?;
+    view.notes.push(DISCLAIMER.to_string());
+    view.notes.push(format!(
+        "Training (last step): {}. Toxicity scorer: {}.",
+        report
+            .training
+            .iter()
+            .map(|(stage, l)| match l.margin {
+                Some(m) => format!(
+                    "{stage} loss {:.3}, DPO margin {m:.3}, reward accuracy {:.2}",
+                    l.loss,
+                    l.reward_accuracy.unwrap_or(0.0)
+                ),
+                None => format!("{stage} loss {:.3}", l.loss),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        report.toxicity_scorer
+    ));
     let p = out.join("report.html");
-    std::fs::write(&p, crate::html::render(&report)).map_err(|e| trust_core::Error::io(&p, e))?;
+    std::fs::write(&p, trust_report::html::render(&view))
+        .map_err(|e| trust_core::Error::io(&p, e))?;
+    let md = out.join("report.md");
+    std::fs::write(&md, trust_report::markdown::render(&view))
+        .map_err(|e| trust_core::Error::io(&md, e))?;
     log(&format!(
         "wrote {} and {}",
         out.join("report.json").display(),

@@ -7,12 +7,11 @@
 pub mod attribute;
 pub mod demo;
 pub mod hh;
-pub mod html;
 pub mod lexical;
 pub mod lora;
 pub mod losses;
 pub mod optim;
 pub mod reward;
-pub mod tiny;
 pub mod test_pairs;
+pub mod tiny;
 pub mod train;

@@ -48,7 +48,9 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     let scores = std::fs::read_to_string(out.path().join("attribution_scores.jsonl")).unwrap();
     assert_eq!(scores.lines().count(), 8);
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
-    assert!(html.contains("not the paper's findings") && html.contains("<svg") && !html.contains("<script"));
+    assert!(html.contains("its numbers are not the paper") && html.contains("<svg") && !html.contains("<script"));
+    assert!(html.contains("attribution"), "attributed pairs missing from the HTML");
+    assert!(std::fs::read_to_string(out.path().join("report.md")).unwrap().contains("base vs sft vs dpo"));
     assert!(first_log.contains("[2/6] pretrain: 4 steps"));
 
     // Rerun: every training stage is cached and the results are identical.

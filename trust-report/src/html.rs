@@ -61,6 +61,13 @@ pub fn render(report: &Report) -> String {
         report.schema_version,
         esc(labels.first().map(String::as_str).unwrap_or("")),
     );
+    for note in &report.notes {
+        let _ = write!(
+            h,
+            "<p class=\"warn\" style=\"background:#fff4d6;border:1px solid #e0c060;padding:.8em\">{}</p>",
+            esc(note)
+        );
+    }
     h.push_str("<table id=\"checkpoints\"><tr><th class=l>checkpoint</th><th class=l>run directory</th><th class=l>model</th></tr>");
     for (i, c) in report.checkpoints.iter().enumerate() {
         let model = c

@@ -381,6 +381,10 @@ pub struct Report {
     pub pii_leakage: Vec<MetricRow>,
     /// Attributed training pairs, when an attribution file was given.
     pub attribution: Option<Attribution>,
+    /// Notes shown first to readers (e.g. what a demo's numbers do not mean). Optional in
+    /// schema 1; absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -491,6 +495,7 @@ impl Report {
             stereotype_heatmap,
             pii_leakage,
             attribution,
+            notes: Vec::new(),
         }
     }
 }
@@ -619,6 +624,24 @@ pub fn escape_html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_are_shown_first_and_escaped_and_omitted_when_empty() {
+        let mut r = Report::build(Vec::new(), None);
+        assert!(!serde_json::to_string(&r).unwrap().contains("notes"));
+        r.notes.push("tiny model <demo> only".into());
+        let html = crate::html::render(&r);
+        let note = html
+            .find("tiny model &lt;demo&gt; only")
+            .expect("note rendered, escaped");
+        assert!(
+            note < html.find("id=\"checkpoints\"").unwrap(),
+            "note comes before the tables"
+        );
+        assert!(crate::markdown::render(&r).contains("> tiny model"));
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.notes, r.notes);
+    }
 
     #[test]
     fn metric_names_split_into_base_and_slice() {

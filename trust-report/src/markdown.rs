@@ -77,6 +77,9 @@ pub fn render(report: &Report) -> String {
         report.schema_version,
         md(labels.first().map(String::as_str).unwrap_or(""))
     );
+    for note in &report.notes {
+        let _ = writeln!(out, "> {}\n", md(note));
+    }
     for c in &report.checkpoints {
         let _ = writeln!(out, "- **{}**: `{}`", md(&c.label), md(&c.source));
     }
