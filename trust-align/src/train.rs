@@ -484,7 +484,7 @@ pub struct StepLog {
     pub reward_accuracy: Option<f64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct CheckpointState {
     step: usize,
     config: TrainConfig,
@@ -653,7 +653,7 @@ pub fn train(
                 &opt,
                 &CheckpointState {
                     step: step + 1,
-                    ..state_clone(&state)
+                    ..state.clone()
                 },
                 &ckpt,
             )?;
@@ -677,15 +677,6 @@ pub fn train(
         a.save(&out_dir.join("adapter"))?;
     }
     Ok(logs)
-}
-
-fn state_clone(s: &CheckpointState) -> CheckpointState {
-    CheckpointState {
-        step: s.step,
-        config: s.config.clone(),
-        data_sha256: s.data_sha256.clone(),
-        model_dir: s.model_dir.clone(),
-    }
 }
 
 fn save_checkpoint(
