@@ -2,22 +2,10 @@
 //! --minimal` (base → SFT → DPO, evaluated on all verticals).
 #![cfg(feature = "candle")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("TRUST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
-}
-
-fn trust(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trust"))
-        .args(args)
-        .env("TRUST_DATA_DIR", data_dir())
-        .output()
-        .expect("run trust")
-}
+mod common;
+use common::{data_dir, trust};
+use std::path::Path;
+use std::process::Output;
 
 fn ok(out: &Output) {
     assert!(

@@ -3,11 +3,8 @@
 
 use std::process::Command;
 
-fn data_dir() -> std::path::PathBuf {
-    std::env::var_os("TRUST_DATA_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
-}
+mod common;
+use common::data_dir;
 
 #[test]
 fn minimal_demo_runs_every_stage_and_resumes() {
@@ -20,17 +17,40 @@ fn minimal_demo_runs_every_stage_and_resumes() {
             .arg(out.path())
             .output()
             .unwrap();
-        assert!(o.status.success(), "demo failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "demo failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stderr).to_string()
     };
     let first_log = run();
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
-    assert!(report["disclaimer"].as_str().unwrap().contains("not the paper's findings"));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert!(
+        report["disclaimer"]
+            .as_str()
+            .unwrap()
+            .contains("not the paper's findings")
+    );
     for ckpt in ["base", "sft", "dpo"] {
         let r = &report["results"][ckpt];
-        for v in ["toxicity", "stereotype", "machine_ethics", "truthfulness", "privacy"] {
-            assert!(r[v]["n_samples"].as_u64().unwrap() >= 1, "{ckpt}/{v}: {}", r[v]);
-            assert!(!r[v]["metrics"].as_array().unwrap().is_empty(), "{ckpt}/{v}");
+        for v in [
+            "toxicity",
+            "stereotype",
+            "machine_ethics",
+            "truthfulness",
+            "privacy",
+        ] {
+            assert!(
+                r[v]["n_samples"].as_u64().unwrap() >= 1,
+                "{ckpt}/{v}: {}",
+                r[v]
+            );
+            assert!(
+                !r[v]["metrics"].as_array().unwrap().is_empty(),
+                "{ckpt}/{v}"
+            );
         }
     }
     for stage in ["pretrain", "sft", "dpo"] {
@@ -48,17 +68,38 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     let scores = std::fs::read_to_string(out.path().join("attribution_scores.jsonl")).unwrap();
     assert_eq!(scores.lines().count(), 8);
     let html = std::fs::read_to_string(out.path().join("report.html")).unwrap();
-    assert!(html.contains("its numbers are not the paper") && html.contains("<svg") && !html.contains("<script"));
-    assert!(html.contains("attribution"), "attributed pairs missing from the HTML");
-    assert!(std::fs::read_to_string(out.path().join("report.md")).unwrap().contains("base vs sft vs dpo"));
+    assert!(
+        html.contains("its numbers are not the paper")
+            && html.contains("<svg")
+            && !html.contains("<script")
+    );
+    assert!(
+        html.contains("attribution"),
+        "attributed pairs missing from the HTML"
+    );
+    assert!(
+        std::fs::read_to_string(out.path().join("report.md"))
+            .unwrap()
+            .contains("base vs sft vs dpo")
+    );
     assert!(first_log.contains("[2/6] pretrain: 4 steps"));
 
     // Rerun: every training stage is cached and the results are identical.
     let second_log = run();
-    assert!(second_log.contains("pretrain: done (cached)") && second_log.contains("dpo: done (cached)"), "{second_log}");
-    let again: serde_json::Value = serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert!(
+        second_log.contains("pretrain: done (cached)") && second_log.contains("dpo: done (cached)"),
+        "{second_log}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
     // Compare as text: a fresh run's in-memory values and the rerun's values read back from
     // samples.jsonl must agree to the last bit (JSON floats round-trip exactly).
-    assert!(report["results"] == again["results"], "results differ after resume");
-    assert!(report["attribution"] == again["attribution"], "attribution differs after resume");
+    assert!(
+        report["results"] == again["results"],
+        "results differ after resume"
+    );
+    assert!(
+        report["attribution"] == again["attribution"],
+        "attribution differs after resume"
+    );
 }

@@ -5,24 +5,12 @@
 //! Without Chromium the rendering test is skipped loudly, unless `CI` is set, where it fails.
 //! Install it with `apt-get install -y --no-install-recommends chromium` (Debian).
 
+mod common;
+use common::trust;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("TRUST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
-}
-
-fn trust(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trust"))
-        .args(args)
-        .env("TRUST_DATA_DIR", data_dir())
-        .output()
-        .expect("run trust")
-}
 
 fn ok(out: &Output) {
     assert!(

@@ -1,21 +1,8 @@
 //! End-to-end tests of `trust score` and `trust eval` (mock model, mock scorer, real data).
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("TRUST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
-}
-
-fn trust(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trust"))
-        .args(args)
-        .env("TRUST_DATA_DIR", data_dir())
-        .output()
-        .expect("run trust")
-}
+mod common;
+use common::{data_dir, trust};
+use std::process::Output;
 
 fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)

@@ -2,9 +2,11 @@
 //! tiny GPT-NeoX fixture through the candle backend, faults injected with its hidden
 //! `--fault-plan` / `--fault-prompt` options.
 
+mod common;
+use common::data_dir;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,12 +23,6 @@ const FIXTURE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../shared/fixtures/hf/tiny-gpt-neox"
 );
-
-fn data_dir() -> PathBuf {
-    std::env::var_os("TRUST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
-}
 
 /// A `trust serve` child process on a loopback port chosen by the system; killed on drop.
 struct Server {
