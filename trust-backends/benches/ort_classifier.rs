@@ -31,7 +31,9 @@ const TEXTS: &[&str] = &[
 ];
 
 fn texts(n: usize, offset: usize) -> Vec<String> {
-    (0..n).map(|i| TEXTS[(i + offset) % TEXTS.len()].to_string()).collect()
+    (0..n)
+        .map(|i| TEXTS[(i + offset) % TEXTS.len()].to_string())
+        .collect()
 }
 
 fn load(dir: &Path, sessions: usize, intra_threads: usize, batch_size: usize) -> OrtClassifier {
@@ -39,7 +41,11 @@ fn load(dir: &Path, sessions: usize, intra_threads: usize, batch_size: usize) ->
         dir,
         OrtClassifierOptions {
             batch_size,
-            session: SessionOptions { sessions: Some(sessions), intra_threads, ..Default::default() },
+            session: SessionOptions {
+                sessions: Some(sessions),
+                intra_threads,
+                ..Default::default()
+            },
             ..Default::default()
         },
     )
@@ -69,7 +75,10 @@ fn measure(clf: Arc<OrtClassifier>, callers: usize, batch: usize, secs: Duration
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("caller panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("caller panicked"))
+            .collect()
     });
     counts.iter().sum::<usize>() as f64 / start.elapsed().as_secs_f64()
 }
@@ -90,9 +99,14 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let secs = Duration::from_secs_f64(
-        std::env::var("TRUST_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3.0),
+        std::env::var("TRUST_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3.0),
     );
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut dirs = vec![(
         "tiny-classifier (fixture, 1 layer x 32 hidden)".to_string(),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx/tiny-classifier"),
@@ -102,13 +116,22 @@ fn main() {
             dirs.push((d.to_string(), PathBuf::from(d)));
         }
     }
-    println!("ort_classifier throughput ({cores} CPU cores, {:.0} s per measurement)", secs.as_secs_f64());
-    println!("{:<48} {:>6} {:>34} {:>12}", "model", "batch", "setup", "texts/s");
+    println!(
+        "ort_classifier throughput ({cores} CPU cores, {:.0} s per measurement)",
+        secs.as_secs_f64()
+    );
+    println!(
+        "{:<48} {:>6} {:>34} {:>12}",
+        "model", "batch", "setup", "texts/s"
+    );
     for (name, dir) in &dirs {
         for batch in [1usize, 32] {
             let one = Arc::new(load(dir, 1, 0, batch));
             let tps = measure(one, 1, batch, secs);
-            println!("{name:<48} {batch:>6} {:>34} {tps:>12.1}", "1 caller, 1 session x all threads");
+            println!(
+                "{name:<48} {batch:>6} {:>34} {tps:>12.1}",
+                "1 caller, 1 session x all threads"
+            );
             let pool = Arc::new(load(dir, cores, 1, batch));
             let tps = measure(pool, cores, batch, secs);
             let setup = format!("{cores} callers, {cores} sessions x 1 thread");

@@ -25,31 +25,52 @@ fn expected() -> Value {
 type Case = (String, Vec<f64>, Vec<f64>, Vec<f64>);
 
 fn cases() -> Vec<Case> {
-    let f = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+    let f = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect::<Vec<f64>>()
+    };
     expected()["cases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["text"].as_str().unwrap().to_string(), f(&c["logits"]), f(&c["sigmoid"]), f(&c["softmax"])))
+        .map(|c| {
+            (
+                c["text"].as_str().unwrap().to_string(),
+                f(&c["logits"]),
+                f(&c["sigmoid"]),
+                f(&c["softmax"]),
+            )
+        })
         .collect()
 }
 
 fn options(sessions: usize, batch_size: usize) -> OrtClassifierOptions {
     OrtClassifierOptions {
         batch_size,
-        session: SessionOptions { sessions: Some(sessions), ..Default::default() },
+        session: SessionOptions {
+            sessions: Some(sessions),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
 
 fn load(opts: OrtClassifierOptions) -> OrtClassifier {
-    OrtClassifier::from_dir(fixture_dir(), opts).unwrap_or_else(|e| panic!("loading tiny-classifier: {e}"))
+    OrtClassifier::from_dir(fixture_dir(), opts)
+        .unwrap_or_else(|e| panic!("loading tiny-classifier: {e}"))
 }
 
 fn assert_close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= TOL, "{what}[{i}]: got {g}, want {w} (|diff| {} > {TOL})", (g - w).abs());
+        assert!(
+            (g - w).abs() <= TOL,
+            "{what}[{i}]: got {g}, want {w} (|diff| {} > {TOL})",
+            (g - w).abs()
+        );
     }
 }
 
@@ -57,14 +78,25 @@ fn assert_close(got: &[f64], want: &[f64], what: &str) {
 async fn info_comes_from_config_and_model_file() {
     let clf = load(options(1, 32));
     let info = clf.info();
-    let want: Vec<String> =
-        expected()["labels"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let want: Vec<String> = expected()["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(info.labels, want);
     assert_eq!(info.primary.as_deref(), Some("toxicity"));
-    assert_eq!(clf.activation(), Activation::Sigmoid, "config problem_type is multi_label_classification");
+    assert_eq!(
+        clf.activation(),
+        Activation::Sigmoid,
+        "config problem_type is multi_label_classification"
+    );
     use sha2::Digest;
     let bytes = std::fs::read(fixture_dir().join("model.onnx")).unwrap();
-    assert_eq!(info.weights_sha256.as_deref(), Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str()));
+    assert_eq!(
+        info.weights_sha256.as_deref(),
+        Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str())
+    );
     assert_eq!(info.label_index("threat").unwrap(), 3);
 }
 
@@ -88,7 +120,10 @@ async fn scores_match_reference_sigmoid_and_logits() {
 
 #[tokio::test]
 async fn activation_option_overrides_problem_type() {
-    let clf = load(OrtClassifierOptions { activation: Some(Activation::Softmax), ..options(1, 32) });
+    let clf = load(OrtClassifierOptions {
+        activation: Some(Activation::Softmax),
+        ..options(1, 32)
+    });
     let cases = cases();
     let texts: Vec<String> = cases.iter().map(|c| c.0.clone()).collect();
     for ((text, _, _, softmax), s) in cases.iter().zip(clf.score(&texts).await) {
@@ -107,17 +142,29 @@ async fn results_do_not_depend_on_batching_or_pool_size() {
         assert_eq!(clf.sessions(), sessions);
         let all = clf.score(&texts).await;
         for ((text, _, sigmoid, _), s) in cases.iter().zip(&all) {
-            assert_close(&s.as_ref().unwrap().values, sigmoid, &format!("{text:?} (sessions {sessions}, batch {batch})"));
+            assert_close(
+                &s.as_ref().unwrap().values,
+                sigmoid,
+                &format!("{text:?} (sessions {sessions}, batch {batch})"),
+            );
         }
         // One at a time, and in reverse order.
         for ((text, _, sigmoid, _), t) in cases.iter().zip(&texts) {
             let one = clf.score(std::slice::from_ref(t)).await;
-            assert_close(&one[0].as_ref().unwrap().values, sigmoid, &format!("{text:?} alone"));
+            assert_close(
+                &one[0].as_ref().unwrap().values,
+                sigmoid,
+                &format!("{text:?} alone"),
+            );
         }
         let rev: Vec<String> = texts.iter().rev().cloned().collect();
         let back = clf.score(&rev).await;
         for ((text, _, sigmoid, _), s) in cases.iter().rev().zip(&back) {
-            assert_close(&s.as_ref().unwrap().values, sigmoid, &format!("{text:?} reversed"));
+            assert_close(
+                &s.as_ref().unwrap().values,
+                sigmoid,
+                &format!("{text:?} reversed"),
+            );
         }
     }
 }
@@ -139,7 +186,11 @@ async fn concurrent_tasks_share_one_scorer() {
                 let got = clf.score(&texts).await;
                 assert_eq!(got.len(), n);
                 for (&i, s) in order.iter().zip(&got) {
-                    assert_close(&s.as_ref().unwrap().values, &cases[i].2, &format!("task {task}: {:?}", cases[i].0));
+                    assert_close(
+                        &s.as_ref().unwrap().values,
+                        &cases[i].2,
+                        &format!("task {task}: {:?}", cases[i].0),
+                    );
                 }
             }
             task
@@ -159,7 +210,11 @@ async fn empty_text_fails_alone() {
     let texts = vec![cases[0].0.clone(), String::new(), cases[1].0.clone()];
     let got = clf.score(&texts).await;
     assert_close(&got[0].as_ref().unwrap().values, &cases[0].2, "first");
-    assert!(matches!(got[1], Err(ScorerError::InvalidInput(_))), "{:?}", got[1]);
+    assert!(
+        matches!(got[1], Err(ScorerError::InvalidInput(_))),
+        "{:?}",
+        got[1]
+    );
     assert_close(&got[2].as_ref().unwrap().values, &cases[1].2, "third");
 }
 
@@ -167,12 +222,21 @@ async fn empty_text_fails_alone() {
 fn model_without_input_ids_is_rejected() {
     let err = OrtClassifier::from_dir(
         fixture_dir(),
-        OrtClassifierOptions { model_file: Some("bad_inputs.onnx".into()), ..options(1, 32) },
+        OrtClassifierOptions {
+            model_file: Some("bad_inputs.onnx".into()),
+            ..options(1, 32)
+        },
     )
     .unwrap_err();
-    assert!(matches!(err, BackendError::ModelSignature { .. }), "{err:?}");
+    assert!(
+        matches!(err, BackendError::ModelSignature { .. }),
+        "{err:?}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("input_ids") && msg.contains("tokens") && msg.contains("bad_inputs.onnx"), "{msg}");
+    assert!(
+        msg.contains("input_ids") && msg.contains("tokens") && msg.contains("bad_inputs.onnx"),
+        "{msg}"
+    );
 }
 
 fn copy_fixture_without(skip: &str) -> tempfile::TempDir {
@@ -198,11 +262,17 @@ fn a_file_that_is_not_onnx_is_rejected() {
 fn missing_files_are_named() {
     let tmp = copy_fixture_without("model.onnx");
     let err = OrtClassifier::from_dir(tmp.path(), options(1, 32)).unwrap_err();
-    assert!(matches!(err, BackendError::Io { .. }) && err.to_string().contains("model.onnx"), "{err}");
+    assert!(
+        matches!(err, BackendError::Io { .. }) && err.to_string().contains("model.onnx"),
+        "{err}"
+    );
 
     let tmp = copy_fixture_without("tokenizer.json");
     let err = OrtClassifier::from_dir(tmp.path(), options(1, 32)).unwrap_err();
-    assert!(matches!(err, BackendError::Tokenizer { .. }) && err.to_string().contains("tokenizer.json"), "{err}");
+    assert!(
+        matches!(err, BackendError::Tokenizer { .. }) && err.to_string().contains("tokenizer.json"),
+        "{err}"
+    );
 
     let err = OrtClassifier::from_dir(fixture_dir().join("nope"), options(1, 32)).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
@@ -211,7 +281,11 @@ fn missing_files_are_named() {
 #[test]
 fn labels_must_match_the_logits() {
     let tmp = copy_fixture_without("config.json");
-    std::fs::write(tmp.path().join("config.json"), r#"{"id2label": {"0": "toxic", "1": "ok"}}"#).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"id2label": {"0": "toxic", "1": "ok"}}"#,
+    )
+    .unwrap();
     let err = OrtClassifier::from_dir(tmp.path(), options(1, 32)).unwrap_err();
     assert!(err.to_string().contains("2 labels"), "{err}");
 
@@ -226,11 +300,23 @@ fn labels_must_match_the_logits() {
 
 #[test]
 fn unknown_primary_label_is_rejected_and_a_known_one_is_kept() {
-    let err = OrtClassifier::from_dir(fixture_dir(), OrtClassifierOptions { primary: Some("spam".into()), ..options(1, 32) })
-        .unwrap_err();
+    let err = OrtClassifier::from_dir(
+        fixture_dir(),
+        OrtClassifierOptions {
+            primary: Some("spam".into()),
+            ..options(1, 32)
+        },
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("spam"), "{err}");
-    let clf = OrtClassifier::from_dir(fixture_dir(), OrtClassifierOptions { primary: Some("insult".into()), ..options(1, 32) })
-        .unwrap();
+    let clf = OrtClassifier::from_dir(
+        fixture_dir(),
+        OrtClassifierOptions {
+            primary: Some("insult".into()),
+            ..options(1, 32)
+        },
+    )
+    .unwrap();
     assert_eq!(clf.info().primary.as_deref(), Some("insult"));
 }
 
@@ -248,7 +334,10 @@ fn missing_library_path_names_the_install_script() {
     assert!(matches!(err, BackendError::OrtLibrary { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
-    assert!(msg.contains("scripts/install-onnxruntime.sh") && msg.contains("ORT_DYLIB_PATH"), "{msg}");
+    assert!(
+        msg.contains("scripts/install-onnxruntime.sh") && msg.contains("ORT_DYLIB_PATH"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -269,7 +358,11 @@ fn cuda_without_a_cuda_provider_is_an_explicit_error() {
     // instead of silently running on the CPU.
     use trust_backends::ort::OrtDevice;
     let opts = OrtClassifierOptions {
-        session: SessionOptions { sessions: Some(1), device: OrtDevice::Cuda(0), ..Default::default() },
+        session: SessionOptions {
+            sessions: Some(1),
+            device: OrtDevice::Cuda(0),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let err = OrtClassifier::from_dir(fixture_dir(), opts).unwrap_err();

@@ -39,8 +39,10 @@ pub struct EvalArgs {
     /// Generations per prompt, for protocols that have k (toxicity, stereotype).
     #[arg(long)]
     samples: Option<usize>,
-    /// Requests per model call.
-    #[arg(long, default_value_t = 8)]
+    /// Requests per model call (and, for local models, rows per scoring pass). Local models
+    /// decode the requests of a call together, up to 64 rows per forward pass; results do not
+    /// depend on it.
+    #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Run seed.
     #[arg(long, default_value_t = 0)]

@@ -76,7 +76,19 @@ mod progress;
 #[cfg(all(feature = "candle", feature = "http"))]
 mod serve_cmd;
 
+/// On small machines (at most 4 CPUs) candle's spinning element-wise thread pool costs more than
+/// it saves (measured in BENCHMARKS.md: 1.5x-1.7x slower scoring on 2 cores): unless the user
+/// chose, size it to one thread. Matrix products still use all cores (rayon).
+fn default_candle_threads() {
+    let small = std::thread::available_parallelism().is_ok_and(|n| n.get() <= 4);
+    if small && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: first statement of `main`, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 fn main() {
+    default_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -7,10 +7,13 @@
 //! to floating-point rounding (about 1e-6 on the HF fixtures).
 
 use candle_core::{D, DType, Result, Tensor};
+use rayon::prelude::*;
 use trust_core::rng::SplitMix64;
 use trust_core::{Completion, FinishReason};
 
 use super::CausalLm;
+use super::beam::{BeamRun, BeamSpec};
+use super::layers::KvCache;
 
 /// How a row picks its next token.
 #[derive(Debug, Clone)]
@@ -73,116 +76,396 @@ fn decode(tok: &tokenizers::Tokenizer, ids: &[u32]) -> Result<String> {
         .map_err(|e| candle_core::Error::Msg(format!("decode: {e}")))
 }
 
-/// Decodes all rows together (one batch). Rows must fit the model's context (checked by callers).
+/// One group's share of a forward pass: `b` rows (the rows of `key_mask`) of `t` new tokens.
+#[derive(Debug)]
+pub(crate) struct Step<'a> {
+    /// `[b * t]` token ids, row-major.
+    pub(crate) ids: &'a [u32],
+    /// `[b * t]` position ids.
+    pub(crate) positions: &'a [u32],
+    /// Per row, 1 (attend) or 0 over all `past + t` key positions.
+    pub(crate) key_mask: &'a [Vec<u32>],
+    /// The group's cache (appended to).
+    pub(crate) cache: &'a mut KvCache,
+}
+
+/// The input of a group's next forward pass.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StepInput {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) positions: Vec<u32>,
+    pub(crate) key_mask: Vec<Vec<u32>>,
+}
+
+/// Rows decoded together as one group (left-padded when their prompts differ in length).
+struct RowGroup {
+    rows: Vec<RowSpec>,
+    state: Vec<RowState>,
+    next_pos: Vec<u32>,
+    max_pos: u32,
+}
+
+impl RowGroup {
+    fn new(rows: Vec<RowSpec>, max_pos: u32) -> (Self, StepInput) {
+        let state: Vec<RowState> = rows
+            .iter()
+            .map(|r| RowState {
+                tokens: Vec::new(),
+                done: (r.max_new_tokens == 0).then_some(FinishReason::Length),
+                cut_text: None,
+            })
+            .collect();
+        let b = rows.len();
+        let l = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        let mut input = StepInput {
+            ids: Vec::with_capacity(b * l),
+            positions: Vec::with_capacity(b * l),
+            key_mask: Vec::with_capacity(b),
+        };
+        let mut next_pos = Vec::with_capacity(b);
+        for r in rows.iter() {
+            let pad = l - r.prompt.len();
+            input.ids.extend(std::iter::repeat_n(0u32, pad));
+            input.ids.extend_from_slice(&r.prompt);
+            let mut m = vec![0u32; pad];
+            m.extend(std::iter::repeat_n(1u32, r.prompt.len()));
+            input.key_mask.push(m);
+            input.positions.extend(std::iter::repeat_n(1u32, pad));
+            input.positions.extend(0..r.prompt.len() as u32);
+            next_pos.push(r.prompt.len() as u32);
+        }
+        (
+            RowGroup {
+                rows,
+                state,
+                next_pos,
+                max_pos,
+            },
+            input,
+        )
+    }
+
+    fn all_done(&self) -> bool {
+        self.state.iter().all(|s| s.done.is_some())
+    }
+
+    /// Picks each row's next token from `logits` `[b, vocab]`; returns whether the group is done
+    /// (else `input` holds the next step).
+    fn advance(
+        &mut self,
+        tok: &tokenizers::Tokenizer,
+        logits: &Tensor,
+        input: &mut StepInput,
+    ) -> Result<bool> {
+        let logits = logits.to_vec2::<f32>()?;
+        for (i, (r, s)) in self.rows.iter_mut().zip(self.state.iter_mut()).enumerate() {
+            if s.done.is_some() {
+                continue;
+            }
+            let tokid = r.sampler.pick(&logits[i]);
+            if r.stop_ids.contains(&tokid) {
+                s.done = Some(FinishReason::StopToken);
+                continue;
+            }
+            s.tokens.push(tokid);
+            if !r.stop_strings.is_empty() {
+                let text = decode(tok, &s.tokens)?;
+                let hit = r
+                    .stop_strings
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .filter_map(|x| text.find(x.as_str()))
+                    .min();
+                if let Some(at) = hit {
+                    s.cut_text = Some(text[..at].to_string());
+                    s.done = Some(FinishReason::StopString);
+                    continue;
+                }
+            }
+            if s.tokens.len() >= r.max_new_tokens {
+                s.done = Some(FinishReason::Length);
+            }
+        }
+        if self.all_done() {
+            return Ok(true);
+        }
+        input.ids.clear();
+        input.positions.clear();
+        for (i, s) in self.state.iter().enumerate() {
+            input.ids.push(if s.done.is_none() {
+                *s.tokens.last().unwrap_or(&0)
+            } else {
+                0
+            });
+            input
+                .positions
+                .push(self.next_pos[i].min(self.max_pos.saturating_sub(1)));
+            self.next_pos[i] += 1;
+            input.key_mask[i].push(1);
+        }
+        Ok(false)
+    }
+
+    fn finish(self, tok: &tokenizers::Tokenizer) -> Result<Vec<Completion>> {
+        self.state
+            .into_iter()
+            .map(|s| {
+                let text = match s.cut_text {
+                    Some(t) => t,
+                    None => decode(tok, &s.tokens)?,
+                };
+                Ok(Completion {
+                    text,
+                    token_ids: s.tokens,
+                    finish_reason: s.done.unwrap_or(FinishReason::Length),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A unit of generation work for [`run`].
+#[derive(Debug, Clone)]
+pub(crate) enum Work {
+    /// Rows decoded as one group (one completion each, in row order).
+    Rows(Vec<RowSpec>),
+    /// One beam search (`n` completions, best first).
+    Beam(BeamSpec),
+}
+
+impl Work {
+    fn rows(&self) -> usize {
+        match self {
+            Work::Rows(r) => r.len(),
+            Work::Beam(b) => b.num_beams,
+        }
+    }
+}
+
+enum Job {
+    Rows(RowGroup),
+    Beam(Box<BeamRun>),
+}
+
+struct Active {
+    work: usize,
+    job: Job,
+    cache: KvCache,
+    input: StepInput,
+}
+
+/// Decodes all `works`, keeping up to `max_rows` rows in flight: every forward pass steps all
+/// active groups together (their prompts, on admission, included), and a finished group's
+/// place goes to the next work in order. Because groups never share attention and the
+/// position-wise layers treat rows independently (see [`CausalLm::forward_steps`]), each work's
+/// completions are the same whichever works share its passes. A work larger than `max_rows`
+/// runs alone. `on_done(i, result)` is called as work `i` finishes, in completion order.
+pub(crate) fn run(
+    lm: &CausalLm,
+    tok: &tokenizers::Tokenizer,
+    works: Vec<Work>,
+    max_rows: usize,
+    mut on_done: impl FnMut(usize, Result<Vec<Completion>>),
+) {
+    let max_pos = lm.max_positions() as u32;
+    let mut queue = works.into_iter().enumerate().peekable();
+    let mut active: Vec<Active> = Vec::new();
+    loop {
+        let mut in_flight: usize = active.iter().map(|a| a.input.key_mask.len().max(1)).sum();
+        while let Some((_, w)) = queue.peek() {
+            let need = w.rows();
+            if !active.is_empty() && in_flight + need > max_rows {
+                break;
+            }
+            let (i, w) = queue.next().expect("peeked");
+            in_flight += need;
+            match w {
+                Work::Rows(rows) => {
+                    let (g, input) = RowGroup::new(rows, max_pos);
+                    if g.all_done() {
+                        on_done(i, g.finish(tok));
+                        continue;
+                    }
+                    active.push(Active {
+                        work: i,
+                        job: Job::Rows(g),
+                        cache: lm.new_cache(),
+                        input,
+                    });
+                }
+                Work::Beam(spec) => match BeamRun::new(spec) {
+                    Ok((b, input)) => active.push(Active {
+                        work: i,
+                        job: Job::Beam(Box::new(b)),
+                        cache: lm.new_cache(),
+                        input,
+                    }),
+                    Err(done) => on_done(i, Ok(done)),
+                },
+            }
+        }
+        if active.is_empty() {
+            break;
+        }
+        let logits = (|| {
+            let mut steps: Vec<Step> = active
+                .iter_mut()
+                .map(|a| Step {
+                    ids: &a.input.ids,
+                    positions: &a.input.positions,
+                    key_mask: &a.input.key_mask,
+                    cache: &mut a.cache,
+                })
+                .collect();
+            let hidden = lm.forward_steps(&mut steps)?;
+            lm.lm_head_rows(&hidden)
+        })();
+        let logits = match logits {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = e.to_string();
+                for a in active.drain(..) {
+                    on_done(a.work, Err(candle_core::Error::Msg(msg.clone())));
+                }
+                continue;
+            }
+        };
+        // Each group picks its tokens (or steps its search) on its own rows of the logits; the
+        // groups are independent, so they advance in parallel.
+        let mut offsets = Vec::with_capacity(active.len());
+        let mut off = 0;
+        for a in &active {
+            offsets.push(off);
+            off += a.input.key_mask.len();
+        }
+        let results: Vec<Result<bool>> = active
+            .par_iter_mut()
+            .zip(offsets)
+            .map(|(a, off)| {
+                let b = a.input.key_mask.len();
+                let lg = logits.narrow(0, off, b)?;
+                match &mut a.job {
+                    Job::Rows(g) => g.advance(tok, &lg, &mut a.input),
+                    Job::Beam(bm) => bm.advance(&lg, &mut a.cache, &mut a.input),
+                }
+            })
+            .collect();
+        let mut still = Vec::with_capacity(active.len());
+        for (a, res) in active.drain(..).zip(results) {
+            match res {
+                Ok(false) => still.push(a),
+                Ok(true) => {
+                    let out = match a.job {
+                        Job::Rows(g) => g.finish(tok),
+                        Job::Beam(bm) => bm.finish(tok),
+                    };
+                    on_done(a.work, out);
+                }
+                Err(e) => on_done(a.work, Err(e)),
+            }
+        }
+        active = still;
+    }
+}
+
+/// Decodes all rows together as one group. Rows must fit the model's context (checked by
+/// callers).
 pub fn generate_batch(
     lm: &CausalLm,
     tok: &tokenizers::Tokenizer,
     rows: &mut [RowSpec],
 ) -> Result<Vec<Completion>> {
-    let b = rows.len();
-    let mut state: Vec<RowState> = rows
-        .iter()
-        .map(|r| RowState {
-            tokens: Vec::new(),
-            done: (r.max_new_tokens == 0).then_some(FinishReason::Length),
-            cut_text: None,
-        })
-        .collect();
-    if b > 0 && state.iter().any(|s| s.done.is_none()) {
-        let dev = lm.device().clone();
-        let l = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * l);
-        let mut key_mask: Vec<Vec<u32>> = Vec::with_capacity(b);
-        let mut pos = Vec::with_capacity(b * l);
-        let mut next_pos = Vec::with_capacity(b);
-        for r in rows.iter() {
-            let pad = l - r.prompt.len();
-            ids.extend(std::iter::repeat_n(0u32, pad));
-            ids.extend_from_slice(&r.prompt);
-            let mut m = vec![0u32; pad];
-            m.extend(std::iter::repeat_n(1u32, r.prompt.len()));
-            key_mask.push(m);
-            pos.extend(std::iter::repeat_n(1u32, pad));
-            pos.extend(0..r.prompt.len() as u32);
-            next_pos.push(r.prompt.len() as u32);
-        }
-        let max_pos = lm.max_positions() as u32;
-        let mut cache = lm.new_cache();
-        let mut input = Tensor::from_vec(ids, (b, l), &dev)?;
-        let mut positions = Tensor::from_vec(pos, (b, l), &dev)?;
-        loop {
-            let t = input.dim(1)?;
-            let hidden = lm.forward_hidden_with(&input, &key_mask, &positions, Some(&mut cache))?;
-            let last = hidden.narrow(1, t - 1, 1)?;
-            let logits = lm
-                .lm_head(&last)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            for (i, (r, s)) in rows.iter_mut().zip(state.iter_mut()).enumerate() {
-                if s.done.is_some() {
-                    continue;
-                }
-                let tokid = r.sampler.pick(&logits[i]);
-                if r.stop_ids.contains(&tokid) {
-                    s.done = Some(FinishReason::StopToken);
-                    continue;
-                }
-                s.tokens.push(tokid);
-                if !r.stop_strings.is_empty() {
-                    let text = decode(tok, &s.tokens)?;
-                    let hit = r
-                        .stop_strings
-                        .iter()
-                        .filter(|x| !x.is_empty())
-                        .filter_map(|x| text.find(x.as_str()))
-                        .min();
-                    if let Some(at) = hit {
-                        s.cut_text = Some(text[..at].to_string());
-                        s.done = Some(FinishReason::StopString);
-                        continue;
-                    }
-                }
-                if s.tokens.len() >= r.max_new_tokens {
-                    s.done = Some(FinishReason::Length);
-                }
-            }
-            if state.iter().all(|s| s.done.is_some()) {
-                break;
-            }
-            let mut step_ids = Vec::with_capacity(b);
-            let mut step_pos = Vec::with_capacity(b);
-            for (i, s) in state.iter().enumerate() {
-                step_ids.push(if s.done.is_none() {
-                    *s.tokens.last().unwrap_or(&0)
-                } else {
-                    0
-                });
-                step_pos.push(next_pos[i].min(max_pos.saturating_sub(1)));
-                next_pos[i] += 1;
-                key_mask[i].push(1);
-            }
-            input = Tensor::from_vec(step_ids, (b, 1), &dev)?;
-            positions = Tensor::from_vec(step_pos, (b, 1), &dev)?;
-        }
-    }
-    state
-        .into_iter()
-        .map(|s| {
-            let text = match s.cut_text {
-                Some(t) => t,
-                None => decode(tok, &s.tokens)?,
-            };
-            Ok(Completion {
-                text,
-                token_ids: s.tokens,
-                finish_reason: s.done.unwrap_or(FinishReason::Length),
-            })
-        })
-        .collect()
+    let mut out = None;
+    run(
+        lm,
+        tok,
+        vec![Work::Rows(rows.to_vec())],
+        usize::MAX,
+        |_, r| out = Some(r),
+    );
+    out.unwrap_or_else(|| Ok(Vec::new()))
 }
 
 /// Log-softmax over the last dim in f32.
 pub(crate) fn log_softmax_f32(logits: &Tensor) -> Result<Tensor> {
     candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::candle::{CandleModel, LoadOptions};
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let local = here.join("tests/fixtures").join(name);
+        if local.exists() {
+            local
+        } else {
+            here.join("../../shared/fixtures/hf").join(name)
+        }
+    }
+
+    fn prefill(prompt: &[u32]) -> StepInput {
+        StepInput {
+            ids: prompt.to_vec(),
+            positions: (0..prompt.len() as u32).collect(),
+            key_mask: vec![vec![1; prompt.len()]],
+        }
+    }
+
+    /// Logits of every row after `steps` passes (prompt, then a fixed token per step), the
+    /// groups stepped together in one pass each.
+    fn run_groups(lm: &CausalLm, prompts: &[Vec<u32>], steps: usize) -> Vec<Vec<Vec<f32>>> {
+        let mut caches: Vec<KvCache> = prompts.iter().map(|_| lm.new_cache()).collect();
+        let mut inputs: Vec<StepInput> = prompts.iter().map(|p| prefill(p)).collect();
+        let mut out = vec![Vec::new(); prompts.len()];
+        for s in 0..steps {
+            let mut batch: Vec<Step> = inputs
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(i, c)| Step {
+                    ids: &i.ids,
+                    positions: &i.positions,
+                    key_mask: &i.key_mask,
+                    cache: c,
+                })
+                .collect();
+            let h = lm.forward_steps(&mut batch).unwrap();
+            let logits = lm.lm_head_rows(&h).unwrap().to_vec2::<f32>().unwrap();
+            for (g, (row, inp)) in logits.into_iter().zip(inputs.iter_mut()).enumerate() {
+                out[g].push(row);
+                let len = inp.key_mask[0].len();
+                inp.ids = vec![(3 + s as u32 * 7 + prompts[g][0]) % 50];
+                inp.positions = vec![len as u32];
+                inp.key_mask[0].push(1);
+            }
+        }
+        out
+    }
+
+    /// Bit-identical logits for a group alone and sharing passes with others (prefill mixed
+    /// with decode steps), on every fixture family; catches gemm's small-product kernels (see
+    /// `CausalLm::min_rows`).
+    #[test]
+    fn shared_passes_give_bit_identical_logits() {
+        for name in ["tiny-gpt-neox", "tiny-llama", "tiny-qwen2", "tiny-llama3"] {
+            let dir = fixture(name);
+            if !dir.exists() {
+                panic!("fixture {} missing", dir.display());
+            }
+            let m = CandleModel::load(&dir, &LoadOptions::default()).unwrap();
+            let lm = m.model();
+            let prompts = vec![
+                vec![5u32, 9, 2, 7],
+                vec![11u32],
+                vec![4u32, 4, 8, 1, 3, 3, 9],
+            ];
+            let together = run_groups(lm, &prompts, 4);
+            for (g, p) in prompts.iter().enumerate() {
+                let alone = run_groups(lm, std::slice::from_ref(p), 4);
+                assert_eq!(alone[0], together[g], "{name}: group {g}");
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
-use super::layers::{EMBED_INIT, KvCache, LayerNorm, Linear, Packing, Rope, attention};
+use super::layers::{EMBED_INIT, LayerNorm, Linear, Rope, Segments};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -96,66 +96,26 @@ impl GptNeoX {
         })
     }
 
-    /// Final hidden states `[b, t, hidden]` (after the final LayerNorm).
-    pub(crate) fn forward_hidden(
-        &self,
-        input_ids: &Tensor,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        self.forward_hidden_packed(input_ids, mask, cos, sin, cache, None)
-    }
-
-    /// [`Self::forward_hidden`], optionally with the position-wise layers (norms, projections,
-    /// MLP) run only on the real tokens of a padded batch: `pack` gathers them to `[n, hidden]`
-    /// and scatters them back to `[b, t, ...]` around attention (padding positions then hold
-    /// zeros there, which the mask hides). The real tokens' outputs are the same (each row of a
-    /// matmul and of a row-wise norm only depends on its own inputs); padding positions of the
-    /// result are zeros.
-    pub(crate) fn forward_hidden_packed(
-        &self,
-        input_ids: &Tensor,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mut cache: Option<&mut KvCache>,
-        pack: Option<&Packing>,
-    ) -> Result<Tensor> {
+    /// Final hidden states `[N, hidden]` (after the final LayerNorm) of the packed token rows
+    /// `ids` `[N]` of `segs`: norms, projections and the MLP run on all rows at once, attention
+    /// per segment ([`Segments::attend`]).
+    pub(crate) fn forward_segments(&self, ids: &Tensor, segs: &mut Segments) -> Result<Tensor> {
         use candle_core::Module;
-        let (b, t) = input_ids.dims2()?;
+        let n = ids.dim(0)?;
         let nh = self.cfg.num_attention_heads;
         let hs = self.cfg.head_dim;
         let scale = 1.0 / (hs as f64).sqrt();
-        let mut x = match pack {
-            Some(p) => self
-                .embed_in
-                .forward(&input_ids.flatten_all()?.index_select(&p.gather, 0)?)?,
-            None => self.embed_in.forward(input_ids)?,
-        };
+        let mut x = self.embed_in.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let ln1 = layer.input_layernorm.forward(&x)?;
-            let qkv = layer.query_key_value.forward(&ln1)?;
-            let qkv = match pack {
-                Some(p) => p.unpack(&qkv)?,
-                None => qkv,
-            };
-            let qkv = qkv.reshape((b, t, nh, 3 * hs))?.transpose(1, 2)?;
-            let q = qkv.narrow(3, 0, hs)?;
-            let k = qkv.narrow(3, hs, hs)?;
-            let v = qkv.narrow(3, 2 * hs, hs)?.contiguous()?;
-            let q = self.rope.apply(&q, cos, sin)?;
-            let k = self.rope.apply(&k, cos, sin)?.contiguous()?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, k, v)?,
-                None => (k, v),
-            };
-            let attn = attention(&q, &k, &v, mask, scale)?;
-            let attn = match pack {
-                Some(p) => p.pack(&attn)?,
-                None => attn,
-            };
+            let qkv = layer
+                .query_key_value
+                .forward(&ln1)?
+                .reshape((n, nh, 3 * hs))?;
+            let q = qkv.narrow(2, 0, hs)?;
+            let k = qkv.narrow(2, hs, hs)?;
+            let v = qkv.narrow(2, 2 * hs, hs)?;
+            let attn = segs.attend(i, &self.rope, &q, &k, &v, scale)?;
             let attn = layer.dense.forward(&attn)?;
             let mlp = |y: &Tensor| -> Result<Tensor> {
                 let hdn = layer.dense_h_to_4h.forward(y)?;
@@ -172,11 +132,7 @@ impl GptNeoX {
                 (a + m)?
             };
         }
-        let x = self.final_layer_norm.forward(&x)?;
-        match pack {
-            Some(p) => p.unpack(&x)?.reshape((b, t, ())),
-            None => Ok(x),
-        }
+        self.final_layer_norm.forward(&x)
     }
 
     /// Output projection.

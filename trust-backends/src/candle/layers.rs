@@ -178,22 +178,23 @@ impl Rope {
         self.max_positions
     }
 
-    /// cos/sin gathered at `position_ids` `[b, t]` (u32): each `[b, 1, t, rot_dim]`.
-    pub(crate) fn gather(&self, position_ids: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (b, t) = position_ids.dims2()?;
-        let flat = position_ids.flatten_all()?;
+    /// cos/sin at the flat `positions` `[n]` (u32): each `[n, 1, rot_dim]`, for packed rows
+    /// `[n, heads, head_dim]`.
+    pub(crate) fn gather_flat(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = positions.dim(0)?;
         let cos = self
             .cos
-            .index_select(&flat, 0)?
-            .reshape((b, 1, t, self.rot_dim))?;
+            .index_select(positions, 0)?
+            .reshape((n, 1, self.rot_dim))?;
         let sin = self
             .sin
-            .index_select(&flat, 0)?
-            .reshape((b, 1, t, self.rot_dim))?;
+            .index_select(positions, 0)?
+            .reshape((n, 1, self.rot_dim))?;
         Ok((cos, sin))
     }
 
-    /// Applies the rotation to the first `rot_dim` dims of `x` `[b, h, t, d]`.
+    /// Applies the rotation to the first `rot_dim` dims of `x` `[b, h, t, d]` (or packed rows
+    /// `[n, h, d]` with tables `[n, 1, rot_dim]`).
     pub(crate) fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)?;
         let r = self.rot_dim;
@@ -258,7 +259,8 @@ impl Packing {
     /// `[b, t, d]` -> `[n, d]` (the real tokens).
     pub(crate) fn pack(&self, x: &Tensor) -> Result<Tensor> {
         let d = x.dim(D::Minus1)?;
-        x.reshape((self.b * self.t, d))?.index_select(&self.gather, 0)
+        x.reshape((self.b * self.t, d))?
+            .index_select(&self.gather, 0)
     }
 
     /// `[n, d]` -> `[b * t, d]`, zeros at padding positions.
@@ -269,22 +271,102 @@ impl Packing {
     }
 }
 
-/// Key/value cache of one decoder stack: per layer `(k, v)`, each `[b, kv_heads, T, head_dim]`.
+/// Key/value cache of one decoder stack.
+///
+/// Two layouts: tensors per layer (`(k, v)`, each `[b, kv_heads, T, head_dim]`, grown by
+/// concatenation; any device and dtype), or, for f32 on the CPU ([`KvCache::new_flat`], what
+/// `CausalLm::new_cache` gives there), one growable buffer per layer, row and key/value head that
+/// decoding steps append to in place and attend over directly.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub(crate) layers: Vec<Option<(Tensor, Tensor)>>,
+    flat: Option<Vec<FlatLayer>>,
+}
+
+/// One layer of a flat cache: `k[row * kv_heads + g]` holds `len * head_dim` floats.
+#[derive(Debug, Clone, Default)]
+struct FlatLayer {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+    rows: usize,
 }
 
 impl KvCache {
-    /// An empty cache for `num_layers` layers.
+    /// An empty cache for `num_layers` layers (tensor layout).
     pub fn new(num_layers: usize) -> Self {
         KvCache {
             layers: vec![None; num_layers],
+            flat: None,
         }
+    }
+
+    /// An empty cache for `num_layers` layers in the flat layout (f32 models on the CPU only).
+    pub fn new_flat(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            flat: Some(vec![FlatLayer::default(); num_layers]),
+        }
+    }
+
+    pub(crate) fn is_flat(&self) -> bool {
+        self.flat.is_some()
+    }
+
+    /// Flat layout: appends one token per row, `k`/`v` `[b, kv_heads, head_dim]` row-major.
+    pub(crate) fn push_flat(
+        &mut self,
+        i: usize,
+        b: usize,
+        kvh: usize,
+        k: &[f32],
+        v: &[f32],
+    ) -> Result<()> {
+        let Some(flat) = self.flat.as_mut() else {
+            candle_core::bail!("not a flat kv cache");
+        };
+        let layer = &mut flat[i];
+        if layer.rows == 0 {
+            layer.k = vec![Vec::new(); b * kvh];
+            layer.v = vec![Vec::new(); b * kvh];
+            layer.rows = b;
+        }
+        if layer.k.len() != b * kvh || k.len() != v.len() || k.len() % (b * kvh) != 0 {
+            candle_core::bail!(
+                "kv cache holds {} row heads, got {}",
+                layer.k.len(),
+                b * kvh
+            );
+        }
+        let d = k.len() / (b * kvh);
+        for j in 0..b * kvh {
+            layer.k[j].extend_from_slice(&k[j * d..(j + 1) * d]);
+            layer.v[j].extend_from_slice(&v[j * d..(j + 1) * d]);
+        }
+        layer.len += 1;
+        Ok(())
+    }
+
+    /// Flat layout: row `r`'s key and value buffers (one per key/value head) and their length.
+    pub(crate) fn flat_row(
+        &self,
+        i: usize,
+        r: usize,
+        kvh: usize,
+    ) -> (&[Vec<f32>], &[Vec<f32>], usize) {
+        let l = &self.flat.as_ref().expect("flat kv cache")[i];
+        (
+            &l.k[r * kvh..(r + 1) * kvh],
+            &l.v[r * kvh..(r + 1) * kvh],
+            l.len,
+        )
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
+        if let Some(f) = &self.flat {
+            return f.first().map(|l| l.len).unwrap_or(0);
+        }
         self.layers
             .first()
             .and_then(|l| l.as_ref())
@@ -299,6 +381,41 @@ impl KvCache {
 
     /// Reorders (or replicates) the batch rows: row `j` of the result is row `indices[j]` now.
     pub fn reorder(&mut self, indices: &[u32]) -> Result<()> {
+        if let Some(flat) = &mut self.flat {
+            for l in flat.iter_mut() {
+                if l.rows == 0 {
+                    continue;
+                }
+                let g = l.k.len() / l.rows;
+                if let Some(&j) = indices.iter().find(|&&j| j as usize >= l.rows) {
+                    candle_core::bail!("reorder index {j} out of range ({} rows)", l.rows);
+                }
+                // A row's last use takes its buffers; earlier uses copy them.
+                let mut uses = vec![0usize; l.rows];
+                for &j in indices {
+                    uses[j as usize] += 1;
+                }
+                let mut k = Vec::with_capacity(indices.len() * g);
+                let mut v = Vec::with_capacity(indices.len() * g);
+                for &j in indices {
+                    let j = j as usize;
+                    uses[j] -= 1;
+                    for h in 0..g {
+                        if uses[j] == 0 {
+                            k.push(std::mem::take(&mut l.k[j * g + h]));
+                            v.push(std::mem::take(&mut l.v[j * g + h]));
+                        } else {
+                            k.push(l.k[j * g + h].clone());
+                            v.push(l.v[j * g + h].clone());
+                        }
+                    }
+                }
+                l.k = k;
+                l.v = v;
+                l.rows = indices.len();
+            }
+            return Ok(());
+        }
         for (k, v) in self.layers.iter_mut().flatten() {
             let idx = Tensor::new(indices, k.device())?;
             *k = k.index_select(&idx, 0)?;
@@ -307,8 +424,37 @@ impl KvCache {
         Ok(())
     }
 
-    /// Appends `k`, `v` for layer `i` and returns the full keys/values.
+    /// Appends `k`, `v` (`[b, kv_heads, t, head_dim]`) for layer `i` and returns the full
+    /// keys/values (tensor layout; the flat layout materialises them).
     pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if let Some(flat) = self.flat.as_mut() {
+            let (b, g, t, d) = k.dims4()?;
+            let kv = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let vv = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let dev = k.device().clone();
+            let layer = &mut flat[i];
+            if layer.rows == 0 {
+                layer.k = vec![Vec::new(); b * g];
+                layer.v = vec![Vec::new(); b * g];
+                layer.rows = b;
+            }
+            if layer.k.len() != b * g {
+                candle_core::bail!("kv cache holds {} row heads, got {}", layer.k.len(), b * g);
+            }
+            for (j, chunk) in kv.chunks(t * d).enumerate() {
+                layer.k[j].extend_from_slice(chunk);
+            }
+            for (j, chunk) in vv.chunks(t * d).enumerate() {
+                layer.v[j].extend_from_slice(chunk);
+            }
+            layer.len += t;
+            let total = layer.len;
+            let cat = |bufs: &[Vec<f32>]| -> Result<Tensor> {
+                let all: Vec<f32> = bufs.iter().flat_map(|x| x.iter().copied()).collect();
+                Tensor::from_vec(all, (b, g, total, d), &dev)?.to_dtype(k.dtype())
+            };
+            return Ok((cat(&layer.k)?, cat(&layer.v)?));
+        }
         let slot = &mut self.layers[i];
         let (k, v) = match slot.take() {
             None => (k, v),
@@ -378,4 +524,247 @@ pub(crate) fn build_mask(
         }
     }
     Tensor::from_vec(m, (b, 1, t, total), dev)
+}
+
+/// One group of rows in a [`Segments`] forward pass: `b` rows of `t` new tokens each, sharing a
+/// KV cache. Different segments never attend to each other, so a segment's results do not
+/// depend on which other segments share the pass (the position-wise layers of all segments run
+/// as one matrix product on the packed tokens; each output row of a matrix product only depends
+/// on its own input row, see `CausalLm::min_rows`).
+#[derive(Debug)]
+pub(crate) struct Segment<'a> {
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    /// Additive mask `[b, 1, t, past + t]`; `None` for a [fast](Segment::is_fast) segment.
+    pub(crate) mask: Option<Tensor>,
+    /// Per row, 1 (attend) or 0 over all `past + t` key positions.
+    pub(crate) key_mask: &'a [Vec<u32>],
+    pub(crate) cache: Option<&'a mut KvCache>,
+    /// Real tokens of a padded segment (`None`: all `b * t` tokens are packed rows).
+    pub(crate) pack: Option<Packing>,
+    /// Packed rows this segment contributes.
+    pub(crate) n: usize,
+}
+
+impl Segment<'_> {
+    /// A decoding step (one new token per row) over a flat cache: attention runs on the cache
+    /// buffers directly instead of through tensors.
+    pub(crate) fn is_fast(t: usize, cache: Option<&KvCache>, packed: bool) -> bool {
+        t == 1 && !packed && cache.is_some_and(|c| c.is_flat())
+    }
+}
+
+/// The segments of one forward pass, in packed-row order.
+#[derive(Debug)]
+pub(crate) struct Segments<'a> {
+    pub(crate) segs: Vec<Segment<'a>>,
+    /// Rotary tables of every packed row (extra rows included), `[N, 1, rot_dim]`.
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+    /// Copies of the last packed row appended after the real rows (see
+    /// `CausalLm::min_rows`): they keep every matrix product on the kernel whose per-row results
+    /// do not depend on the number of rows.
+    pub(crate) extra: usize,
+}
+
+/// `a . b` with eight independent partial sums (vectorisable; a fixed order, so a row's result
+/// never depends on anything but its inputs).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let n8 = a.len() / 8 * 8;
+    for (ca, cb) in a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += ca[l] * cb[l];
+        }
+    }
+    let mut tail = 0f32;
+    for i in n8..a.len() {
+        tail += a[i] * b[i];
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
+/// Attention of one row's new token over its cached keys/values (all heads): `q` `[heads *
+/// hd]`, `keys[g]`/`vals[g]` `[len * hd]` per key/value head, `key_mask` over the `len`
+/// positions. Softmax in f32 as the tensor path computes it (max-shifted, normalised, then the
+/// weighted sum of values).
+#[allow(clippy::too_many_arguments)]
+fn attend_row(
+    q: &[f32],
+    keys: &[Vec<f32>],
+    vals: &[Vec<f32>],
+    key_mask: &[u32],
+    heads: usize,
+    hd: usize,
+    len: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let rep = heads / keys.len().max(1);
+    let mut scores = vec![0f32; len];
+    for h in 0..heads {
+        let g = h / rep.max(1);
+        let (kb, vb) = (&keys[g], &vals[g]);
+        let qh = &q[h * hd..(h + 1) * hd];
+        let mut max = f32::NEG_INFINITY;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            if key_mask.get(j).copied().unwrap_or(1) == 0 {
+                *sc = f32::NEG_INFINITY;
+                continue;
+            }
+            *sc = dot(qh, &kb[j * hd..(j + 1) * hd]) * scale;
+            max = max.max(*sc);
+        }
+        let mut sum = 0f32;
+        for sc in scores.iter_mut() {
+            *sc = if *sc == f32::NEG_INFINITY {
+                0.0
+            } else {
+                (*sc - max).exp()
+            };
+            sum += *sc;
+        }
+        let o = &mut out[h * hd..(h + 1) * hd];
+        o.fill(0.0);
+        for (j, &e) in scores.iter().enumerate() {
+            if e == 0.0 {
+                continue;
+            }
+            let p = e / sum;
+            for (od, &vd) in o.iter_mut().zip(&vb[j * hd..(j + 1) * hd]) {
+                *od += p * vd;
+            }
+        }
+    }
+}
+
+impl<'a> Segments<'a> {
+    /// Rotary embedding (on the packed rows) and per-segment attention. `q` `[N, heads,
+    /// head_dim]`, `k`/`v` `[N, kv_heads, head_dim]`; returns `[N, heads * head_dim]`.
+    pub(crate) fn attend(
+        &mut self,
+        layer: usize,
+        rope: &Rope,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f64,
+    ) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (_, nh, hd) = q.dims3()?;
+        let kvh = k.dim(1)?;
+        let q = rope.apply(q, &self.cos, &self.sin)?;
+        let k = rope.apply(k, &self.cos, &self.sin)?;
+        let fast: Vec<bool> = self
+            .segs
+            .iter()
+            .map(|s| Segment::is_fast(s.t, s.cache.as_deref(), s.pack.is_some()))
+            .collect();
+        let mut fast_out: Vec<Option<Vec<f32>>> = vec![None; self.segs.len()];
+        if fast.iter().any(|&f| f) {
+            let qv = q.flatten_all()?.to_vec1::<f32>()?;
+            let kv = k.flatten_all()?.to_vec1::<f32>()?;
+            let vv = v.flatten_all()?.to_vec1::<f32>()?;
+            let w = kvh * hd;
+            let mut off = 0;
+            let mut units = Vec::new();
+            for (si, (s, &f)) in self.segs.iter_mut().zip(&fast).enumerate() {
+                if f {
+                    let c = s.cache.as_deref_mut().expect("fast segments have a cache");
+                    c.push_flat(
+                        layer,
+                        s.b,
+                        kvh,
+                        &kv[off * w..(off + s.n) * w],
+                        &vv[off * w..(off + s.n) * w],
+                    )?;
+                    units.extend((0..s.b).map(|r| (si, r, off + r)));
+                }
+                off += s.n;
+            }
+            let segs = &self.segs;
+            let rows: Vec<Vec<f32>> = units
+                .par_iter()
+                .map(|&(si, r, at)| {
+                    let s = &segs[si];
+                    let c = s.cache.as_deref().expect("fast segments have a cache");
+                    let (kb, vb, len) = c.flat_row(layer, r, kvh);
+                    let mut out = vec![0f32; nh * hd];
+                    attend_row(
+                        &qv[at * nh * hd..(at + 1) * nh * hd],
+                        kb,
+                        vb,
+                        &s.key_mask[r],
+                        nh,
+                        hd,
+                        len,
+                        scale as f32,
+                        &mut out,
+                    );
+                    out
+                })
+                .collect();
+            let mut it = units.iter().zip(rows);
+            for (si, &f) in fast.iter().enumerate() {
+                if f {
+                    let mut buf = Vec::with_capacity(self.segs[si].b * nh * hd);
+                    for _ in 0..self.segs[si].b {
+                        let (_, row) = it.next().expect("one output per unit");
+                        buf.extend(row);
+                    }
+                    fast_out[si] = Some(buf);
+                }
+            }
+        }
+        let mut outs = Vec::with_capacity(self.segs.len() + 1);
+        let mut off = 0;
+        for (si, s) in self.segs.iter_mut().enumerate() {
+            let (b, t) = (s.b, s.t);
+            if let Some(buf) = fast_out[si].take() {
+                outs.push(Tensor::from_vec(buf, (b, nh * hd), q.device())?);
+                off += s.n;
+                continue;
+            }
+            let take = |x: &Tensor, heads: usize| -> Result<Tensor> {
+                let x = x.narrow(0, off, s.n)?;
+                let x = match &s.pack {
+                    Some(p) => p.unpack(&x.reshape((s.n, heads * hd))?)?,
+                    None => x,
+                };
+                x.reshape((b, t, heads, hd))?.transpose(1, 2)
+            };
+            let qs = take(&q, nh)?;
+            let ks = take(&k, kvh)?.contiguous()?;
+            let vs = take(v, kvh)?.contiguous()?;
+            let (ks, vs) = match s.cache.as_deref_mut() {
+                Some(c) => c.append(layer, ks, vs)?,
+                None => (ks, vs),
+            };
+            let mask = match &s.mask {
+                Some(m) => m.clone(),
+                None => build_mask(s.key_mask, ks.dim(2)? - t, t, q.device())?,
+            };
+            let a = attention(&qs, &ks, &vs, &mask, scale)?;
+            let a = match &s.pack {
+                Some(p) => p.pack(&a)?,
+                None => a.reshape((b * t, nh * hd))?,
+            };
+            outs.push(a);
+            off += s.n;
+        }
+        if self.extra > 0 {
+            let last = outs
+                .last()
+                .map(|a| a.narrow(0, a.dim(0)? - 1, 1))
+                .transpose()?;
+            if let Some(last) = last {
+                outs.push(last.repeat((self.extra, 1))?);
+            }
+        }
+        if outs.len() == 1 {
+            Ok(outs.pop().expect("one output"))
+        } else {
+            Tensor::cat(&outs, 0)
+        }
+    }
 }

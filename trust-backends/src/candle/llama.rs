@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
-use super::layers::{EMBED_INIT, KvCache, Linear, RmsNorm, Rope, attention};
+use super::layers::{EMBED_INIT, Linear, RmsNorm, Rope, Segments};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -99,46 +99,21 @@ impl Llama {
         })
     }
 
-    /// Final hidden states `[b, t, hidden]` (after the final RMSNorm).
-    pub(crate) fn forward_hidden(
-        &self,
-        input_ids: &Tensor,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
+    /// Final hidden states `[N, hidden]` (after the final RMSNorm) of the packed token rows
+    /// `ids` `[N]` of `segs` (see `GptNeoX::forward_segments`).
+    pub(crate) fn forward_segments(&self, ids: &Tensor, segs: &mut Segments) -> Result<Tensor> {
+        let n = ids.dim(0)?;
         let nh = self.cfg.num_attention_heads;
         let kvh = self.cfg.num_key_value_heads;
         let hd = self.cfg.head_dim;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut x = self.embed_tokens.forward(input_ids)?;
+        let mut x = self.embed_tokens.forward(ids)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let y = layer.input_layernorm.forward(&x)?;
-            let q = layer
-                .q_proj
-                .forward(&y)?
-                .reshape((b, t, nh, hd))?
-                .transpose(1, 2)?;
-            let k = layer
-                .k_proj
-                .forward(&y)?
-                .reshape((b, t, kvh, hd))?
-                .transpose(1, 2)?;
-            let v = layer
-                .v_proj
-                .forward(&y)?
-                .reshape((b, t, kvh, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = self.rope.apply(&q, cos, sin)?;
-            let k = self.rope.apply(&k, cos, sin)?.contiguous()?;
-            let (k, v) = match cache.as_deref_mut() {
-                Some(c) => c.append(i, k, v)?,
-                None => (k, v),
-            };
-            let attn = attention(&q, &k, &v, mask, scale)?;
+            let q = layer.q_proj.forward(&y)?.reshape((n, nh, hd))?;
+            let k = layer.k_proj.forward(&y)?.reshape((n, kvh, hd))?;
+            let v = layer.v_proj.forward(&y)?.reshape((n, kvh, hd))?;
+            let attn = segs.attend(i, &self.rope, &q, &k, &v, scale)?;
             x = (x + layer.o_proj.forward(&attn)?)?;
             let y = layer.post_attention_layernorm.forward(&x)?;
             let g = self.cfg.hidden_act.apply(&layer.gate_proj.forward(&y)?)?;

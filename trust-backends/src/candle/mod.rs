@@ -106,9 +106,14 @@ impl CausalLm {
         }
     }
 
-    /// An empty KV cache for this model.
+    /// An empty KV cache for this model (the flat layout for f32 on the CPU, see
+    /// [`KvCache`]).
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers)
+        if self.device.is_cpu() && self.dtype == DType::F32 {
+            KvCache::new_flat(self.config.num_hidden_layers)
+        } else {
+            KvCache::new(self.config.num_hidden_layers)
+        }
     }
 
     /// Logits `[b, t, vocab]` (compute dtype) for every position of `input_ids` `[b, t]` (u32).
@@ -184,8 +189,41 @@ impl CausalLm {
         positions: &Tensor,
         cache: Option<&mut KvCache>,
     ) -> candle_core::Result<Tensor> {
-        let (_, t) = input_ids.dims2()?;
+        let (b, t) = input_ids.dims2()?;
+        self.check_positions(positions)?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let mask = if layers::Segment::is_fast(t, cache.as_deref(), false) {
+            None
+        } else {
+            Some(layers::build_mask(key_mask, past, t, &self.device)?)
+        };
+        let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
+        let mut segs = layers::Segments {
+            segs: vec![layers::Segment {
+                b,
+                t,
+                mask,
+                key_mask,
+                cache,
+                pack: None,
+                n: b * t,
+            }],
+            cos,
+            sin,
+            extra: 0,
+        };
+        self.forward_segments(&input_ids.flatten_all()?, &mut segs)?
+            .reshape((b, t, ()))
+    }
+
+    fn rope(&self) -> &layers::Rope {
+        match &self.arch {
+            Arch::GptNeoX(m) => &m.rope,
+            Arch::Llama(m) => &m.rope,
+        }
+    }
+
+    fn check_positions(&self, positions: &Tensor) -> candle_core::Result<()> {
         let max = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
         if max >= self.max_positions() {
             candle_core::bail!(
@@ -193,45 +231,166 @@ impl CausalLm {
                 self.max_positions()
             );
         }
-        let mask = layers::build_mask(key_mask, past, t, &self.device)?;
+        Ok(())
+    }
+
+    fn forward_segments(
+        &self,
+        ids: &Tensor,
+        segs: &mut layers::Segments,
+    ) -> candle_core::Result<Tensor> {
         match &self.arch {
-            Arch::GptNeoX(m) => {
-                let (cos, sin) = m.rope.gather(positions)?;
-                m.forward_hidden(input_ids, &mask, &cos, &sin, cache)
-            }
-            Arch::Llama(m) => {
-                let (cos, sin) = m.rope.gather(positions)?;
-                m.forward_hidden(input_ids, &mask, &cos, &sin, cache)
-            }
+            Arch::GptNeoX(m) => m.forward_segments(ids, segs),
+            Arch::Llama(m) => m.forward_segments(ids, segs),
         }
     }
 
     /// [`Self::forward_hidden_with`] without a cache, running the position-wise layers only on
-    /// the real (unmasked) tokens where the architecture supports it (GPT-NeoX); same results
-    /// for the real tokens, padding positions are not meaningful.
+    /// the real (unmasked) tokens; same results for the real tokens, padding positions hold
+    /// zeros.
     pub(crate) fn forward_hidden_packed(
         &self,
         input_ids: &Tensor,
         key_mask: &[Vec<u32>],
         positions: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        match &self.arch {
-            Arch::GptNeoX(m) => {
-                let (_, t) = input_ids.dims2()?;
-                let max = positions.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
-                if max >= self.max_positions() {
-                    candle_core::bail!(
-                        "position {max} is beyond max_position_embeddings = {}",
-                        self.max_positions()
-                    );
-                }
-                let mask = layers::build_mask(key_mask, 0, t, &self.device)?;
-                let pack = layers::Packing::new(key_mask, t, &self.device)?;
-                let (cos, sin) = m.rope.gather(positions)?;
-                m.forward_hidden_packed(input_ids, &mask, &cos, &sin, None, Some(&pack))
+        let (b, t) = input_ids.dims2()?;
+        self.check_positions(positions)?;
+        let mask = layers::build_mask(key_mask, 0, t, &self.device)?;
+        let pack = layers::Packing::new(key_mask, t, &self.device)?;
+        let ids = input_ids.flatten_all()?.index_select(&pack.gather, 0)?;
+        let pos = positions
+            .to_dtype(DType::U32)?
+            .flatten_all()?
+            .index_select(&pack.gather, 0)?;
+        let n = ids.dim(0)?;
+        let extra = if n > 0 {
+            self.min_rows().saturating_sub(n)
+        } else {
+            0
+        };
+        let (ids, pos) = if extra > 0 {
+            (
+                Tensor::cat(&[&ids, &ids.narrow(0, n - 1, 1)?.repeat(extra)?], 0)?,
+                Tensor::cat(&[&pos, &pos.narrow(0, n - 1, 1)?.repeat(extra)?], 0)?,
+            )
+        } else {
+            (ids, pos)
+        };
+        let (cos, sin) = self.rope().gather_flat(&pos)?;
+        let mut segs = layers::Segments {
+            segs: vec![layers::Segment {
+                b,
+                t,
+                mask: Some(mask),
+                key_mask,
+                cache: None,
+                pack: Some(pack.clone()),
+                n,
+            }],
+            cos,
+            sin,
+            extra,
+        };
+        let x = self.forward_segments(&ids, &mut segs)?.narrow(0, 0, n)?;
+        pack.unpack(&x)?.reshape((b, t, ()))
+    }
+
+    /// One forward pass over independent groups of rows (see [`generate::Step`]), each with its
+    /// own cache; returns the final hidden state of the last position of every row, `[R,
+    /// hidden]` in group order. A group's results do not depend on the other groups of the pass:
+    /// the position-wise layers run on all tokens as one matrix product (with a single token,
+    /// twice, so the matrix-matrix path is always taken) and attention runs per group.
+    pub(crate) fn forward_steps(
+        &self,
+        steps: &mut [generate::Step<'_>],
+    ) -> candle_core::Result<Tensor> {
+        let dev = &self.device;
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut segs = Vec::with_capacity(steps.len());
+        let mut last = Vec::new();
+        let max_pos = self.max_positions() as u32;
+        for st in steps.iter_mut() {
+            let b = st.key_mask.len();
+            let t = st.ids.len() / b.max(1);
+            if b == 0 || t == 0 || st.ids.len() != b * t || st.positions.len() != b * t {
+                candle_core::bail!("malformed generation step ({b} rows, {} ids)", st.ids.len());
             }
-            Arch::Llama(_) => self.forward_hidden_with(input_ids, key_mask, positions, None),
+            if let Some(&p) = st.positions.iter().find(|&&p| p >= max_pos) {
+                candle_core::bail!("position {p} is beyond max_position_embeddings = {max_pos}");
+            }
+            let past = st.cache.len();
+            let mask = if layers::Segment::is_fast(t, Some(&*st.cache), false) {
+                None
+            } else {
+                Some(layers::build_mask(st.key_mask, past, t, dev)?)
+            };
+            let base = ids.len();
+            ids.extend_from_slice(st.ids);
+            pos.extend_from_slice(st.positions);
+            last.extend((0..b).map(|r| (base + r * t + t - 1) as u32));
+            segs.push(layers::Segment {
+                b,
+                t,
+                mask,
+                key_mask: st.key_mask,
+                cache: Some(&mut *st.cache),
+                pack: None,
+                n: b * t,
+            });
         }
+        let extra = self.min_rows().saturating_sub(ids.len());
+        if let (Some(&l), Some(&p)) = (ids.last(), pos.last()) {
+            ids.extend(std::iter::repeat_n(l, extra));
+            pos.extend(std::iter::repeat_n(p, extra));
+        }
+        let n = ids.len();
+        let (cos, sin) = self.rope().gather_flat(&Tensor::from_vec(pos, n, dev)?)?;
+        let mut segs = layers::Segments {
+            segs,
+            cos,
+            sin,
+            extra,
+        };
+        let hidden = self.forward_segments(&Tensor::from_vec(ids, n, dev)?, &mut segs)?;
+        let r = last.len();
+        hidden.index_select(&Tensor::from_vec(last, r, dev)?, 0)
+    }
+
+    /// Logits `[R, vocab]` (f32) of hidden rows `[R, hidden]`, padded like the trunk (see
+    /// [`Self::min_rows`]) so that each row's logits never depend on the other rows.
+    pub(crate) fn lm_head_rows(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let r = hidden.dim(0)?;
+        let min = 2usize.max(256 / self.config.vocab_size.max(1) + 1);
+        let logits = if r > 0 && r < min {
+            let last = hidden.narrow(0, r - 1, 1)?.repeat((min - r, 1))?;
+            self.lm_head(&Tensor::cat(&[hidden, &last], 0)?)?
+                .narrow(0, 0, r)?
+        } else {
+            self.lm_head(hidden)?
+        };
+        logits.to_dtype(DType::F32)
+    }
+
+    /// The fewest rows a batched matrix product of this model gets (padded with copies) when
+    /// results must not depend on batch composition. gemm 0.19 (candle's CPU matmul) computes
+    /// a row-major `[m, k] x [k, n]` product with a matrix-vector kernel when `m == 1` and with
+    /// a "horizontal" kernel when `m * n <= 256`, each summing in another order than its general
+    /// kernel; above both, every output row depends only on its own input row. So the rows must
+    /// be at least 2 and more than `256 / n` for the narrowest projection `n` of the model.
+    /// (`loglikelihood_is_identical_across_batch_sizes` and the generation batching tests on
+    /// the tiny fixtures, whose widths are as small as 12, check this.)
+    pub(crate) fn min_rows(&self) -> usize {
+        let c = &self.config;
+        let widths = [
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads.max(1) * c.head_dim,
+            c.hidden_size,
+            c.intermediate_size,
+        ];
+        let narrowest = widths.into_iter().filter(|&w| w > 0).min().unwrap_or(1);
+        2usize.max(256 / narrowest + 1)
     }
 
     /// Projects hidden states to logits (`[..., hidden]` -> `[..., vocab]`).
@@ -299,6 +458,10 @@ pub struct LoadOptions {
     /// one prompt still share batches). With `true`, padded rows agree with unpadded ones only up
     /// to float rounding (~1e-6 in logits), which can very rarely flip a sampled token.
     pub pad_generation_batches: bool,
+    /// Generation: the most rows decoded together in one forward pass, across requests (each
+    /// group of up to `batch_size` rows, each beam search counting `num_beams` rows). Groups
+    /// never attend to each other, so this changes speed, not results. Default 64.
+    pub max_batch_rows: usize,
 }
 
 impl Default for LoadOptions {
@@ -308,6 +471,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             batch_size: 8,
             pad_generation_batches: false,
+            max_batch_rows: 64,
         }
     }
 }
@@ -320,6 +484,7 @@ pub struct CandleModel {
     info: ModelInfo,
     batch_size: usize,
     pad_generation_batches: bool,
+    max_batch_rows: usize,
 }
 
 fn device_name(d: &Device) -> String {
@@ -377,6 +542,7 @@ impl CandleModel {
             info,
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
+            max_batch_rows: opts.max_batch_rows.max(1),
         })
     }
 
@@ -416,6 +582,7 @@ impl CandleModel {
             info,
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
+            max_batch_rows: opts.max_batch_rows.max(1),
         })
     }
 
@@ -544,15 +711,10 @@ impl CandleModel {
         for (row, (_, ids, plen)) in rows.iter().enumerate() {
             idx.extend((plen - 1..ids.len() - 1).map(|p| (row * l + p) as u32));
         }
-        // A single row would take the matrix-vector path, whose summation order differs from
-        // the matrix-matrix one: project it twice so results never depend on the batch.
-        if idx.len() == 1 {
-            idx.push(idx[0]);
-        }
         let n = idx.len();
         let idx = Tensor::from_vec(idx, n, dev)?;
         let h = hidden.reshape((b * l, hdim))?.index_select(&idx, 0)?;
-        let logits = self.lm.lm_head(&h)?.to_dtype(DType::F32)?;
+        let logits = self.lm.lm_head_rows(&h)?;
         let lsm = generate::log_softmax_f32(&logits)?.to_vec2::<f32>()?;
         let logits = logits.to_vec2::<f32>()?;
         let mut results = Vec::with_capacity(b);
@@ -683,14 +845,6 @@ impl CandleModel {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
-        // Beam search: one request at a time (its beams form the batch).
-        for (i, mut spec) in beams {
-            out[i] = Some(
-                beam::beam_search(&self.lm, &self.tokenizer, &mut spec)
-                    .map(|completions| GenerateResponse { completions })
-                    .map_err(|e| ModelError::Backend(e.to_string())),
-            );
-        }
         rows.sort_by(|a, b| {
             b.2.prompt
                 .len()
@@ -701,25 +855,51 @@ impl CandleModel {
             .iter()
             .map(|r| vec![None; r.config.n.max(1)])
             .collect();
+        // Work items: each beam search, then the row groups (equal prompt lengths, or mixed with
+        // `pad_generation_batches`, at most `batch_size` rows each), longest prompts first.
+        enum Owner {
+            Beam(usize),
+            Rows(Vec<(usize, usize)>),
+        }
+        let mut works = Vec::new();
+        let mut owners = Vec::new();
+        for (i, spec) in beams {
+            works.push(generate::Work::Beam(spec));
+            owners.push(Owner::Beam(i));
+        }
         let padded = self.pad_generation_batches;
-        let chunks = rows.chunk_by_mut(|a, b| padded || a.2.prompt.len() == b.2.prompt.len());
-        for group in chunks {
-            for chunk in group.chunks_mut(self.batch_size) {
-                let mut specs: Vec<RowSpec> = chunk.iter().map(|c| c.2.clone()).collect();
-                match generate::generate_batch(&self.lm, &self.tokenizer, &mut specs) {
-                    Ok(done) => {
-                        for ((i, c, _), comp) in chunk.iter().zip(done) {
-                            completions[*i][*c] = Some(comp);
-                        }
-                    }
-                    Err(e) => {
-                        for (i, _, _) in chunk.iter() {
-                            out[*i] = Some(Err(ModelError::Backend(e.to_string())));
-                        }
-                    }
-                }
+        for group in rows.chunk_by(|a, b| padded || a.2.prompt.len() == b.2.prompt.len()) {
+            for chunk in group.chunks(self.batch_size) {
+                works.push(generate::Work::Rows(
+                    chunk.iter().map(|c| c.2.clone()).collect(),
+                ));
+                owners.push(Owner::Rows(chunk.iter().map(|c| (c.0, c.1)).collect()));
             }
         }
+        generate::run(
+            &self.lm,
+            &self.tokenizer,
+            works,
+            self.max_batch_rows,
+            |w, result| match (&owners[w], result) {
+                (Owner::Beam(i), r) => {
+                    out[*i] = Some(
+                        r.map(|completions| GenerateResponse { completions })
+                            .map_err(|e| ModelError::Backend(e.to_string())),
+                    );
+                }
+                (Owner::Rows(slots), Ok(done)) => {
+                    for ((i, c), comp) in slots.iter().zip(done) {
+                        completions[*i][*c] = Some(comp);
+                    }
+                }
+                (Owner::Rows(slots), Err(e)) => {
+                    for (i, _) in slots {
+                        out[*i] = Some(Err(ModelError::Backend(e.to_string())));
+                    }
+                }
+            },
+        );
         for (i, r) in requests.iter().enumerate() {
             if out[i].is_some() {
                 continue;
@@ -753,6 +933,14 @@ impl CandleModel {
     pub fn with_pad_generation_batches(&self, pad: bool) -> Self {
         let mut m = self.clone();
         m.pad_generation_batches = pad;
+        m
+    }
+
+    /// Same model with another cap on the rows decoded together (see
+    /// [`LoadOptions::max_batch_rows`]).
+    pub fn with_max_batch_rows(&self, rows: usize) -> Self {
+        let mut m = self.clone();
+        m.max_batch_rows = rows.max(1);
         m
     }
 

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use ::ort::session::{Session, SessionInputValue};
 use ::ort::value::{DynValue, Tensor, TensorElementType};
 use tokenizers::Tokenizer;
-use trust_core::sampling::{argmax, sample};
 use trust_core::rng::{SplitMix64, derive_seed};
+use trust_core::sampling::{argmax, sample};
 use trust_core::{
-    Capabilities, Capability, Completion, FinishReason, GenerateRequest, GenerateResponse, LanguageModel,
-    LogLikelihood, LogLikelihoodRequest, ModelError, ModelInfo, Sampling, StopPolicy,
+    Capabilities, Capability, Completion, FinishReason, GenerateRequest, GenerateResponse,
+    LanguageModel, LogLikelihood, LogLikelihoodRequest, ModelError, ModelInfo, Sampling,
+    StopPolicy,
 };
 
 use super::io::{self, IntType};
@@ -80,7 +81,10 @@ struct Past {
 }
 
 fn sig_err(model: &Path, message: String) -> BackendError {
-    BackendError::ModelSignature { path: model.to_path_buf(), message }
+    BackendError::ModelSignature {
+        path: model.to_path_buf(),
+        message,
+    }
 }
 
 fn parse_kv_name(name: &str, prefix: &str) -> Option<(usize, bool)> {
@@ -96,7 +100,10 @@ fn parse_kv_name(name: &str, prefix: &str) -> Option<(usize, bool)> {
 
 impl OrtCausalLm {
     /// Loads `model.onnx`, `tokenizer.json` and `config.json` from `dir`.
-    pub fn from_dir(dir: impl AsRef<Path>, options: OrtCausalLmOptions) -> Result<Self, BackendError> {
+    pub fn from_dir(
+        dir: impl AsRef<Path>,
+        options: OrtCausalLmOptions,
+    ) -> Result<Self, BackendError> {
         let dir = dir.as_ref();
         let model = io::model_path(dir, options.model_file.as_deref())?;
         let config_path = dir.join("config.json");
@@ -105,7 +112,10 @@ impl OrtCausalLm {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
-            .map_err(|e| BackendError::Tokenizer { path: dir.join("tokenizer.json"), message: e.to_string() })?;
+            .map_err(|e| BackendError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })?;
 
         let env = runtime::ort_environment(options.session.dylib_path.as_deref())?;
         let first = runtime::open_session(&env, &model, &options.session)?;
@@ -113,20 +123,33 @@ impl OrtCausalLm {
         let inputs = io::input_names(&first);
         let outputs = io::output_names(&first);
         if !inputs.iter().any(|n| n == "input_ids") {
-            return Err(sig_err(&model, format!("no `input_ids` input (inputs: {})", inputs.join(", "))));
+            return Err(sig_err(
+                &model,
+                format!("no `input_ids` input (inputs: {})", inputs.join(", ")),
+            ));
         }
         let ids_type = io::int_input(&first, &model, "input_ids")?;
         let opt_int = |name: &str| -> Result<Option<IntType>, BackendError> {
-            if inputs.iter().any(|n| n == name) { io::int_input(&first, &model, name).map(Some) } else { Ok(None) }
+            if inputs.iter().any(|n| n == name) {
+                io::int_input(&first, &model, name).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let mask = opt_int("attention_mask")?;
         let positions = opt_int("position_ids")?;
         let use_cache_branch = inputs.iter().any(|n| n == "use_cache_branch");
         if !outputs.iter().any(|n| n == "logits") {
-            return Err(sig_err(&model, format!("no `logits` output (outputs: {})", outputs.join(", "))));
+            return Err(sig_err(
+                &model,
+                format!("no `logits` output (outputs: {})", outputs.join(", ")),
+            ));
         }
         if io::tensor_type(&first, "logits", false) != Some(TensorElementType::Float32) {
-            return Err(sig_err(&model, "output `logits` must be a float32 tensor".into()));
+            return Err(sig_err(
+                &model,
+                "output `logits` must be a float32 tensor".into(),
+            ));
         }
 
         // Past key values.
@@ -137,11 +160,23 @@ impl OrtCausalLm {
                 if io::tensor_type(&first, name, true) != Some(TensorElementType::Float32) {
                     return Err(sig_err(
                         &model,
-                        format!("input `{name}` is not float32 (only float32 key/value caches are supported)"),
+                        format!(
+                            "input `{name}` is not float32 (only float32 key/value caches are supported)"
+                        ),
                     ));
                 }
-            } else if !["input_ids", "attention_mask", "position_ids", "use_cache_branch"].contains(&name.as_str()) {
-                return Err(sig_err(&model, format!("unsupported input `{name}` (inputs: {})", inputs.join(", "))));
+            } else if ![
+                "input_ids",
+                "attention_mask",
+                "position_ids",
+                "use_cache_branch",
+            ]
+            .contains(&name.as_str())
+            {
+                return Err(sig_err(
+                    &model,
+                    format!("unsupported input `{name}` (inputs: {})", inputs.join(", ")),
+                ));
             }
         }
         let kv = if past_layers.is_empty() {
@@ -150,11 +185,20 @@ impl OrtCausalLm {
             let layers = past_layers.iter().map(|(l, _)| l + 1).max().unwrap_or(0);
             for l in 0..layers {
                 for kind in ["key", "value"] {
-                    if !inputs.iter().any(|n| *n == format!("past_key_values.{l}.{kind}")) {
-                        return Err(sig_err(&model, format!("missing input `past_key_values.{l}.{kind}`")));
+                    if !inputs
+                        .iter()
+                        .any(|n| *n == format!("past_key_values.{l}.{kind}"))
+                    {
+                        return Err(sig_err(
+                            &model,
+                            format!("missing input `past_key_values.{l}.{kind}`"),
+                        ));
                     }
                     if !outputs.iter().any(|n| *n == format!("present.{l}.{kind}")) {
-                        return Err(sig_err(&model, format!("missing output `present.{l}.{kind}`")));
+                        return Err(sig_err(
+                            &model,
+                            format!("missing output `present.{l}.{kind}`"),
+                        ));
                     }
                 }
             }
@@ -162,12 +206,20 @@ impl OrtCausalLm {
             if shape.len() != 4 {
                 return Err(sig_err(
                     &model,
-                    format!("`past_key_values.0.key` has rank {}; expected [batch, heads, past, head_dim]", shape.len()),
+                    format!(
+                        "`past_key_values.0.key` has rank {}; expected [batch, heads, past, head_dim]",
+                        shape.len()
+                    ),
                 ));
             }
             let cfg_usize = |k: &str| config.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
-            let cfg_heads = cfg_usize("num_key_value_heads").or_else(|| cfg_usize("num_attention_heads"));
-            let heads = if shape[1] > 0 { Some(shape[1] as usize) } else { cfg_heads };
+            let cfg_heads =
+                cfg_usize("num_key_value_heads").or_else(|| cfg_usize("num_attention_heads"));
+            let heads = if shape[1] > 0 {
+                Some(shape[1] as usize)
+            } else {
+                cfg_heads
+            };
             let head_dim = if shape[3] > 0 {
                 Some(shape[3] as usize)
             } else {
@@ -178,7 +230,11 @@ impl OrtCausalLm {
                 })
             };
             match (heads, head_dim) {
-                (Some(heads), Some(head_dim)) => Some(KvSpec { layers, heads, head_dim }),
+                (Some(heads), Some(head_dim)) => Some(KvSpec {
+                    layers,
+                    heads,
+                    head_dim,
+                }),
                 _ => {
                     return Err(BackendError::Config {
                         path: config_path,
@@ -189,7 +245,10 @@ impl OrtCausalLm {
             }
         };
         if use_cache_branch && kv.is_none() {
-            return Err(sig_err(&model, "`use_cache_branch` input without past key values".into()));
+            return Err(sig_err(
+                &model,
+                "`use_cache_branch` input without past key values".into(),
+            ));
         }
 
         // EOS: generation_config.json, else config.json, else the tokenizer's <|endoftext|> / </s>.
@@ -199,10 +258,17 @@ impl OrtCausalLm {
             eos = io::u32_list(config.get("eos_token_id"));
         }
         if eos.is_empty() {
-            eos = ["<|endoftext|>", "</s>", "<|im_end|>"].iter().filter_map(|t| tokenizer.token_to_id(t)).collect();
+            eos = ["<|endoftext|>", "</s>", "<|im_end|>"]
+                .iter()
+                .filter_map(|t| tokenizer.token_to_id(t))
+                .collect();
         }
-        let max_length =
-            options.max_length.or_else(|| config.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|v| v as usize));
+        let max_length = options.max_length.or_else(|| {
+            config
+                .get("max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+        });
 
         let mut sessions = vec![first];
         for _ in 1..options.session.pool_size() {
@@ -214,7 +280,10 @@ impl OrtCausalLm {
             weights_sha256: Some(runtime::model_sha256(&model)?),
             details: format!(
                 "onnx={} kv_cache={} device={:?}",
-                model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                model
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 kv.is_some(),
                 options.session.device
             ),
@@ -280,21 +349,35 @@ impl OrtCausalLm {
     ) -> Result<(usize, Vec<f32>, Option<Past>), BackendError> {
         let s = tokens.len();
         let total = start + s;
-        let mut feed: Vec<(String, SessionInputValue<'_>)> = Vec::with_capacity(4 + 2 * self.kv.map_or(0, |k| k.layers));
+        let mut feed: Vec<(String, SessionInputValue<'_>)> =
+            Vec::with_capacity(4 + 2 * self.kv.map_or(0, |k| k.layers));
         feed.push((
             "input_ids".into(),
-            io::int_tensor(self.ids_type, 1, s, tokens.iter().map(|&t| i64::from(t)).collect())?.into(),
+            io::int_tensor(
+                self.ids_type,
+                1,
+                s,
+                tokens.iter().map(|&t| i64::from(t)).collect(),
+            )?
+            .into(),
         ));
         if let Some(t) = self.mask {
-            feed.push(("attention_mask".into(), io::int_tensor(t, 1, total, vec![1; total])?.into()));
+            feed.push((
+                "attention_mask".into(),
+                io::int_tensor(t, 1, total, vec![1; total])?.into(),
+            ));
         }
         if let Some(t) = self.positions {
-            feed.push(("position_ids".into(), io::int_tensor(t, 1, s, (start as i64..total as i64).collect())?.into()));
+            feed.push((
+                "position_ids".into(),
+                io::int_tensor(t, 1, s, (start as i64..total as i64).collect())?.into(),
+            ));
         }
         if let Some(kv) = self.kv {
             if self.use_cache_branch {
-                let flag = Tensor::from_array((vec![1i64], vec![past.is_some()]))
-                    .map_err(|e| BackendError::Runtime(format!("creating use_cache_branch: {e}")))?;
+                let flag = Tensor::from_array((vec![1i64], vec![past.is_some()])).map_err(|e| {
+                    BackendError::Runtime(format!("creating use_cache_branch: {e}"))
+                })?;
                 feed.push(("use_cache_branch".into(), flag.into_dyn().into()));
             }
             match past {
@@ -309,28 +392,43 @@ impl OrtCausalLm {
                         for kind in ["key", "value"] {
                             let shape = vec![1i64, kv.heads as i64, 0, kv.head_dim as i64];
                             let empty = Tensor::<f32>::from_array((shape, Vec::<f32>::new()))
-                                .map_err(|e| BackendError::Runtime(format!("creating an empty cache: {e}")))?;
-                            feed.push((format!("past_key_values.{l}.{kind}"), empty.into_dyn().into()));
+                                .map_err(|e| {
+                                    BackendError::Runtime(format!("creating an empty cache: {e}"))
+                                })?;
+                            feed.push((
+                                format!("past_key_values.{l}.{kind}"),
+                                empty.into_dyn().into(),
+                            ));
                         }
                     }
                 }
             }
         }
-        let mut outputs = session
-            .run(feed)
-            .map_err(|e| BackendError::Runtime(format!("{}: inference failed: {e}", self.model.display())))?;
+        let mut outputs = session.run(feed).map_err(|e| {
+            BackendError::Runtime(format!("{}: inference failed: {e}", self.model.display()))
+        })?;
         let (vocab, logits) = {
             let value = outputs
                 .get("logits")
                 .ok_or_else(|| sig_err(&self.model, "the run returned no `logits`".into()))?;
-            let (shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| sig_err(&self.model, format!("`logits` is not a float32 tensor: {e}")))?;
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
+                sig_err(
+                    &self.model,
+                    format!("`logits` is not a float32 tensor: {e}"),
+                )
+            })?;
             if shape.len() != 3 || shape[0] != 1 || shape[1] as usize != s {
-                return Err(sig_err(&self.model, format!("`logits` has shape {shape:?}; expected [1, {s}, vocab]")));
+                return Err(sig_err(
+                    &self.model,
+                    format!("`logits` has shape {shape:?}; expected [1, {s}, vocab]"),
+                ));
             }
             let vocab = shape[2] as usize;
-            let logits = if all_positions { data.to_vec() } else { data[(s - 1) * vocab..s * vocab].to_vec() };
+            let logits = if all_positions {
+                data.to_vec()
+            } else {
+                data[(s - 1) * vocab..s * vocab].to_vec()
+            };
             (vocab, logits)
         };
         let new_past = match self.kv {
@@ -339,11 +437,9 @@ impl OrtCausalLm {
                 for l in 0..kv.layers {
                     for kind in ["key", "value"] {
                         let name = format!("present.{l}.{kind}");
-                        values.push(
-                            outputs
-                                .remove(&name)
-                                .ok_or_else(|| sig_err(&self.model, format!("the run returned no `{name}`")))?,
-                        );
+                        values.push(outputs.remove(&name).ok_or_else(|| {
+                            sig_err(&self.model, format!("the run returned no `{name}`"))
+                        })?);
                     }
                 }
                 Some(Past { values })
@@ -363,7 +459,12 @@ impl OrtCausalLm {
     }
 
     /// Generates one completion.
-    fn generate_one(&self, req: &GenerateRequest, index: usize, prompt: &[u32]) -> Result<Completion, ModelError> {
+    fn generate_one(
+        &self,
+        req: &GenerateRequest,
+        index: usize,
+        prompt: &[u32],
+    ) -> Result<Completion, ModelError> {
         let cfg = &req.config;
         let mut rng = SplitMix64::new(derive_seed(req.seed, &format!("completion/{index}")));
         let stop_ids: &[u32] = match &cfg.stop {
@@ -373,7 +474,11 @@ impl OrtCausalLm {
         };
         let mut tokens: Vec<u32> = Vec::new();
         if cfg.max_new_tokens == 0 {
-            return Ok(Completion { text: String::new(), token_ids: tokens, finish_reason: FinishReason::Length });
+            return Ok(Completion {
+                text: String::new(),
+                token_ids: tokens,
+                finish_reason: FinishReason::Length,
+            });
         }
         let mut session = self.pool.checkout();
         let (_, mut logits, mut past) = self.forward(&mut session, prompt, 0, None, false)?;
@@ -381,9 +486,11 @@ impl OrtCausalLm {
         let finish = loop {
             let next = match &cfg.sampling {
                 Sampling::Greedy => argmax(&logits),
-                Sampling::Sample { temperature, top_p, top_k } => {
-                    sample(&logits, &mut rng, *temperature, *top_p, *top_k)
-                }
+                Sampling::Sample {
+                    temperature,
+                    top_p,
+                    top_k,
+                } => sample(&logits, &mut rng, *temperature, *top_p, *top_k),
             };
             if stop_ids.contains(&next) {
                 break FinishReason::StopToken;
@@ -392,7 +499,12 @@ impl OrtCausalLm {
             seq.push(next);
             if !cfg.stop_strings.is_empty() {
                 let text = self.decode(&tokens)?;
-                let hit = cfg.stop_strings.iter().filter(|x| !x.is_empty()).filter_map(|x| text.find(x.as_str())).min();
+                let hit = cfg
+                    .stop_strings
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .filter_map(|x| text.find(x.as_str()))
+                    .min();
                 if let Some(at) = hit {
                     return Ok(Completion {
                         text: text[..at].to_string(),
@@ -412,33 +524,53 @@ impl OrtCausalLm {
             logits = l;
             past = p;
         };
-        Ok(Completion { text: self.decode(&tokens)?, token_ids: tokens, finish_reason: finish })
+        Ok(Completion {
+            text: self.decode(&tokens)?,
+            token_ids: tokens,
+            finish_reason: finish,
+        })
     }
 
     fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer.decode(ids, true).map_err(|e| ModelError::Backend(format!("decoding: {e}")))
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Backend(format!("decoding: {e}")))
     }
 
     fn generate_request(&self, req: &GenerateRequest) -> Result<GenerateResponse, ModelError> {
         req.config.validate()?;
         if req.config.num_beams > 1 {
-            return Err(ModelError::Unsupported { model: self.info.id.clone(), capability: Capability::BeamSearch });
+            return Err(ModelError::Unsupported {
+                model: self.info.id.clone(),
+                capability: Capability::BeamSearch,
+            });
         }
         let prompt = self.encode(&req.prompt).map_err(ModelError::from)?;
         if prompt.is_empty() {
-            return Err(ModelError::InvalidRequest("the prompt tokenises to no tokens".into()));
+            return Err(ModelError::InvalidRequest(
+                "the prompt tokenises to no tokens".into(),
+            ));
         }
-        self.check_length(prompt.len() + req.config.max_new_tokens, "prompt + max_new_tokens")?;
-        let completions =
-            (0..req.config.n).map(|i| self.generate_one(req, i, &prompt)).collect::<Result<Vec<_>, _>>()?;
+        self.check_length(
+            prompt.len() + req.config.max_new_tokens,
+            "prompt + max_new_tokens",
+        )?;
+        let completions = (0..req.config.n)
+            .map(|i| self.generate_one(req, i, &prompt))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(GenerateResponse { completions })
     }
 
-    fn loglikelihood_request(&self, req: &LogLikelihoodRequest) -> Result<LogLikelihood, ModelError> {
+    fn loglikelihood_request(
+        &self,
+        req: &LogLikelihoodRequest,
+    ) -> Result<LogLikelihood, ModelError> {
         let ctx = self.encode(&req.context).map_err(ModelError::from)?;
         let cont = self.encode(&req.continuation).map_err(ModelError::from)?;
         if cont.is_empty() {
-            return Err(ModelError::InvalidRequest("the continuation tokenises to no tokens".into()));
+            return Err(ModelError::InvalidRequest(
+                "the continuation tokenises to no tokens".into(),
+            ));
         }
         if ctx.is_empty() {
             return Err(ModelError::InvalidRequest(
@@ -455,7 +587,9 @@ impl OrtCausalLm {
             let row = &logits[(t - 1) * vocab..t * vocab];
             let target = ids[t] as usize;
             if target >= vocab {
-                return Err(ModelError::Backend(format!("token id {target} is outside the vocabulary ({vocab})")));
+                return Err(ModelError::Backend(format!(
+                    "token id {target} is outside the vocabulary ({vocab})"
+                )));
             }
             token_logprobs.push(log_softmax_at(row, target));
             if argmax(row) as usize != target {
@@ -463,24 +597,44 @@ impl OrtCausalLm {
             }
         }
         let sum = token_logprobs.iter().sum();
-        Ok(LogLikelihood { token_logprobs, sum, is_greedy })
+        Ok(LogLikelihood {
+            token_logprobs,
+            sum,
+            is_greedy,
+        })
     }
 
     /// [`LanguageModel::generate`], blocking.
-    pub fn generate_blocking(&self, requests: &[GenerateRequest]) -> Vec<Result<GenerateResponse, ModelError>> {
+    pub fn generate_blocking(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
         parallel_map(requests, self.pool.size(), |r| self.generate_request(r))
     }
 
     /// [`LanguageModel::loglikelihood`], blocking.
-    pub fn loglikelihood_blocking(&self, requests: &[LogLikelihoodRequest]) -> Vec<Result<LogLikelihood, ModelError>> {
-        parallel_map(requests, self.pool.size(), |r| self.loglikelihood_request(r))
+    pub fn loglikelihood_blocking(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
+        parallel_map(requests, self.pool.size(), |r| {
+            self.loglikelihood_request(r)
+        })
     }
 }
 
 /// log softmax(row)[target], in f64.
 fn log_softmax_at(row: &[f32], target: usize) -> f64 {
-    let m = row.iter().map(|&v| f64::from(v)).fold(f64::NEG_INFINITY, f64::max);
-    let lse = row.iter().map(|&v| (f64::from(v) - m).exp()).sum::<f64>().ln() + m;
+    let m = row
+        .iter()
+        .map(|&v| f64::from(v))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let lse = row
+        .iter()
+        .map(|&v| (f64::from(v) - m).exp())
+        .sum::<f64>()
+        .ln()
+        + m;
     f64::from(row[target]) - lse
 }
 
@@ -491,14 +645,24 @@ impl LanguageModel for OrtCausalLm {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::of(&[Capability::Generate, Capability::Sampling, Capability::LogLikelihood])
+        Capabilities::of(&[
+            Capability::Generate,
+            Capability::Sampling,
+            Capability::LogLikelihood,
+        ])
     }
 
-    async fn generate(&self, requests: &[GenerateRequest]) -> Vec<Result<GenerateResponse, ModelError>> {
+    async fn generate(
+        &self,
+        requests: &[GenerateRequest],
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
         self.generate_blocking(requests)
     }
 
-    async fn loglikelihood(&self, requests: &[LogLikelihoodRequest]) -> Vec<Result<LogLikelihood, ModelError>> {
+    async fn loglikelihood(
+        &self,
+        requests: &[LogLikelihoodRequest],
+    ) -> Vec<Result<LogLikelihood, ModelError>> {
         self.loglikelihood_blocking(requests)
     }
 }
@@ -509,9 +673,18 @@ mod tests {
 
     #[test]
     fn kv_names() {
-        assert_eq!(parse_kv_name("past_key_values.3.key", "past_key_values."), Some((3, true)));
-        assert_eq!(parse_kv_name("present.0.value", "present."), Some((0, false)));
-        assert_eq!(parse_kv_name("past_key_values.x.key", "past_key_values."), None);
+        assert_eq!(
+            parse_kv_name("past_key_values.3.key", "past_key_values."),
+            Some((3, true))
+        );
+        assert_eq!(
+            parse_kv_name("present.0.value", "present."),
+            Some((0, false))
+        );
+        assert_eq!(
+            parse_kv_name("past_key_values.x.key", "past_key_values."),
+            None
+        );
         assert_eq!(parse_kv_name("input_ids", "past_key_values."), None);
     }
 

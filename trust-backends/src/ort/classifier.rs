@@ -60,7 +60,9 @@ impl std::str::FromStr for Activation {
             "sigmoid" => Ok(Activation::Sigmoid),
             "softmax" => Ok(Activation::Softmax),
             "identity" | "none" => Ok(Activation::Identity),
-            _ => Err(format!("unknown activation `{s}` (sigmoid, softmax, identity)")),
+            _ => Err(format!(
+                "unknown activation `{s}` (sigmoid, softmax, identity)"
+            )),
         }
     }
 }
@@ -149,13 +151,19 @@ enum RowError {
 }
 
 fn sig_err(model: &Path, message: String) -> BackendError {
-    BackendError::ModelSignature { path: model.to_path_buf(), message }
+    BackendError::ModelSignature {
+        path: model.to_path_buf(),
+        message,
+    }
 }
 
 impl OrtClassifier {
     /// Loads a classifier from a directory holding `model.onnx`, `tokenizer.json` and
     /// `config.json`.
-    pub fn from_dir(dir: impl AsRef<Path>, options: OrtClassifierOptions) -> Result<Self, BackendError> {
+    pub fn from_dir(
+        dir: impl AsRef<Path>,
+        options: OrtClassifierOptions,
+    ) -> Result<Self, BackendError> {
         let dir = dir.as_ref();
         let model = io::model_path(dir, options.model_file.as_deref())?;
         let config_path = dir.join("config.json");
@@ -185,8 +193,17 @@ impl OrtClassifier {
             true => Some(io::int_input(&first, &model, "token_type_ids")?),
             false => None,
         };
-        if let Some(other) = inputs.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(&n.as_str())) {
-            return Err(sig_err(&model, format!("unsupported input `{other}` (inputs: {})", inputs.join(", "))));
+        if let Some(other) = inputs
+            .iter()
+            .find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(&n.as_str()))
+        {
+            return Err(sig_err(
+                &model,
+                format!(
+                    "unsupported input `{other}` (inputs: {})",
+                    inputs.join(", ")
+                ),
+            ));
         }
         let outputs = io::output_names(&first);
         let output = if outputs.iter().any(|n| n == "logits") {
@@ -194,57 +211,93 @@ impl OrtClassifier {
         } else if outputs.len() == 1 {
             outputs[0].clone()
         } else {
-            return Err(sig_err(&model, format!("no `logits` output (outputs: {})", outputs.join(", "))));
+            return Err(sig_err(
+                &model,
+                format!("no `logits` output (outputs: {})", outputs.join(", ")),
+            ));
         };
         match io::tensor_type(&first, &output, false) {
             Some(TensorElementType::Float32) => {}
             other => {
-                return Err(sig_err(&model, format!("output `{output}` must be float32, found {other:?}")));
+                return Err(sig_err(
+                    &model,
+                    format!("output `{output}` must be float32, found {other:?}"),
+                ));
             }
         }
         let out_shape = io::tensor_shape(&first, &output, false).unwrap_or_default();
         if out_shape.len() != 2 {
             return Err(sig_err(
                 &model,
-                format!("output `{output}` has rank {}; expected [batch, num_labels]", out_shape.len()),
+                format!(
+                    "output `{output}` has rank {}; expected [batch, num_labels]",
+                    out_shape.len()
+                ),
             ));
         }
         let static_labels = (out_shape[1] > 0).then_some(out_shape[1] as usize);
 
         // Labels.
-        let labels = labels_from_config(&config, &config_path, options.labels.clone(), static_labels)?;
+        let labels =
+            labels_from_config(&config, &config_path, options.labels.clone(), static_labels)?;
         let activation = options.activation.unwrap_or_else(|| {
-            Activation::from_config(config.get("problem_type").and_then(|v| v.as_str()), labels.len())
+            Activation::from_config(
+                config.get("problem_type").and_then(|v| v.as_str()),
+                labels.len(),
+            )
         });
         let primary = match options.primary {
             Some(p) => {
                 if !labels.contains(&p) {
                     return Err(BackendError::Config {
                         path: config_path,
-                        message: format!("primary label `{p}` is not a label of the model ({})", labels.join(", ")),
+                        message: format!(
+                            "primary label `{p}` is not a label of the model ({})",
+                            labels.join(", ")
+                        ),
                     });
                 }
                 Some(p)
             }
-            None => ["toxicity", "toxic"].iter().find(|l| labels.iter().any(|x| x == *l)).map(|s| s.to_string()),
+            None => ["toxicity", "toxic"]
+                .iter()
+                .find(|l| labels.iter().any(|x| x == *l))
+                .map(|s| s.to_string()),
         };
 
         // Tokenizer: truncation and padding id.
         let max_length = options.max_length.unwrap_or_else(|| {
-            let pos = config.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
+            let pos = config
+                .get("max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(512) as usize;
             let is_roberta = matches!(
                 config.get("model_type").and_then(|v| v.as_str()),
                 Some("roberta" | "xlm-roberta" | "camembert")
             );
             // RoBERTa's position ids start at padding_idx + 1 = 2.
-            (if is_roberta { pos.saturating_sub(2) } else { pos }).min(512)
+            (if is_roberta {
+                pos.saturating_sub(2)
+            } else {
+                pos
+            })
+            .min(512)
         });
         if max_length == 0 {
-            return Err(BackendError::Config { path: config_path, message: "max_length must be positive".into() });
+            return Err(BackendError::Config {
+                path: config_path,
+                message: "max_length must be positive".into(),
+            });
         }
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-            .map_err(|e| BackendError::Tokenizer { path: dir.join("tokenizer.json"), message: e.to_string() })?;
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                ..Default::default()
+            }))
+            .map_err(|e| BackendError::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                message: e.to_string(),
+            })?;
         tokenizer.with_padding(None);
         let pad_id = config
             .get("pad_token_id")
@@ -281,7 +334,11 @@ impl OrtClassifier {
         if probe[0].len() != clf.info.labels.len() {
             return Err(sig_err(
                 &clf.model,
-                format!("the model returns {} logits but there are {} labels", probe[0].len(), clf.info.labels.len()),
+                format!(
+                    "the model returns {} logits but there are {} labels",
+                    probe[0].len(),
+                    clf.info.labels.len()
+                ),
             ));
         }
         Ok(clf)
@@ -317,13 +374,22 @@ impl OrtClassifier {
     }
 
     fn logits_inner(&self, texts: &[String]) -> Vec<Result<Vec<f32>, RowError>> {
-        let mut out: Vec<Option<Result<Vec<f32>, RowError>>> = (0..texts.len()).map(|_| None).collect();
+        let mut out: Vec<Option<Result<Vec<f32>, RowError>>> =
+            (0..texts.len()).map(|_| None).collect();
         let mut ok: Vec<Tokenized> = Vec::new();
         for (i, t) in texts.iter().enumerate() {
             match self.tokenizer.encode(t.as_str(), true) {
                 Ok(enc) if enc.get_ids().is_empty() => out[i] = Some(Err(RowError::Empty)),
-                Ok(enc) => ok.push(Tokenized { index: i, ids: enc.get_ids().to_vec(), types: enc.get_type_ids().to_vec() }),
-                Err(e) => out[i] = Some(Err(RowError::Failed(BackendError::Runtime(format!("tokenizing: {e}"))))),
+                Ok(enc) => ok.push(Tokenized {
+                    index: i,
+                    ids: enc.get_ids().to_vec(),
+                    types: enc.get_type_ids().to_vec(),
+                }),
+                Err(e) => {
+                    out[i] = Some(Err(RowError::Failed(BackendError::Runtime(format!(
+                        "tokenizing: {e}"
+                    )))))
+                }
             }
         }
         // Sort by length so batches carry little padding; results do not depend on the grouping.
@@ -341,12 +407,15 @@ impl OrtClassifier {
                 Err(e) => {
                     let msg = e.to_string();
                     for t in chunk.iter() {
-                        out[t.index] = Some(Err(RowError::Failed(BackendError::Runtime(msg.clone()))));
+                        out[t.index] =
+                            Some(Err(RowError::Failed(BackendError::Runtime(msg.clone()))));
                     }
                 }
             }
         }
-        out.into_iter().map(|o| o.expect("every text has a result")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every text has a result"))
+            .collect()
     }
 
     /// Per-label scores of each text (blocking); see [`TextScorer::score`].
@@ -354,7 +423,9 @@ impl OrtClassifier {
         self.logits_inner(texts)
             .into_iter()
             .map(|r| match r {
-                Ok(l) => Ok(Scores { values: self.activation.apply(&l) }),
+                Ok(l) => Ok(Scores {
+                    values: self.activation.apply(&l),
+                }),
                 Err(RowError::Empty) => Err(ScorerError::InvalidInput(EMPTY_TEXT.into())),
                 Err(RowError::Failed(e)) => Err(ScorerError::Backend(e.to_string())),
             })
@@ -381,13 +452,21 @@ impl OrtClassifier {
                 type_data[r * cols + c] = types[r].get(c).copied().map(i64::from).unwrap_or(0);
             }
         }
-        let mut feed: Vec<(String, SessionInputValue<'_>)> =
-            vec![("input_ids".into(), io::int_tensor(self.ids_type, rows, cols, id_data)?.into())];
+        let mut feed: Vec<(String, SessionInputValue<'_>)> = vec![(
+            "input_ids".into(),
+            io::int_tensor(self.ids_type, rows, cols, id_data)?.into(),
+        )];
         if let Some(t) = self.mask {
-            feed.push(("attention_mask".into(), io::int_tensor(t, rows, cols, mask_data)?.into()));
+            feed.push((
+                "attention_mask".into(),
+                io::int_tensor(t, rows, cols, mask_data)?.into(),
+            ));
         }
         if let Some(t) = self.type_ids {
-            feed.push(("token_type_ids".into(), io::int_tensor(t, rows, cols, type_data)?.into()));
+            feed.push((
+                "token_type_ids".into(),
+                io::int_tensor(t, rows, cols, type_data)?.into(),
+            ));
         }
         let mut session = self.pool.checkout();
         run_logits(&mut session, &self.model, &self.output, feed, rows)
@@ -401,20 +480,30 @@ fn run_logits(
     feed: Vec<(String, SessionInputValue<'_>)>,
     rows: usize,
 ) -> Result<Vec<Vec<f32>>, BackendError> {
-    let outputs = session
-        .run(feed)
-        .map_err(|e| BackendError::Runtime(format!("{}: inference failed: {e}", model.display())))?;
+    let outputs = session.run(feed).map_err(|e| {
+        BackendError::Runtime(format!("{}: inference failed: {e}", model.display()))
+    })?;
     let value = outputs
         .get(output)
         .ok_or_else(|| sig_err(model, format!("the run returned no `{output}` output")))?;
-    let (shape, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| sig_err(model, format!("output `{output}` is not a float32 tensor: {e}")))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| {
+        sig_err(
+            model,
+            format!("output `{output}` is not a float32 tensor: {e}"),
+        )
+    })?;
     if shape.len() != 2 || shape[0] as usize != rows {
-        return Err(sig_err(model, format!("output `{output}` has shape {shape:?}; expected [{rows}, num_labels]")));
+        return Err(sig_err(
+            model,
+            format!("output `{output}` has shape {shape:?}; expected [{rows}, num_labels]"),
+        ));
     }
     let width = shape[1] as usize;
-    Ok(data.chunks(width.max(1)).take(rows).map(<[f32]>::to_vec).collect())
+    Ok(data
+        .chunks(width.max(1))
+        .take(rows)
+        .map(<[f32]>::to_vec)
+        .collect())
 }
 
 fn labels_from_config(
@@ -451,18 +540,27 @@ fn labels_from_config(
     } else {
         return Err(BackendError::Config {
             path: config_path.to_path_buf(),
-            message: "no id2label and the model's output width is dynamic; pass the labels explicitly".into(),
+            message:
+                "no id2label and the model's output width is dynamic; pass the labels explicitly"
+                    .into(),
         });
     };
     if labels.is_empty() {
-        return Err(BackendError::Config { path: config_path.to_path_buf(), message: "the model has no labels".into() });
+        return Err(BackendError::Config {
+            path: config_path.to_path_buf(),
+            message: "the model has no labels".into(),
+        });
     }
     if let Some(n) = width
         && n != labels.len()
     {
         return Err(BackendError::Config {
             path: config_path.to_path_buf(),
-            message: format!("{} labels ({}) but the model outputs {n} logits", labels.len(), labels.join(", ")),
+            message: format!(
+                "{} labels ({}) but the model outputs {n} logits",
+                labels.len(),
+                labels.join(", ")
+            ),
         });
     }
     Ok(labels)
@@ -485,9 +583,18 @@ mod tests {
 
     #[test]
     fn activation_choice_follows_hf_pipeline() {
-        assert_eq!(Activation::from_config(Some("multi_label_classification"), 6), Activation::Sigmoid);
-        assert_eq!(Activation::from_config(Some("single_label_classification"), 1), Activation::Softmax);
-        assert_eq!(Activation::from_config(Some("regression"), 1), Activation::Identity);
+        assert_eq!(
+            Activation::from_config(Some("multi_label_classification"), 6),
+            Activation::Sigmoid
+        );
+        assert_eq!(
+            Activation::from_config(Some("single_label_classification"), 1),
+            Activation::Softmax
+        );
+        assert_eq!(
+            Activation::from_config(Some("regression"), 1),
+            Activation::Identity
+        );
         assert_eq!(Activation::from_config(None, 1), Activation::Sigmoid);
         assert_eq!(Activation::from_config(None, 2), Activation::Softmax);
     }
@@ -499,7 +606,10 @@ mod tests {
         let g = Activation::Sigmoid.apply(&[0.0, 2.0]);
         assert!((g[0] - 0.5).abs() < 1e-12 && (g[1] - 1.0 / (1.0 + (-2.0f64).exp())).abs() < 1e-7);
         assert_eq!(Activation::Identity.apply(&[1.5]), vec![1.5]);
-        assert_eq!("sigmoid".parse::<Activation>().unwrap(), Activation::Sigmoid);
+        assert_eq!(
+            "sigmoid".parse::<Activation>().unwrap(),
+            Activation::Sigmoid
+        );
         assert!("relu".parse::<Activation>().is_err());
     }
 
@@ -510,7 +620,8 @@ mod tests {
         assert_eq!(l, ["neutral", "toxic"]);
         let err = labels_from_config(&cfg, Path::new("c.json"), None, Some(3)).unwrap_err();
         assert!(err.to_string().contains("outputs 3 logits"), "{err}");
-        let l = labels_from_config(&serde_json::json!({}), Path::new("c.json"), None, Some(2)).unwrap();
+        let l =
+            labels_from_config(&serde_json::json!({}), Path::new("c.json"), None, Some(2)).unwrap();
         assert_eq!(l, ["LABEL_0", "LABEL_1"]);
         let bad = serde_json::json!({"id2label": {"0": "a", "2": "b"}});
         assert!(labels_from_config(&bad, Path::new("c.json"), None, None).is_err());

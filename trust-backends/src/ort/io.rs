@@ -18,26 +18,53 @@ pub(crate) enum IntType {
 
 /// The element type of a tensor input or output, if it is a tensor.
 pub(crate) fn tensor_type(session: &Session, name: &str, input: bool) -> Option<TensorElementType> {
-    let outlets = if input { session.inputs() } else { session.outputs() };
-    outlets.iter().find(|o| o.name() == name).and_then(|o| o.dtype().tensor_type())
+    let outlets = if input {
+        session.inputs()
+    } else {
+        session.outputs()
+    };
+    outlets
+        .iter()
+        .find(|o| o.name() == name)
+        .and_then(|o| o.dtype().tensor_type())
 }
 
 /// The static shape of a tensor input or output (`-1` for symbolic dimensions).
 pub(crate) fn tensor_shape(session: &Session, name: &str, input: bool) -> Option<Vec<i64>> {
-    let outlets = if input { session.inputs() } else { session.outputs() };
-    outlets.iter().find(|o| o.name() == name).and_then(|o| o.dtype().tensor_shape()).map(|s| s.to_vec())
+    let outlets = if input {
+        session.inputs()
+    } else {
+        session.outputs()
+    };
+    outlets
+        .iter()
+        .find(|o| o.name() == name)
+        .and_then(|o| o.dtype().tensor_shape())
+        .map(|s| s.to_vec())
 }
 
 pub(crate) fn input_names(session: &Session) -> Vec<String> {
-    session.inputs().iter().map(|o| o.name().to_string()).collect()
+    session
+        .inputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect()
 }
 
 pub(crate) fn output_names(session: &Session) -> Vec<String> {
-    session.outputs().iter().map(|o| o.name().to_string()).collect()
+    session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect()
 }
 
 /// Checks that `name` is an integer input and returns its type.
-pub(crate) fn int_input(session: &Session, model: &Path, name: &str) -> Result<IntType, BackendError> {
+pub(crate) fn int_input(
+    session: &Session,
+    model: &Path,
+    name: &str,
+) -> Result<IntType, BackendError> {
     match tensor_type(session, name, true) {
         Some(TensorElementType::Int64) => Ok(IntType::I64),
         Some(TensorElementType::Int32) => Ok(IntType::I32),
@@ -53,14 +80,21 @@ pub(crate) fn int_input(session: &Session, model: &Path, name: &str) -> Result<I
 }
 
 /// A `[rows, cols]` integer tensor of the given type.
-pub(crate) fn int_tensor(ty: IntType, rows: usize, cols: usize, data: Vec<i64>) -> Result<DynValue, BackendError> {
+pub(crate) fn int_tensor(
+    ty: IntType,
+    rows: usize,
+    cols: usize,
+    data: Vec<i64>,
+) -> Result<DynValue, BackendError> {
     debug_assert_eq!(data.len(), rows * cols);
     let shape = vec![rows as i64, cols as i64];
     let v = match ty {
         IntType::I64 => Tensor::from_array((shape, data)).map(|t| t.into_dyn()),
-        IntType::I32 => {
-            Tensor::from_array((shape, data.into_iter().map(|x| x as i32).collect::<Vec<_>>())).map(|t| t.into_dyn())
-        }
+        IntType::I32 => Tensor::from_array((
+            shape,
+            data.into_iter().map(|x| x as i32).collect::<Vec<_>>(),
+        ))
+        .map(|t| t.into_dyn()),
     };
     v.map_err(|e| BackendError::Runtime(format!("creating an input tensor: {e}")))
 }
@@ -68,24 +102,41 @@ pub(crate) fn int_tensor(ty: IntType, rows: usize, cols: usize, data: Vec<i64>) 
 /// Loads `tokenizer.json`.
 pub(crate) fn load_tokenizer(path: &Path) -> Result<Tokenizer, BackendError> {
     if !path.is_file() {
-        return Err(BackendError::Tokenizer { path: path.to_path_buf(), message: "file not found".into() });
+        return Err(BackendError::Tokenizer {
+            path: path.to_path_buf(),
+            message: "file not found".into(),
+        });
     }
-    Tokenizer::from_file(path).map_err(|e| BackendError::Tokenizer { path: path.to_path_buf(), message: e.to_string() })
+    Tokenizer::from_file(path).map_err(|e| BackendError::Tokenizer {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 /// Reads `config.json` (an empty object when the file is absent and `required` is false).
 pub(crate) fn load_config(path: &Path, required: bool) -> Result<serde_json::Value, BackendError> {
     if !path.is_file() {
         if required {
-            return Err(BackendError::Config { path: path.to_path_buf(), message: "file not found".into() });
+            return Err(BackendError::Config {
+                path: path.to_path_buf(),
+                message: "file not found".into(),
+            });
         }
         return Ok(serde_json::Value::Object(Default::default()));
     }
-    let text = std::fs::read_to_string(path).map_err(|source| BackendError::Io { path: path.to_path_buf(), source })?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| BackendError::Config { path: path.to_path_buf(), message: format!("invalid JSON: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|source| BackendError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| BackendError::Config {
+        path: path.to_path_buf(),
+        message: format!("invalid JSON: {e}"),
+    })?;
     if !v.is_object() {
-        return Err(BackendError::Config { path: path.to_path_buf(), message: "expected a JSON object".into() });
+        return Err(BackendError::Config {
+            path: path.to_path_buf(),
+            message: "expected a JSON object".into(),
+        });
     }
     Ok(v)
 }
@@ -102,14 +153,24 @@ pub(crate) fn model_path(dir: &Path, file: Option<&str>) -> Result<PathBuf, Back
         return Ok(dir.join(f));
     }
     let candidates = [dir.join("model.onnx"), dir.join("onnx").join("model.onnx")];
-    Ok(candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| candidates[0].clone()))
+    Ok(candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| candidates[0].clone()))
 }
 
 /// A JSON integer or list of integers (HF `eos_token_id` may be either).
 pub(crate) fn u32_list(v: Option<&serde_json::Value>) -> Vec<u32> {
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => Vec::new(),
     }
 }

@@ -19,7 +19,11 @@ impl SessionPool {
     pub(crate) fn new(sessions: Vec<Session>) -> Self {
         let size = sessions.len();
         assert!(size > 0, "a session pool needs at least one session");
-        SessionPool { free: Mutex::new(sessions), returned: Condvar::new(), size }
+        SessionPool {
+            free: Mutex::new(sessions),
+            returned: Condvar::new(),
+            size,
+        }
     }
 
     /// Number of sessions.
@@ -33,7 +37,10 @@ impl SessionPool {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(s) = free.pop() {
-                return PooledSession { pool: self, session: Some(s) };
+                return PooledSession {
+                    pool: self,
+                    session: Some(s),
+                };
             }
             free = self.returned.wait(free).unwrap_or_else(|e| e.into_inner());
         }
@@ -61,14 +68,22 @@ impl DerefMut for PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            self.pool.free.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+            self.pool
+                .free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(s);
             self.pool.returned.notify_one();
         }
     }
 }
 
 /// Runs `f` over `items` on up to `workers` scoped threads; results keep the order of `items`.
-pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let workers = workers.min(items.len());
     if workers <= 1 {
         return items.iter().map(f).collect();
@@ -89,7 +104,14 @@ pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], workers: usize, f: imp
             });
         }
     });
-    slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every item ran")).collect()
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item ran")
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -100,7 +122,10 @@ mod tests {
     fn parallel_map_keeps_order() {
         let items: Vec<usize> = (0..37).collect();
         for workers in [1, 2, 5, 100] {
-            assert_eq!(parallel_map(&items, workers, |x| x * 2), items.iter().map(|x| x * 2).collect::<Vec<_>>());
+            assert_eq!(
+                parallel_map(&items, workers, |x| x * 2),
+                items.iter().map(|x| x * 2).collect::<Vec<_>>()
+            );
         }
         assert!(parallel_map(&Vec::<u8>::new(), 4, |x| *x).is_empty());
     }

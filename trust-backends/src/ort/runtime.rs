@@ -45,7 +45,12 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { sessions: None, intra_threads: 1, device: OrtDevice::Cpu, dylib_path: None }
+        SessionOptions {
+            sessions: None,
+            intra_threads: 1,
+            device: OrtDevice::Cpu,
+            dylib_path: None,
+        }
     }
 }
 
@@ -55,7 +60,9 @@ impl SessionOptions {
         match (self.sessions, self.device) {
             (Some(n), _) => n.max(1),
             (None, OrtDevice::Cuda(_)) => 1,
-            (None, OrtDevice::Cpu) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            (None, OrtDevice::Cpu) => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
         }
     }
 }
@@ -116,9 +123,16 @@ fn local_install_candidates() -> Vec<PathBuf> {
 /// library is missing, is not an ONNX Runtime library, or is older than 1.31. Once a library is
 /// loaded, asking for a different one is an error (a process can hold only one).
 pub fn ort_environment(dylib: Option<&Path>) -> Result<Environment, BackendError> {
-    let path = resolve_dylib_path(dylib, std::env::var_os("ORT_DYLIB_PATH"), &local_install_candidates())?;
+    let path = resolve_dylib_path(
+        dylib,
+        std::env::var_os("ORT_DYLIB_PATH"),
+        &local_install_candidates(),
+    )?;
     if !path.is_file() {
-        return Err(BackendError::OrtLibrary { path: Some(path), message: "no such file".into() });
+        return Err(BackendError::OrtLibrary {
+            path: Some(path),
+            message: "no such file".into(),
+        });
     }
     let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
@@ -134,13 +148,21 @@ pub fn ort_environment(dylib: Option<&Path>) -> Result<Environment, BackendError
         }
         return Ok(loaded.env.clone());
     }
-    let builder = ::ort::init_from(&canonical)
-        .map_err(|e| BackendError::OrtLibrary { path: Some(path.clone()), message: e.to_string() })?;
+    let builder = ::ort::init_from(&canonical).map_err(|e| BackendError::OrtLibrary {
+        path: Some(path.clone()),
+        message: e.to_string(),
+    })?;
     let env = builder
         .with_name("trust")
         .build()
-        .map_err(|e| BackendError::OrtLibrary { path: Some(path.clone()), message: e.to_string() })?;
-    let loaded = LOADED.get_or_init(|| Loaded { path: canonical, env });
+        .map_err(|e| BackendError::OrtLibrary {
+            path: Some(path.clone()),
+            message: e.to_string(),
+        })?;
+    let loaded = LOADED.get_or_init(|| Loaded {
+        path: canonical,
+        env,
+    });
     tracing::debug!(path = %loaded.path.display(), "loaded ONNX Runtime");
     Ok(loaded.env.clone())
 }
@@ -151,12 +173,18 @@ fn builder_err<R>(model: &Path, what: &str) -> impl FnOnce(::ort::Error<R>) -> B
     move |e| BackendError::Runtime(format!("{}: {what}: {e}", model.display()))
 }
 
-fn configure(builder: SessionBuilder, model: &Path, opts: &SessionOptions) -> Result<SessionBuilder, BackendError> {
+fn configure(
+    builder: SessionBuilder,
+    model: &Path,
+    opts: &SessionOptions,
+) -> Result<SessionBuilder, BackendError> {
     let mut b = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(builder_err(model, "setting the optimization level"))?;
     if opts.intra_threads > 0 {
-        b = b.with_intra_threads(opts.intra_threads).map_err(builder_err(model, "setting intra-op threads"))?;
+        b = b
+            .with_intra_threads(opts.intra_threads)
+            .map_err(builder_err(model, "setting intra-op threads"))?;
     }
     match opts.device {
         OrtDevice::Cpu => Ok(b),
@@ -165,10 +193,17 @@ fn configure(builder: SessionBuilder, model: &Path, opts: &SessionOptions) -> Re
 }
 
 #[cfg(feature = "ort-cuda")]
-fn with_cuda(b: SessionBuilder, model: &Path, device_id: i32) -> Result<SessionBuilder, BackendError> {
+fn with_cuda(
+    b: SessionBuilder,
+    model: &Path,
+    device_id: i32,
+) -> Result<SessionBuilder, BackendError> {
     use ::ort::ep::{CUDA, ExecutionProvider};
-    let available = CUDA::is_available()
-        .map_err(|e| BackendError::Device(format!("cannot query ONNX Runtime's CUDA execution provider: {e}")))?;
+    let available = CUDA::is_available().map_err(|e| {
+        BackendError::Device(format!(
+            "cannot query ONNX Runtime's CUDA execution provider: {e}"
+        ))
+    })?;
     if !available {
         return Err(BackendError::Device(
             "the loaded ONNX Runtime library has no CUDA execution provider (the CPU-only build that \
@@ -177,7 +212,10 @@ fn with_cuda(b: SessionBuilder, model: &Path, device_id: i32) -> Result<SessionB
                 .into(),
         ));
     }
-    let ep = CUDA::default().with_device_id(device_id).build().error_on_failure();
+    let ep = CUDA::default()
+        .with_device_id(device_id)
+        .build()
+        .error_on_failure();
     b.with_execution_providers([ep]).map_err(|e| {
         BackendError::Device(format!(
             "{}: registering the CUDA execution provider on device {device_id} failed (no silent CPU fallback): {e}",
@@ -187,27 +225,41 @@ fn with_cuda(b: SessionBuilder, model: &Path, device_id: i32) -> Result<SessionB
 }
 
 #[cfg(not(feature = "ort-cuda"))]
-fn with_cuda(_b: SessionBuilder, _model: &Path, device_id: i32) -> Result<SessionBuilder, BackendError> {
+fn with_cuda(
+    _b: SessionBuilder,
+    _model: &Path,
+    device_id: i32,
+) -> Result<SessionBuilder, BackendError> {
     Err(BackendError::Device(format!(
         "CUDA device {device_id} requested, but trust-backends was built without the `ort-cuda` feature"
     )))
 }
 
 /// Opens `model` as one session.
-pub(crate) fn open_session(env: &Environment, model: &Path, opts: &SessionOptions) -> Result<Session, BackendError> {
+pub(crate) fn open_session(
+    env: &Environment,
+    model: &Path,
+    opts: &SessionOptions,
+) -> Result<Session, BackendError> {
     if !model.is_file() {
         return Err(BackendError::Io {
             path: model.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "ONNX model file not found"),
         });
     }
-    let builder = Session::builder(env)
-        .map_err(|e| BackendError::Runtime(format!("{}: creating a session builder: {e}", model.display())))?;
+    let builder = Session::builder(env).map_err(|e| {
+        BackendError::Runtime(format!(
+            "{}: creating a session builder: {e}",
+            model.display()
+        ))
+    })?;
     let mut builder = configure(builder, model, opts)?;
-    builder.commit_from_file(model).map_err(|e| BackendError::Config {
-        path: model.to_path_buf(),
-        message: format!("ONNX Runtime cannot load this model: {e}"),
-    })
+    builder
+        .commit_from_file(model)
+        .map_err(|e| BackendError::Config {
+            path: model.to_path_buf(),
+            message: format!("ONNX Runtime cannot load this model: {e}"),
+        })
 }
 
 /// sha256 (hex) over the model file and its external-data file (`<model>_data` / `<model>.data`)
@@ -226,10 +278,16 @@ pub(crate) fn model_sha256(model: &Path) -> Result<String, BackendError> {
         }
     }
     for f in files {
-        let mut file = std::fs::File::open(&f).map_err(|source| BackendError::Io { path: f.clone(), source })?;
+        let mut file = std::fs::File::open(&f).map_err(|source| BackendError::Io {
+            path: f.clone(),
+            source,
+        })?;
         let mut buf = vec![0u8; 1 << 16];
         loop {
-            let n = file.read(&mut buf).map_err(|source| BackendError::Io { path: f.clone(), source })?;
+            let n = file.read(&mut buf).map_err(|source| BackendError::Io {
+                path: f.clone(),
+                source,
+            })?;
             if n == 0 {
                 break;
             }
@@ -245,7 +303,12 @@ mod tests {
 
     #[test]
     fn unset_env_var_names_the_install_script() {
-        let err = resolve_dylib_path(None, None, &[PathBuf::from("/nonexistent/.ort/lib/libonnxruntime.so")]).unwrap_err();
+        let err = resolve_dylib_path(
+            None,
+            None,
+            &[PathBuf::from("/nonexistent/.ort/lib/libonnxruntime.so")],
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("ORT_DYLIB_PATH is not set"), "{msg}");
         assert!(msg.contains("scripts/install-onnxruntime.sh"), "{msg}");
@@ -258,7 +321,12 @@ mod tests {
         let local = tmp.path().join("libonnxruntime.so");
         std::fs::write(&local, "").unwrap();
         let fallbacks = [tmp.path().join("missing.so"), local.clone()];
-        let p = resolve_dylib_path(Some(Path::new("/x/lib.so")), Some("/y/lib.so".into()), &fallbacks).unwrap();
+        let p = resolve_dylib_path(
+            Some(Path::new("/x/lib.so")),
+            Some("/y/lib.so".into()),
+            &fallbacks,
+        )
+        .unwrap();
         assert_eq!(p, PathBuf::from("/x/lib.so"));
         let p = resolve_dylib_path(None, Some("/y/lib.so".into()), &fallbacks).unwrap();
         assert_eq!(p, PathBuf::from("/y/lib.so"));
@@ -267,9 +335,30 @@ mod tests {
 
     #[test]
     fn pool_size_defaults() {
-        assert_eq!(SessionOptions { sessions: Some(3), ..Default::default() }.pool_size(), 3);
-        assert_eq!(SessionOptions { sessions: Some(0), ..Default::default() }.pool_size(), 1);
-        assert_eq!(SessionOptions { device: OrtDevice::Cuda(0), ..Default::default() }.pool_size(), 1);
+        assert_eq!(
+            SessionOptions {
+                sessions: Some(3),
+                ..Default::default()
+            }
+            .pool_size(),
+            3
+        );
+        assert_eq!(
+            SessionOptions {
+                sessions: Some(0),
+                ..Default::default()
+            }
+            .pool_size(),
+            1
+        );
+        assert_eq!(
+            SessionOptions {
+                device: OrtDevice::Cuda(0),
+                ..Default::default()
+            }
+            .pool_size(),
+            1
+        );
         assert!(SessionOptions::default().pool_size() >= 1);
     }
 }
