@@ -44,6 +44,10 @@ pub struct EvalArgs {
     /// depend on it.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Local models: the most rows one forward pass decodes (a beam search counts its beams).
+    /// More rows use the CPU's matrix units better and need more memory for the KV cache.
+    #[arg(long, default_value_t = 64)]
+    max_batch_rows: usize,
     /// Run seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -87,6 +91,7 @@ pub fn load_model(
     device: &str,
     dtype: &str,
     batch_size: usize,
+    max_batch_rows: usize,
 ) -> anyhow::Result<Box<dyn LanguageModel>> {
     if spec == "mock" {
         return Ok(Box::new(MockModel::new()));
@@ -99,7 +104,7 @@ pub fn load_model(
     if spec.starts_with("http://") || spec.starts_with("https://") {
         return load_http_model(spec);
     }
-    load_model_dir(Path::new(spec), device, dtype, batch_size)
+    load_model_dir(Path::new(spec), device, dtype, batch_size, max_batch_rows)
 }
 
 /// `http://HOST:PORT/v1#MODEL[;opt...]`, or several comma-separated (a [`ShardedModel`]).
@@ -149,12 +154,14 @@ fn load_model_dir(
     device: &str,
     dtype: &str,
     batch_size: usize,
+    max_batch_rows: usize,
 ) -> anyhow::Result<Box<dyn LanguageModel>> {
     use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
     let opts = LoadOptions {
         dtype: parse_dtype(dtype)?,
         device: parse_device(device)?,
         batch_size: batch_size.max(1),
+        max_batch_rows: max_batch_rows.max(1),
         ..LoadOptions::default()
     };
     let model = CandleModel::load(dir, &opts)
@@ -169,6 +176,7 @@ fn load_model_dir(
     _device: &str,
     _dtype: &str,
     _batch_size: usize,
+    _max_batch_rows: usize,
 ) -> anyhow::Result<Box<dyn LanguageModel>> {
     bail!(
         "cannot load {}: candle backend not available in this build (use --model mock)",
@@ -276,7 +284,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         .await;
     }
     let out = a.out.clone().context("--out is required")?;
-    let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size)?;
+    let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size, a.max_batch_rows)?;
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec)?,
         None => None,

@@ -18,9 +18,13 @@ pub struct ModelOpts {
     /// Input JSONL file.
     #[arg(long)]
     input: PathBuf,
-    /// Sequences per forward pass.
+    /// Sequences per forward pass (scoring) or per generation group.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
+    /// Generation: the most rows one forward pass decodes across requests (a beam search
+    /// counts its beams).
+    #[arg(long, default_value_t = 64)]
+    max_batch_rows: usize,
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -99,6 +103,7 @@ fn load(o: &ModelOpts) -> anyhow::Result<CandleModel> {
         dtype: parse_dtype(&o.dtype)?,
         device: parse_device(&o.device)?,
         batch_size: o.batch_size,
+        max_batch_rows: o.max_batch_rows.max(1),
         ..LoadOptions::default()
     };
     Ok(CandleModel::load(&o.model, &opts)?)

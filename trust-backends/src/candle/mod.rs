@@ -402,6 +402,15 @@ impl CausalLm {
     }
 }
 
+/// `log_softmax(row)[i]`: `(x_i - max) - ln(sum_j exp(x_j - max))`, the exponentials in f32 (as
+/// an f32 log-softmax computes them) summed in f64 in index order (a sequential f32 sum over a
+/// 50k vocabulary drifts by ~1e-5).
+fn log_softmax_at(row: &[f32], i: usize) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| (x - max).exp() as f64).sum();
+    ((row[i] - max) as f64 - sum.ln()) as f32
+}
+
 /// Parses a device string: `cpu`, `cuda` or `cuda:N`. CUDA needs the `cuda` feature.
 pub fn parse_device(s: &str) -> Result<Device, BackendError> {
     let s = s.trim();
@@ -715,20 +724,36 @@ impl CandleModel {
         let idx = Tensor::from_vec(idx, n, dev)?;
         let h = hidden.reshape((b * l, hdim))?.index_select(&idx, 0)?;
         let logits = self.lm.lm_head_rows(&h)?;
-        let lsm = generate::log_softmax_f32(&logits)?.to_vec2::<f32>()?;
-        let logits = logits.to_vec2::<f32>()?;
+        let vocab = logits.dim(1)?;
+        let logits = logits.flatten_all()?.to_vec1::<f32>()?;
+        let mut targets = Vec::with_capacity(n);
+        for (_, ids, plen) in rows {
+            targets.extend_from_slice(&ids[*plen..]);
+        }
+        // Per position: the target's log-probability and whether it is the argmax. Only those
+        // two numbers are needed, so no log-softmax matrix is materialised.
+        let scored: Vec<(f32, bool)> = {
+            use rayon::prelude::*;
+            logits
+                .par_chunks(vocab)
+                .zip(targets.par_iter())
+                .map(|(row, &target)| {
+                    (
+                        log_softmax_at(row, target as usize),
+                        generate::argmax(row) == target,
+                    )
+                })
+                .collect()
+        };
         let mut results = Vec::with_capacity(b);
         let mut at = 0;
         for (_, ids, plen) in rows {
             let clen = ids.len() - plen;
             let mut token_logprobs = Vec::with_capacity(clen);
             let mut is_greedy = true;
-            for t in 0..clen {
-                let target = ids[plen + t];
-                token_logprobs.push(lsm[at + t][target as usize] as f64);
-                if generate::argmax(&logits[at + t]) != target {
-                    is_greedy = false;
-                }
+            for &(lp, greedy) in &scored[at..at + clen] {
+                token_logprobs.push(lp as f64);
+                is_greedy &= greedy;
             }
             at += clen;
             let sum = token_logprobs.iter().sum();
