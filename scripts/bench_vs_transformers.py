@@ -39,6 +39,7 @@ the two sides disagree.
 
 import argparse
 import json
+import re
 import os
 import subprocess
 import sys
@@ -219,11 +220,11 @@ def hf_worker(a):
 # driver
 
 
-def run_child(cmd, stdout_path, env=None):
+def run_child(cmd, stdout_path, env=None, stderr_path=None):
     """Runs cmd, returns (wall seconds, peak RSS in MiB); raises on failure."""
     t0 = time.perf_counter()
-    with open(stdout_path, "w") as so:
-        p = subprocess.Popen(cmd, stdout=so, env=env)
+    with open(stdout_path, "w") as so, open(stderr_path or os.devnull, "w") as se:
+        p = subprocess.Popen(cmd, stdout=so, stderr=se if stderr_path else None, env=env)
         _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
@@ -254,8 +255,16 @@ def run_trust(a, kind, batch, inp, ct):
     env.pop("CANDLE_NUM_THREADS", None)
     if ct != "default":
         env["CANDLE_NUM_THREADS"] = ct
-    wall, rss = run_child(cmd, out, env)
-    return {"wall": wall, "rss_mib": rss, "rows": read_jsonl(out)}
+    wall, rss = run_child(cmd, out, env, stderr_path=out + ".stderr")
+    # `trust loglik|generate` print "... in X s (after loading)": the compute time, measured like
+    # the transformers side (no process start, model load or weights hashing).
+    compute = None
+    with open(out + ".stderr") as f:
+        for line in f:
+            m = re.search(r" in ([0-9.]+) s \(after loading\)", line)
+            if m:
+                compute = float(m.group(1))
+    return {"wall": wall, "compute": compute, "rss_mib": rss, "rows": read_jsonl(out)}
 
 
 def main():
@@ -303,6 +312,9 @@ def main():
         for b, t in trust_runs.items():
             tps = tokens / t["wall"]
             table.append(("scoring", f"trust (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["wall"], tps, t["rss_mib"], tps / best_hf))
+            if t["compute"]:
+                tpc = tokens / t["compute"]
+                table.append(("scoring", f"trust compute only (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["compute"], tpc, t["rss_mib"], tpc / best_hf))
     if a.only in ("all", "generate"):
         print(f"# generation: {len(read_jsonl(gen_path))} toxicity prompts x {a.new_tokens} greedy tokens")
         hf_runs = {b: run_hf(a, "generate", b) for b in a.hf_gen_batch}
@@ -331,11 +343,15 @@ def main():
         for b, t in trust_runs.items():
             tps = tokens / t["wall"]
             table.append(("generation", f"trust (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["wall"], tps, t["rss_mib"], tps / best_hf))
+            if t["compute"]:
+                tpc = tokens / t["compute"]
+                table.append(("generation", f"trust compute only (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["compute"], tpc, t["rss_mib"], tpc / best_hf))
     import torch
     import transformers
 
     print(f"# transformers {transformers.__version__}, torch {torch.__version__}; trust times are whole-process "
-          "wall clock, transformers times exclude import/load/tokenisation; ratio = trust tokens/s over the best "
+          "wall clock (and, on the 'compute only' rows, the time trust reports for the work after loading), "
+          "transformers times exclude import/load/tokenisation; ratio = trust tokens/s over the best "
           "transformers tokens/s")
     print(f"| workload | side | batch | threads | tokens | seconds | tokens/s | peak RSS MiB | ratio vs best HF |")
     print(f"|---|---|---|---|---|---|---|---|---|")

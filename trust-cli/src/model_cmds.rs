@@ -136,7 +136,13 @@ pub fn run_loglik(a: LoglikArgs) -> anyhow::Result<()> {
             continuation: l.continuation.clone(),
         })
         .collect();
+    let t0 = std::time::Instant::now();
     let results = model.loglikelihood_sync(&reqs);
+    eprintln!(
+        "trust: scored {} requests in {:.3} s (after loading)",
+        reqs.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let mut out = std::io::stdout().lock();
     for ((line, _), r) in lines.iter().zip(results) {
         let r = r.with_context(|| format!("{}:{line}", a.model.input.display()))?;
@@ -181,7 +187,13 @@ pub fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
             seed,
         })
         .collect();
+    let t0 = std::time::Instant::now();
     let results = model.generate_sync(&reqs);
+    eprintln!(
+        "trust: generated {} requests in {:.3} s (after loading)",
+        reqs.len(),
+        t0.elapsed().as_secs_f64()
+    );
     let mut out = std::io::stdout().lock();
     for ((line, _), r) in lines.iter().zip(results) {
         let r = r.with_context(|| format!("{}:{line}", a.model.input.display()))?;
