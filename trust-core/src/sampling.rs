@@ -7,6 +7,17 @@ use crate::rng::SplitMix64;
 
 /// Argmax of a logits row: the first index on ties (like `torch.argmax`); NaNs are never chosen
 /// unless every value is NaN (then 0).
+/// Byte offset of the earliest occurrence in `text` of any non-empty stop string, where a
+/// completion is cut (`DecodingConfig::stop_strings`); shared by every backend that decodes.
+pub fn first_stop(text: &str, stop_strings: &[String]) -> Option<usize> {
+    stop_strings
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+/// Index of the largest logit (lowest index on ties).
 pub fn argmax(row: &[f32]) -> u32 {
     let mut best = 0usize;
     let mut best_v = f32::NEG_INFINITY;
@@ -65,6 +76,15 @@ pub fn sample(logits: &[f32], rng: &mut SplitMix64, temperature: f64, top_p: f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_stop_is_the_earliest_non_empty_match() {
+        let stops = vec!["".to_string(), "\n\n".to_string(), "Q:".to_string()];
+        assert_eq!(first_stop("abc Q: x\n\ny", &stops), Some(4));
+        assert_eq!(first_stop("a\n\nQ:", &stops), Some(1));
+        assert_eq!(first_stop("nothing here", &stops), None);
+        assert_eq!(first_stop("anything", &[]), None);
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum() {

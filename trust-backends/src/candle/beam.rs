@@ -417,13 +417,7 @@ impl BeamRun {
                 let mut text = tok
                     .decode(&ids, true)
                     .map_err(|e| candle_core::Error::Msg(format!("decode: {e}")))?;
-                if let Some(at) = spec
-                    .stop_strings
-                    .iter()
-                    .filter(|x| !x.is_empty())
-                    .filter_map(|x| text.find(x.as_str()))
-                    .min()
-                {
+                if let Some(at) = trust_core::sampling::first_stop(&text, &spec.stop_strings) {
                     text.truncate(at);
                     reason = FinishReason::StopString;
                 }

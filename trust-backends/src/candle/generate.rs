@@ -170,13 +170,7 @@ impl RowGroup {
             s.tokens.push(tokid);
             if !r.stop_strings.is_empty() {
                 let text = decode(tok, &s.tokens)?;
-                let hit = r
-                    .stop_strings
-                    .iter()
-                    .filter(|x| !x.is_empty())
-                    .filter_map(|x| text.find(x.as_str()))
-                    .min();
-                if let Some(at) = hit {
+                if let Some(at) = trust_core::sampling::first_stop(&text, &r.stop_strings) {
                     s.cut_text = Some(text[..at].to_string());
                     s.done = Some(FinishReason::StopString);
                     continue;

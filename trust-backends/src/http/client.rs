@@ -558,14 +558,7 @@ impl HttpModel {
                     _ => FinishReason::StopToken,
                 };
                 // Servers cut at stop strings already; cut again in case one does not.
-                if let Some(cut) = r
-                    .config
-                    .stop_strings
-                    .iter()
-                    .filter(|s| !s.is_empty())
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                {
+                if let Some(cut) = trust_core::sampling::first_stop(&text, &r.config.stop_strings) {
                     text.truncate(cut);
                     finish_reason = FinishReason::StopString;
                 }

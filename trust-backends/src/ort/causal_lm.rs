@@ -499,13 +499,7 @@ impl OrtCausalLm {
             seq.push(next);
             if !cfg.stop_strings.is_empty() {
                 let text = self.decode(&tokens)?;
-                let hit = cfg
-                    .stop_strings
-                    .iter()
-                    .filter(|x| !x.is_empty())
-                    .filter_map(|x| text.find(x.as_str()))
-                    .min();
-                if let Some(at) = hit {
+                if let Some(at) = trust_core::sampling::first_stop(&text, &cfg.stop_strings) {
                     return Ok(Completion {
                         text: text[..at].to_string(),
                         token_ids: tokens,
