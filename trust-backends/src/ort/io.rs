@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ::ort::session::Session;
-use ::ort::value::{DynValue, Tensor, TensorElementType};
+use ::ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 use tokenizers::Tokenizer;
 
 use crate::error::BackendError;
@@ -16,30 +16,25 @@ pub(crate) enum IntType {
     I32,
 }
 
-/// The element type of a tensor input or output, if it is a tensor.
-pub(crate) fn tensor_type(session: &Session, name: &str, input: bool) -> Option<TensorElementType> {
+/// The value type of the input (or output) called `name`.
+fn outlet_type<'s>(session: &'s Session, name: &str, input: bool) -> Option<&'s ValueType> {
     let outlets = if input {
         session.inputs()
     } else {
         session.outputs()
     };
-    outlets
-        .iter()
-        .find(|o| o.name() == name)
-        .and_then(|o| o.dtype().tensor_type())
+    outlets.iter().find(|o| o.name() == name).map(|o| o.dtype())
+}
+
+/// The element type of a tensor input or output, if it is a tensor.
+pub(crate) fn tensor_type(session: &Session, name: &str, input: bool) -> Option<TensorElementType> {
+    outlet_type(session, name, input).and_then(|t| t.tensor_type())
 }
 
 /// The static shape of a tensor input or output (`-1` for symbolic dimensions).
 pub(crate) fn tensor_shape(session: &Session, name: &str, input: bool) -> Option<Vec<i64>> {
-    let outlets = if input {
-        session.inputs()
-    } else {
-        session.outputs()
-    };
-    outlets
-        .iter()
-        .find(|o| o.name() == name)
-        .and_then(|o| o.dtype().tensor_shape())
+    outlet_type(session, name, input)
+        .and_then(|t| t.tensor_shape())
         .map(|s| s.to_vec())
 }
 
