@@ -437,15 +437,7 @@ pub fn beam_search(
     tok: &tokenizers::Tokenizer,
     spec: &mut BeamSpec,
 ) -> Result<Vec<Completion>> {
-    let mut out = None;
-    super::generate::run(
-        lm,
-        tok,
-        vec![super::generate::Work::Beam(spec.clone())],
-        usize::MAX,
-        |_, r| out = Some(r),
-    );
-    out.unwrap_or_else(|| Ok(Vec::new()))
+    super::generate::run_one(lm, tok, super::generate::Work::Beam(spec.clone()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
-//! Batched, left-padded decoding with a KV cache, greedy or seeded sampling.
+//! Decoding with a KV cache, greedy or seeded sampling, and the engine that lets groups of rows
+//! and beam searches share forward passes ([`run`], continuous batching).
 //!
 //! Each row (one completion) carries its own sampler state seeded from the request, so the tokens
-//! a row draws never depend on which other rows share its batch. Rows are left-padded with id 0,
+//! a row draws never depend on which other rows share its passes; groups never attend to each
+//! other (see `CausalLm::forward_steps`), so a group's logits do not either. Within a group of
+//! mixed prompt lengths (`LoadOptions::pad_generation_batches`) rows are left-padded with id 0,
 //! the attention mask hides the padding and `position_ids = cumsum(mask) - 1` (padding set to 1,
 //! as transformers' `generate` does), so a padded row computes the same logits as the row alone up
 //! to floating-point rounding (about 1e-6 on the HF fixtures).
@@ -362,6 +365,17 @@ pub(crate) fn run(
     }
 }
 
+/// Runs a single work item alone.
+pub(crate) fn run_one(
+    lm: &CausalLm,
+    tok: &tokenizers::Tokenizer,
+    work: Work,
+) -> Result<Vec<Completion>> {
+    let mut out = None;
+    run(lm, tok, vec![work], usize::MAX, |_, r| out = Some(r));
+    out.unwrap_or_else(|| Ok(Vec::new()))
+}
+
 /// Decodes all rows together as one group. Rows must fit the model's context (checked by
 /// callers).
 pub fn generate_batch(
@@ -369,15 +383,7 @@ pub fn generate_batch(
     tok: &tokenizers::Tokenizer,
     rows: &mut [RowSpec],
 ) -> Result<Vec<Completion>> {
-    let mut out = None;
-    run(
-        lm,
-        tok,
-        vec![Work::Rows(rows.to_vec())],
-        usize::MAX,
-        |_, r| out = Some(r),
-    );
-    out.unwrap_or_else(|| Ok(Vec::new()))
+    run_one(lm, tok, Work::Rows(rows.to_vec()))
 }
 
 /// Log-softmax over the last dim in f32.

@@ -313,12 +313,14 @@ impl KvCache {
         self.flat.is_some()
     }
 
-    /// Flat layout: appends one token per row, `k`/`v` `[b, kv_heads, head_dim]` row-major.
+    /// Flat layout: appends `t` tokens per row to layer `i`, `k`/`v` `[b, kv_heads, t,
+    /// head_dim]` row-major.
     pub(crate) fn push_flat(
         &mut self,
         i: usize,
         b: usize,
         kvh: usize,
+        t: usize,
         k: &[f32],
         v: &[f32],
     ) -> Result<()> {
@@ -338,12 +340,13 @@ impl KvCache {
                 b * kvh
             );
         }
+        // t * head_dim floats per row and head.
         let d = k.len() / (b * kvh);
         for j in 0..b * kvh {
             layer.k[j].extend_from_slice(&k[j * d..(j + 1) * d]);
             layer.v[j].extend_from_slice(&v[j * d..(j + 1) * d]);
         }
-        layer.len += 1;
+        layer.len += t;
         Ok(())
     }
 
@@ -427,31 +430,15 @@ impl KvCache {
     /// Appends `k`, `v` (`[b, kv_heads, t, head_dim]`) for layer `i` and returns the full
     /// keys/values (tensor layout; the flat layout materialises them).
     pub(crate) fn append(&mut self, i: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
-        if let Some(flat) = self.flat.as_mut() {
+        if self.is_flat() {
             let (b, g, t, d) = k.dims4()?;
             let kv = k.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             let vv = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let dev = k.device().clone();
-            let layer = &mut flat[i];
-            if layer.rows == 0 {
-                layer.k = vec![Vec::new(); b * g];
-                layer.v = vec![Vec::new(); b * g];
-                layer.rows = b;
-            }
-            if layer.k.len() != b * g {
-                candle_core::bail!("kv cache holds {} row heads, got {}", layer.k.len(), b * g);
-            }
-            for (j, chunk) in kv.chunks(t * d).enumerate() {
-                layer.k[j].extend_from_slice(chunk);
-            }
-            for (j, chunk) in vv.chunks(t * d).enumerate() {
-                layer.v[j].extend_from_slice(chunk);
-            }
-            layer.len += t;
-            let total = layer.len;
+            self.push_flat(i, b, g, t, &kv, &vv)?;
+            let layer = &self.flat.as_ref().expect("flat kv cache")[i];
             let cat = |bufs: &[Vec<f32>]| -> Result<Tensor> {
-                let all: Vec<f32> = bufs.iter().flat_map(|x| x.iter().copied()).collect();
-                Tensor::from_vec(all, (b, g, total, d), &dev)?.to_dtype(k.dtype())
+                let all: Vec<f32> = bufs.iter().flatten().copied().collect();
+                Tensor::from_vec(all, (b, g, layer.len, d), k.device())?.to_dtype(k.dtype())
             };
             return Ok((cat(&layer.k)?, cat(&layer.v)?));
         }
@@ -533,25 +520,60 @@ pub(crate) fn build_mask(
 /// on its own input row, see `CausalLm::min_rows`).
 #[derive(Debug)]
 pub(crate) struct Segment<'a> {
-    pub(crate) b: usize,
-    pub(crate) t: usize,
-    /// Additive mask `[b, 1, t, past + t]`; `None` for a [fast](Segment::is_fast) segment.
-    pub(crate) mask: Option<Tensor>,
+    b: usize,
+    t: usize,
+    /// Additive mask `[b, 1, t, past + t]`, built by the first layer that needs it.
+    mask: Option<Tensor>,
     /// Per row, 1 (attend) or 0 over all `past + t` key positions.
-    pub(crate) key_mask: &'a [Vec<u32>],
-    pub(crate) cache: Option<&'a mut KvCache>,
+    key_mask: &'a [Vec<u32>],
+    cache: Option<&'a mut KvCache>,
     /// Real tokens of a padded segment (`None`: all `b * t` tokens are packed rows).
-    pub(crate) pack: Option<Packing>,
+    pack: Option<Packing>,
     /// Packed rows this segment contributes.
     pub(crate) n: usize,
 }
 
-impl Segment<'_> {
+impl<'a> Segment<'a> {
+    /// `b` rows of `t` new tokens (`key_mask` rows cover `past + t` keys); with `pack`, only
+    /// the packing's real tokens are packed rows.
+    pub(crate) fn new(
+        b: usize,
+        t: usize,
+        key_mask: &'a [Vec<u32>],
+        cache: Option<&'a mut KvCache>,
+        pack: Option<Packing>,
+    ) -> Result<Self> {
+        let n = match &pack {
+            Some(p) => p.gather.dim(0)?,
+            None => b * t,
+        };
+        Ok(Segment {
+            b,
+            t,
+            mask: None,
+            key_mask,
+            cache,
+            pack,
+            n,
+        })
+    }
+
     /// A decoding step (one new token per row) over a flat cache: attention runs on the cache
     /// buffers directly instead of through tensors.
-    pub(crate) fn is_fast(t: usize, cache: Option<&KvCache>, packed: bool) -> bool {
-        t == 1 && !packed && cache.is_some_and(|c| c.is_flat())
+    fn is_fast(&self) -> bool {
+        self.t == 1 && self.pack.is_none() && self.cache.as_deref().is_some_and(|c| c.is_flat())
     }
+}
+
+/// `x` with `extra` copies of its last row (dim 0) appended; unchanged when empty.
+pub(crate) fn pad_last_row(x: &Tensor, extra: usize) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    if extra == 0 || n == 0 {
+        return Ok(x.clone());
+    }
+    let mut reps = vec![1usize; x.rank()];
+    reps[0] = extra;
+    Tensor::cat(&[x, &x.narrow(0, n - 1, 1)?.repeat(reps)?], 0)
 }
 
 /// The segments of one forward pass, in packed-row order.
@@ -655,11 +677,7 @@ impl<'a> Segments<'a> {
         let kvh = k.dim(1)?;
         let q = rope.apply(q, &self.cos, &self.sin)?;
         let k = rope.apply(k, &self.cos, &self.sin)?;
-        let fast: Vec<bool> = self
-            .segs
-            .iter()
-            .map(|s| Segment::is_fast(s.t, s.cache.as_deref(), s.pack.is_some()))
-            .collect();
+        let fast: Vec<bool> = self.segs.iter().map(Segment::is_fast).collect();
         let mut fast_out: Vec<Option<Vec<f32>>> = vec![None; self.segs.len()];
         if fast.iter().any(|&f| f) {
             let qv = q.flatten_all()?.to_vec1::<f32>()?;
@@ -675,6 +693,7 @@ impl<'a> Segments<'a> {
                         layer,
                         s.b,
                         kvh,
+                        1,
                         &kv[off * w..(off + s.n) * w],
                         &vv[off * w..(off + s.n) * w],
                     )?;
@@ -716,7 +735,7 @@ impl<'a> Segments<'a> {
                 }
             }
         }
-        let mut outs = Vec::with_capacity(self.segs.len() + 1);
+        let mut outs = Vec::with_capacity(self.segs.len());
         let mut off = 0;
         for (si, s) in self.segs.iter_mut().enumerate() {
             let (b, t) = (s.b, s.t);
@@ -740,11 +759,12 @@ impl<'a> Segments<'a> {
                 Some(c) => c.append(layer, ks, vs)?,
                 None => (ks, vs),
             };
-            let mask = match &s.mask {
-                Some(m) => m.clone(),
-                None => build_mask(s.key_mask, ks.dim(2)? - t, t, q.device())?,
-            };
-            let a = attention(&qs, &ks, &vs, &mask, scale)?;
+            if s.mask.is_none() {
+                // The cache now holds past + t keys.
+                s.mask = Some(build_mask(s.key_mask, ks.dim(2)? - t, t, q.device())?);
+            }
+            let mask = s.mask.as_ref().expect("just built");
+            let a = attention(&qs, &ks, &vs, mask, scale)?;
             let a = match &s.pack {
                 Some(p) => p.pack(&a)?,
                 None => a.reshape((b * t, nh * hd))?,
@@ -752,19 +772,11 @@ impl<'a> Segments<'a> {
             outs.push(a);
             off += s.n;
         }
-        if self.extra > 0 {
-            let last = outs
-                .last()
-                .map(|a| a.narrow(0, a.dim(0)? - 1, 1))
-                .transpose()?;
-            if let Some(last) = last {
-                outs.push(last.repeat((self.extra, 1))?);
-            }
-        }
-        if outs.len() == 1 {
-            Ok(outs.pop().expect("one output"))
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one output")
         } else {
-            Tensor::cat(&outs, 0)
-        }
+            Tensor::cat(&outs, 0)?
+        };
+        pad_last_row(&out, self.extra)
     }
 }

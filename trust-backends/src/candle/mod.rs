@@ -191,23 +191,9 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         self.check_positions(positions)?;
-        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        let mask = if layers::Segment::is_fast(t, cache.as_deref(), false) {
-            None
-        } else {
-            Some(layers::build_mask(key_mask, past, t, &self.device)?)
-        };
         let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
         let mut segs = layers::Segments {
-            segs: vec![layers::Segment {
-                b,
-                t,
-                mask,
-                key_mask,
-                cache,
-                pack: None,
-                n: b * t,
-            }],
+            segs: vec![layers::Segment::new(b, t, key_mask, cache, None)?],
             cos,
             sin,
             extra: 0,
@@ -256,7 +242,6 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         self.check_positions(positions)?;
-        let mask = layers::build_mask(key_mask, 0, t, &self.device)?;
         let pack = layers::Packing::new(key_mask, t, &self.device)?;
         let ids = input_ids.flatten_all()?.index_select(&pack.gather, 0)?;
         let pos = positions
@@ -269,25 +254,18 @@ impl CausalLm {
         } else {
             0
         };
-        let (ids, pos) = if extra > 0 {
-            (
-                Tensor::cat(&[&ids, &ids.narrow(0, n - 1, 1)?.repeat(extra)?], 0)?,
-                Tensor::cat(&[&pos, &pos.narrow(0, n - 1, 1)?.repeat(extra)?], 0)?,
-            )
-        } else {
-            (ids, pos)
-        };
-        let (cos, sin) = self.rope().gather_flat(&pos)?;
+        let ids = layers::pad_last_row(&ids, extra)?;
+        let (cos, sin) = self
+            .rope()
+            .gather_flat(&layers::pad_last_row(&pos, extra)?)?;
         let mut segs = layers::Segments {
-            segs: vec![layers::Segment {
+            segs: vec![layers::Segment::new(
                 b,
                 t,
-                mask: Some(mask),
                 key_mask,
-                cache: None,
-                pack: Some(pack.clone()),
-                n,
-            }],
+                None,
+                Some(pack.clone()),
+            )?],
             cos,
             sin,
             extra,
@@ -299,8 +277,8 @@ impl CausalLm {
     /// One forward pass over independent groups of rows (see [`generate::Step`]), each with its
     /// own cache; returns the final hidden state of the last position of every row, `[R,
     /// hidden]` in group order. A group's results do not depend on the other groups of the pass:
-    /// the position-wise layers run on all tokens as one matrix product (with a single token,
-    /// twice, so the matrix-matrix path is always taken) and attention runs per group.
+    /// the position-wise layers run on all tokens as one matrix product (padded to
+    /// [`Self::min_rows`] rows) and attention runs per group.
     pub(crate) fn forward_steps(
         &self,
         steps: &mut [generate::Step<'_>],
@@ -320,40 +298,30 @@ impl CausalLm {
             if let Some(&p) = st.positions.iter().find(|&&p| p >= max_pos) {
                 candle_core::bail!("position {p} is beyond max_position_embeddings = {max_pos}");
             }
-            let past = st.cache.len();
-            let mask = if layers::Segment::is_fast(t, Some(&*st.cache), false) {
-                None
-            } else {
-                Some(layers::build_mask(st.key_mask, past, t, dev)?)
-            };
             let base = ids.len();
             ids.extend_from_slice(st.ids);
             pos.extend_from_slice(st.positions);
             last.extend((0..b).map(|r| (base + r * t + t - 1) as u32));
-            segs.push(layers::Segment {
+            segs.push(layers::Segment::new(
                 b,
                 t,
-                mask,
-                key_mask: st.key_mask,
-                cache: Some(&mut *st.cache),
-                pack: None,
-                n: b * t,
-            });
+                st.key_mask,
+                Some(&mut *st.cache),
+                None,
+            )?);
         }
         let extra = self.min_rows().saturating_sub(ids.len());
-        if let (Some(&l), Some(&p)) = (ids.last(), pos.last()) {
-            ids.extend(std::iter::repeat_n(l, extra));
-            pos.extend(std::iter::repeat_n(p, extra));
-        }
         let n = ids.len();
-        let (cos, sin) = self.rope().gather_flat(&Tensor::from_vec(pos, n, dev)?)?;
+        let ids = layers::pad_last_row(&Tensor::from_vec(ids, n, dev)?, extra)?;
+        let pos = layers::pad_last_row(&Tensor::from_vec(pos, n, dev)?, extra)?;
+        let (cos, sin) = self.rope().gather_flat(&pos)?;
         let mut segs = layers::Segments {
             segs,
             cos,
             sin,
             extra,
         };
-        let hidden = self.forward_segments(&Tensor::from_vec(ids, n, dev)?, &mut segs)?;
+        let hidden = self.forward_segments(&ids, &mut segs)?;
         let r = last.len();
         hidden.index_select(&Tensor::from_vec(last, r, dev)?, 0)
     }
@@ -362,15 +330,10 @@ impl CausalLm {
     /// [`Self::min_rows`]) so that each row's logits never depend on the other rows.
     pub(crate) fn lm_head_rows(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
         let r = hidden.dim(0)?;
-        let min = 2usize.max(256 / self.config.vocab_size.max(1) + 1);
-        let logits = if r > 0 && r < min {
-            let last = hidden.narrow(0, r - 1, 1)?.repeat((min - r, 1))?;
-            self.lm_head(&Tensor::cat(&[hidden, &last], 0)?)?
-                .narrow(0, 0, r)?
-        } else {
-            self.lm_head(hidden)?
-        };
-        logits.to_dtype(DType::F32)
+        let extra = rows_for_width(self.config.vocab_size).saturating_sub(r);
+        self.lm_head(&layers::pad_last_row(hidden, extra)?)?
+            .narrow(0, 0, r)?
+            .to_dtype(DType::F32)
     }
 
     /// The fewest rows a batched matrix product of this model gets (padded with copies) when
@@ -390,7 +353,7 @@ impl CausalLm {
             c.intermediate_size,
         ];
         let narrowest = widths.into_iter().filter(|&w| w > 0).min().unwrap_or(1);
-        2usize.max(256 / narrowest + 1)
+        rows_for_width(narrowest)
     }
 
     /// Projects hidden states to logits (`[..., hidden]` -> `[..., vocab]`).
@@ -400,6 +363,12 @@ impl CausalLm {
             Arch::Llama(m) => m.lm_head(hidden),
         }
     }
+}
+
+/// The fewest rows for which gemm computes an `[m, k] x [k, width]` product with its general
+/// kernel (see [`CausalLm::min_rows`]).
+fn rows_for_width(width: usize) -> usize {
+    2usize.max(256 / width.max(1) + 1)
 }
 
 /// `log_softmax(row)[i]`: `(x_i - max) - ln(sum_j exp(x_j - max))`, the exponentials in f32 (as
@@ -769,8 +738,10 @@ impl CandleModel {
     /// Synchronous [`trust_core::LanguageModel::generate`]. Each request becomes `n` rows (one
     /// for greedy decoding, copied `n` times); sampled row `i` uses
     /// `SplitMix64::new(derive_seed(seed, "completion/{i}"))`. Rows are sorted by prompt length and
-    /// decoded in batches of up to [`Self::batch_size`] rows of equal prompt length (or left-padded
-    /// mixed lengths, see [`LoadOptions::pad_generation_batches`]).
+    /// grouped by up to [`Self::batch_size`] rows of equal prompt length (or left-padded mixed
+    /// lengths, see [`LoadOptions::pad_generation_batches`]); each beam search is a group of its
+    /// own. All groups share forward passes, up to [`LoadOptions::max_batch_rows`] rows each
+    /// (`generate::run`); a request's completions do not depend on the others.
     pub fn generate_sync(
         &self,
         requests: &[GenerateRequest],
