@@ -246,6 +246,21 @@ def run_hf(a, kind, batch):
     return r
 
 
+def result_rows(workload, tokens, hf_runs, trust_runs):
+    """Table rows of one workload: each transformers run, then each trust run (whole process and,
+    when trust reported it, compute only), with the ratio to the best transformers run."""
+    best_hf = max(tokens / h["seconds"] for h in hf_runs.values())
+    rows = [(workload, "transformers", b, tokens, h["seconds"], tokens / h["seconds"], h["rss_mib"], None)
+            for b, h in hf_runs.items()]
+    for (batch, ct), t in trust_runs.items():
+        timings = [(f"trust (CANDLE_NUM_THREADS={ct})", t["wall"])]
+        if t["compute"]:
+            timings.append((f"trust compute only (CANDLE_NUM_THREADS={ct})", t["compute"]))
+        for side, sec in timings:
+            rows.append((workload, side, batch, tokens, sec, tokens / sec, t["rss_mib"], tokens / sec / best_hf))
+    return rows
+
+
 def run_trust(a, kind, batch, inp, ct):
     out = os.path.join(a.work_dir, f"trust_{kind}_b{batch}_c{ct}.jsonl")
     cmd = [a.trust_bin, kind, "--model", model_dir(a), "--input", inp, "--batch-size", str(batch)]
@@ -306,15 +321,7 @@ def main():
         agree = worst <= a.tol
         ok &= agree
         print(f"# scoring agreement: max |delta log-prob| = {worst:.3g} (tolerance {a.tol}) -> {'OK' if agree else 'FAIL'}")
-        best_hf = max(tokens / h["seconds"] for h in hf_runs.values())
-        for b, h in hf_runs.items():
-            table.append(("scoring", "transformers", b, tokens, h["seconds"], tokens / h["seconds"], h["rss_mib"], None))
-        for b, t in trust_runs.items():
-            tps = tokens / t["wall"]
-            table.append(("scoring", f"trust (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["wall"], tps, t["rss_mib"], tps / best_hf))
-            if t["compute"]:
-                tpc = tokens / t["compute"]
-                table.append(("scoring", f"trust compute only (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["compute"], tpc, t["rss_mib"], tpc / best_hf))
+        table += result_rows("scoring", tokens, hf_runs, trust_runs)
     if a.only in ("all", "generate"):
         print(f"# generation: {len(read_jsonl(gen_path))} toxicity prompts x {a.new_tokens} greedy tokens")
         hf_runs = {b: run_hf(a, "generate", b) for b in a.hf_gen_batch}
@@ -337,15 +344,7 @@ def main():
                         print(f"MISMATCH generation row {i}: transformers batch {b} vs batch {a.hf_gen_batch[0]}")
         ok &= bad == 0
         print(f"# generation agreement: {bad} differing rows -> {'OK' if bad == 0 else 'FAIL'}")
-        best_hf = max(tokens / h["seconds"] for h in hf_runs.values())
-        for b, h in hf_runs.items():
-            table.append(("generation", "transformers", b, tokens, h["seconds"], tokens / h["seconds"], h["rss_mib"], None))
-        for b, t in trust_runs.items():
-            tps = tokens / t["wall"]
-            table.append(("generation", f"trust (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["wall"], tps, t["rss_mib"], tps / best_hf))
-            if t["compute"]:
-                tpc = tokens / t["compute"]
-                table.append(("generation", f"trust compute only (CANDLE_NUM_THREADS={b[1]})", b[0], tokens, t["compute"], tpc, t["rss_mib"], tpc / best_hf))
+        table += result_rows("generation", tokens, hf_runs, trust_runs)
     import torch
     import transformers
 
