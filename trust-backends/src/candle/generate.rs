@@ -1,5 +1,5 @@
 //! Decoding with a KV cache, greedy or seeded sampling, and the engine that lets groups of rows
-//! and beam searches share forward passes ([`run`], continuous batching).
+//! and beam searches share forward passes (`run`, continuous batching).
 //!
 //! Each row (one completion) carries its own sampler state seeded from the request, so the tokens
 //! a row draws never depend on which other rows share its passes; groups never attend to each
