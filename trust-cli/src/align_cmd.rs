@@ -59,7 +59,11 @@ pub struct AlignArgs {
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
     /// LoRA target module suffixes, comma separated.
-    #[arg(long, default_value = "attention.query_key_value,attention.dense", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "attention.query_key_value,attention.dense",
+        value_delimiter = ','
+    )]
     lora_targets: Vec<String>,
     /// Blocks that get adapters, comma separated (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -97,24 +101,52 @@ pub fn run(a: AlignArgs) -> anyhow::Result<()> {
     cfg.checkpoint_every = a.checkpoint_every;
     let data = trust_align::hh::load(&a.train)?;
     if !data.skipped.is_empty() {
-        eprintln!("{}: skipped {} rows (first: line {}: {})", a.train.display(), data.skipped.len(), data.skipped[0].0, data.skipped[0].1);
+        eprintln!(
+            "{}: skipped {} rows (first: line {}: {})",
+            a.train.display(),
+            data.skipped.len(),
+            data.skipped[0].0,
+            data.skipped[0].1
+        );
     }
     let mut pairs = data.pairs;
     if let Some(n) = a.limit {
         pairs.truncate(n);
     }
-    eprintln!("{} pairs, {} steps of {}x{} ({:?})", pairs.len(), cfg.steps, cfg.batch_size, cfg.grad_accum, stage);
+    eprintln!(
+        "{} pairs, {} steps of {}x{} ({:?})",
+        pairs.len(),
+        cfg.steps,
+        cfg.batch_size,
+        cfg.grad_accum,
+        stage
+    );
     let total = cfg.steps;
     let started = std::time::Instant::now();
-    let logs = train(&cfg, &a.model, a.reference.as_deref(), &pairs, &a.out, &mut |l| {
-        let eta = started.elapsed().as_secs_f64() / l.step as f64 * (total - l.step) as f64;
-        match l.margin {
-            Some(m) => eprintln!("step {}/{total} loss {:.4} margin {m:.4} acc {:.2} eta {eta:.0}s", l.step, l.loss, l.reward_accuracy.unwrap_or(0.0)),
-            None => eprintln!("step {}/{total} loss {:.4} eta {eta:.0}s", l.step, l.loss),
-        }
-    })
+    let logs = train(
+        &cfg,
+        &a.model,
+        a.reference.as_deref(),
+        &pairs,
+        &a.out,
+        &mut |l| {
+            let eta = started.elapsed().as_secs_f64() / l.step as f64 * (total - l.step) as f64;
+            match l.margin {
+                Some(m) => eprintln!(
+                    "step {}/{total} loss {:.4} margin {m:.4} acc {:.2} eta {eta:.0}s",
+                    l.step,
+                    l.loss,
+                    l.reward_accuracy.unwrap_or(0.0)
+                ),
+                None => eprintln!("step {}/{total} loss {:.4} eta {eta:.0}s", l.step, l.loss),
+            }
+        },
+    )
     .with_context(|| format!("training {}", a.model.display()))?;
     let last = logs.last().map(|l| l.loss).unwrap_or(f64::NAN);
-    println!("{}", serde_json::json!({"out": a.out, "steps": logs.len(), "final_loss": last}));
+    println!(
+        "{}",
+        serde_json::json!({"out": a.out, "steps": logs.len(), "final_loss": last})
+    );
     Ok(())
 }

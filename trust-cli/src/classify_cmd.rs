@@ -67,15 +67,21 @@ fn read_rows(path: &PathBuf) -> anyhow::Result<Vec<Row>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(&line).with_context(|| format!("{}:{n}: invalid JSON", path.display()))?;
-        let Value::Object(mut obj) = v else { bail!("{}:{n}: expected a JSON object", path.display()) };
+        let v: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{n}: invalid JSON", path.display()))?;
+        let Value::Object(mut obj) = v else {
+            bail!("{}:{n}: expected a JSON object", path.display())
+        };
         let text = match obj.remove("text") {
             Some(Value::String(s)) => s,
             Some(_) => bail!("{}:{n}: field `text` must be a string", path.display()),
             None => bail!("{}:{n}: missing field `text`", path.display()),
         };
-        rows.push(Row { line: n, extra: obj, text });
+        rows.push(Row {
+            line: n,
+            extra: obj,
+            text,
+        });
     }
     Ok(rows)
 }
@@ -98,10 +104,14 @@ pub fn run(a: ClassifyArgs) -> anyhow::Result<()> {
     let rows = read_rows(&a.input)?;
     let labels = clf.info().labels;
     let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Box::new(BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => Box::new(BufWriter::new(std::io::stdout().lock())),
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .context("starting the async runtime")?;
     let mut failed = 0usize;
     // Hand the scorer a few batches at a time so its session pool can run them in parallel.
     let chunk = a.batch_size * clf.sessions().max(1);
@@ -116,8 +126,11 @@ pub fn run(a: ClassifyArgs) -> anyhow::Result<()> {
             }
             match res {
                 Ok(s) => {
-                    let m: Map<String, Value> =
-                        labels.iter().cloned().zip(s.values.iter().map(|&v| Value::from(v))).collect();
+                    let m: Map<String, Value> = labels
+                        .iter()
+                        .cloned()
+                        .zip(s.values.iter().map(|&v| Value::from(v)))
+                        .collect();
                     obj.insert("scores".into(), Value::Object(m));
                 }
                 Err(e) => {
@@ -131,7 +144,10 @@ pub fn run(a: ClassifyArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     if failed > 0 {
-        bail!("{failed} of {} lines could not be scored (see their `error` fields)", rows.len());
+        bail!(
+            "{failed} of {} lines could not be scored (see their `error` fields)",
+            rows.len()
+        );
     }
     Ok(())
 }
@@ -141,19 +157,26 @@ mod tests {
     use super::*;
 
     fn fixture() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../trust-backends/tests/fixtures/onnx/tiny-classifier"))
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../trust-backends/tests/fixtures/onnx/tiny-classifier"
+        ))
     }
 
     #[test]
     fn classifies_jsonl_in_order_and_matches_the_reference() {
         let tmp = tempfile::tempdir().unwrap();
-        let expected: Value =
-            serde_json::from_str(&std::fs::read_to_string(fixture().join("expected.json")).unwrap()).unwrap();
+        let expected: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture().join("expected.json")).unwrap(),
+        )
+        .unwrap();
         let cases = expected["cases"].as_array().unwrap();
         let input = tmp.path().join("in.jsonl");
         let mut text = String::new();
         for (i, c) in cases.iter().enumerate() {
-            text.push_str(&serde_json::json!({"id": format!("r{i}"), "text": c["text"]}).to_string());
+            text.push_str(
+                &serde_json::json!({"id": format!("r{i}"), "text": c["text"]}).to_string(),
+            );
             text.push('\n');
         }
         std::fs::write(&input, text).unwrap();
@@ -169,8 +192,11 @@ mod tests {
             model_file: None,
         })
         .unwrap();
-        let lines: Vec<Value> =
-            std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), cases.len());
         for (i, (l, c)) in lines.iter().zip(cases).enumerate() {
             assert_eq!(l["line"], i + 1);
@@ -178,7 +204,10 @@ mod tests {
             let want = c["sigmoid"].as_array().unwrap();
             for (label, w) in expected["labels"].as_array().unwrap().iter().zip(want) {
                 let g = l["scores"][label.as_str().unwrap()].as_f64().unwrap();
-                assert!((g - w.as_f64().unwrap()).abs() < 1e-5, "line {i} {label}: {g} vs {w}");
+                assert!(
+                    (g - w.as_f64().unwrap()).abs() < 1e-5,
+                    "line {i} {label}: {g} vs {w}"
+                );
             }
         }
     }
@@ -213,10 +242,25 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("1 of 2"), "{err}");
-        let lines: Vec<Value> =
-            std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        let sum: f64 = lines[0]["scores"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        let lines: Vec<Value> = std::fs::read_to_string(&output)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let sum: f64 = lines[0]["scores"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
         assert!((sum - 1.0).abs() < 1e-9, "softmax scores sum to 1");
-        assert!(lines[1]["error"].as_str().unwrap().contains("invalid input"), "{}", lines[1]);
+        assert!(
+            lines[1]["error"]
+                .as_str()
+                .unwrap()
+                .contains("invalid input"),
+            "{}",
+            lines[1]
+        );
     }
 }

@@ -42,7 +42,11 @@ pub struct DemoArgs {
 
 pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     let data = DataDir::resolve(a.data_dir.as_deref())?;
-    let mut cfg = if a.minimal { DemoConfig::minimal() } else { DemoConfig::standard() };
+    let mut cfg = if a.minimal {
+        DemoConfig::minimal()
+    } else {
+        DemoConfig::standard()
+    };
     if let Some(n) = a.pretrain_steps {
         cfg.pretrain.steps = n;
     }
@@ -66,9 +70,13 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     for t in [&mut cfg.pretrain, &mut cfg.sft, &mut cfg.dpo] {
         t.seed = a.seed;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let started = std::time::Instant::now();
-    let report = rt.block_on(run(&cfg, &data, &a.out, &mut |line: &str| eprintln!("{line}")))?;
+    let report = rt.block_on(run(&cfg, &data, &a.out, &mut |line: &str| {
+        eprintln!("{line}")
+    }))?;
     eprintln!("demo finished in {:.0}s", started.elapsed().as_secs_f64());
     eprintln!("{}", report.disclaimer);
     println!("{}", a.out.join("report.html").display());

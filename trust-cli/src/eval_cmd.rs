@@ -120,7 +120,9 @@ fn load_http_model(spec: &str) -> anyhow::Result<Box<dyn LanguageModel>> {
     if members.len() == 1 {
         return Ok(members.remove(0));
     }
-    Ok(Box::new(ShardedModel::new(members).context("--model: no URL")?))
+    Ok(Box::new(
+        ShardedModel::new(members).context("--model: no URL")?,
+    ))
 }
 
 #[cfg(not(feature = "http"))]
@@ -284,7 +286,13 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         .await;
     }
     let out = a.out.clone().context("--out is required")?;
-    let model = load_model(&a.model, &a.device, &a.dtype, a.batch_size, a.max_batch_rows)?;
+    let model = load_model(
+        &a.model,
+        &a.device,
+        &a.dtype,
+        a.batch_size,
+        a.max_batch_rows,
+    )?;
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec)?,
         None => None,
@@ -298,7 +306,9 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         .retry_errors(a.retry_errors)
         .limit(a.limit)
         .bootstrap_resamples(a.bootstrap)
-        .observer(std::sync::Arc::new(crate::progress::Progress::new(!a.no_progress)))
+        .observer(std::sync::Arc::new(crate::progress::Progress::new(
+            !a.no_progress,
+        )))
         .build();
 
     let mut entries = Vec::new();

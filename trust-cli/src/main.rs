@@ -54,27 +54,28 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
 }
 
-mod eval_cmd;
-mod list;
 #[cfg(feature = "ort")]
 mod classify_cmd;
+mod eval_cmd;
+mod list;
 // Without `ort`, some `onnx:` option fields are parsed but never read.
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
-mod scorer_arg;
-#[cfg(feature = "candle")]
-mod model_cmds;
 #[cfg(feature = "candle")]
 mod align_cmd;
 #[cfg(feature = "candle")]
-mod demo_cmd;
-#[cfg(feature = "candle")]
 mod attribute_cmd;
-mod score_cmd;
-mod report_cmd;
-mod sophistry_cmd;
+#[cfg(feature = "candle")]
+mod chat_opts;
+#[cfg(feature = "candle")]
+mod demo_cmd;
+mod model_cmds;
 mod progress;
+mod report_cmd;
+mod score_cmd;
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+mod scorer_arg;
 #[cfg(all(feature = "candle", feature = "http"))]
 mod serve_cmd;
+mod sophistry_cmd;
 
 /// On small machines (at most 4 CPUs) candle's spinning element-wise thread pool costs more than
 /// it saves (measured in BENCHMARKS.md: 1.5x-1.7x slower scoring on 2 cores): unless the user
@@ -91,7 +92,8 @@ fn main() {
     default_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRUST_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TRUST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,18 +1,22 @@
-//! `trust loglik` and `trust generate`: run a local Hugging Face model directory (GPT-NeoX,
-//! Llama, Qwen2) with the candle backend over a JSONL file, one JSON line out per line in.
+//! `trust loglik` and `trust generate`: run a local model (a Hugging Face directory with GPT-NeoX,
+//! Llama or Qwen2 weights, or a GGUF file) with the candle backend over a JSONL file, one JSON
+//! line out per line in.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
+use trust_backends::candle::{CandleModel, ChatMessage, LoadOptions, parse_device, parse_dtype};
+
+use crate::chat_opts::ChatTemplateChoice;
 use trust_core::{DecodingConfig, GenerateRequest, LogLikelihoodRequest, Sampling, StopPolicy};
 
 /// Options shared by the model subcommands.
 #[derive(clap::Args)]
 pub struct ModelOpts {
-    /// Model directory (config.json, tokenizer.json, model.safetensors or a sharded index).
+    /// Model: a directory (config.json, tokenizer.json, model.safetensors or a sharded index), a
+    /// .gguf file, or a directory holding one .gguf.
     #[arg(long)]
     model: PathBuf,
     /// Input JSONL file.
@@ -31,6 +35,11 @@ pub struct ModelOpts {
     /// Compute dtype: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// GGUF models: multiply with the stored quantized weights (candle's quantized kernels, CPU)
+    /// instead of dequantising them to --dtype (faster; log-probs differ slightly, see
+    /// trust-backends/README.md).
+    #[arg(long)]
+    quantized: bool,
 }
 
 /// Arguments of `trust loglik`.
@@ -66,6 +75,13 @@ pub struct GenerateArgs {
     /// token ids (e.g. `50256`).
     #[arg(long, default_value = "never")]
     stop: String,
+    /// Chat formatting: `auto` (default: lines with `messages` are rendered with the model's
+    /// chat template; a `prompt` line becomes one user message when the model has a template,
+    /// and stays raw otherwise), `none` (prompts raw; `messages` lines are refused), `wrap`
+    /// (like auto, but a model without a template is an error) or a template FILE (.jinja, or a
+    /// tokenizer_config.json).
+    #[arg(long, default_value = "auto")]
+    chat_template: ChatTemplateChoice,
 }
 
 #[derive(Deserialize)]
@@ -76,7 +92,10 @@ struct LoglikLine {
 
 #[derive(Deserialize)]
 struct GenerateLine {
-    prompt: String,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
 }
 
 /// Reads a JSONL file; errors name the file and the 1-based line. Blank lines are skipped.
@@ -104,6 +123,7 @@ fn load(o: &ModelOpts) -> anyhow::Result<CandleModel> {
         device: parse_device(&o.device)?,
         batch_size: o.batch_size,
         max_batch_rows: o.max_batch_rows.max(1),
+        quantized: o.quantized,
         ..LoadOptions::default()
     };
     Ok(CandleModel::load(&o.model, &opts)?)
@@ -178,15 +198,30 @@ pub fn run_generate(a: GenerateArgs) -> anyhow::Result<()> {
     };
     config.validate()?;
     let model = load(&a.model)?;
+    let template = a.chat_template.resolve(&model)?;
     let seed = a.seed.unwrap_or(0);
-    let reqs: Vec<GenerateRequest> = lines
-        .iter()
-        .map(|(_, l)| GenerateRequest {
-            prompt: l.prompt.clone(),
+    let mut reqs: Vec<GenerateRequest> = Vec::with_capacity(lines.len());
+    for (line, l) in &lines {
+        let at = || format!("{}:{line}", a.model.input.display());
+        let prompt = match (&l.prompt, &l.messages, &template) {
+            (Some(_), Some(_), _) => bail!("{}: give `prompt` or `messages`, not both", at()),
+            (None, None, _) => bail!("{}: missing `prompt` (or `messages`)", at()),
+            (Some(p), None, None) => p.clone(),
+            (Some(p), None, Some(t)) => t
+                .render(&[ChatMessage::new("user", p.clone())], true)
+                .with_context(at)?,
+            (None, Some(m), Some(t)) => t.render(m, true).with_context(at)?,
+            (None, Some(_), None) => bail!(
+                "{}: `messages` needs a chat template (the model has none, or --chat-template none)",
+                at()
+            ),
+        };
+        reqs.push(GenerateRequest {
+            prompt,
             config: config.clone(),
             seed,
-        })
-        .collect();
+        });
+    }
     let t0 = std::time::Instant::now();
     let results = model.generate_sync(&reqs);
     eprintln!(

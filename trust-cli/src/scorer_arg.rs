@@ -32,7 +32,15 @@ pub struct OnnxSpec {
     pub max_length: Option<usize>,
 }
 
-const KEYS: &[&str] = &["primary", "activation", "batch", "sessions", "threads", "file", "max_length"];
+const KEYS: &[&str] = &[
+    "primary",
+    "activation",
+    "batch",
+    "sessions",
+    "threads",
+    "file",
+    "max_length",
+];
 
 /// Splits `DIR[,key=value...]`. Only known `key=` suffixes are options, so a directory name may
 /// itself contain commas.
@@ -41,12 +49,16 @@ pub fn parse_onnx_spec(rest: &str) -> anyhow::Result<OnnxSpec> {
     let mut spec = OnnxSpec::default();
     while parts.len() > 1 {
         let last = parts[parts.len() - 1];
-        let Some((k, v)) = last.split_once('=') else { break };
+        let Some((k, v)) = last.split_once('=') else {
+            break;
+        };
         if !KEYS.contains(&k) {
             break;
         }
         let num = |v: &str| -> anyhow::Result<usize> {
-            let n: usize = v.parse().with_context(|| format!("scorer option {k}={v}: not a number"))?;
+            let n: usize = v
+                .parse()
+                .with_context(|| format!("scorer option {k}={v}: not a number"))?;
             if n == 0 {
                 bail!("scorer option {k} must be positive");
             }
@@ -84,7 +96,9 @@ pub fn load_scorer(spec: &str) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
         let onnx = parse_onnx_spec(rest)?;
         return load_onnx(&onnx).map(Some);
     }
-    bail!("unknown scorer `{spec}`: use `mock`, `none` or `onnx:DIR` (an ONNX classifier directory)")
+    bail!(
+        "unknown scorer `{spec}`: use `mock`, `none` or `onnx:DIR` (an ONNX classifier directory)"
+    )
 }
 
 /// Loads an ONNX classifier.
@@ -113,7 +127,8 @@ pub fn load_classifier(spec: &OnnxSpec) -> anyhow::Result<trust_backends::ort::O
     if let Some(t) = spec.threads {
         opts.session.intra_threads = t;
     }
-    OrtClassifier::from_dir(&spec.dir, opts).with_context(|| format!("loading the ONNX classifier in {}", spec.dir))
+    OrtClassifier::from_dir(&spec.dir, opts)
+        .with_context(|| format!("loading the ONNX classifier in {}", spec.dir))
 }
 
 /// Without the `ort` feature an `onnx:` spec is an error that says how to get one.
@@ -146,7 +161,13 @@ mod tests {
         assert_eq!(s.primary.as_deref(), Some("toxic"));
         assert_eq!(s.batch, Some(8));
         assert_eq!(s.activation.as_deref(), Some("softmax"));
-        assert_eq!(parse_onnx_spec("dir").unwrap(), OnnxSpec { dir: "dir".into(), ..Default::default() });
+        assert_eq!(
+            parse_onnx_spec("dir").unwrap(),
+            OnnxSpec {
+                dir: "dir".into(),
+                ..Default::default()
+            }
+        );
         assert!(parse_onnx_spec("dir,batch=x").is_err());
         assert!(parse_onnx_spec("dir,sessions=0").is_err());
         assert!(parse_onnx_spec("").is_err());
@@ -156,13 +177,23 @@ mod tests {
     #[cfg(feature = "ort")]
     #[test]
     fn onnx_fixture_loads_and_errors_name_the_directory() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../trust-backends/tests/fixtures/onnx/tiny-classifier");
-        let s = load_scorer(&format!("onnx:{dir},batch=4,sessions=1")).unwrap().unwrap();
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../trust-backends/tests/fixtures/onnx/tiny-classifier"
+        );
+        let s = load_scorer(&format!("onnx:{dir},batch=4,sessions=1"))
+            .unwrap()
+            .unwrap();
         assert_eq!(s.info().primary.as_deref(), Some("toxicity"));
         assert_eq!(s.info().labels.len(), 6);
         let err = load_scorer("onnx:/nonexistent/model-dir").err().unwrap();
-        assert!(format!("{err:#}").contains("/nonexistent/model-dir"), "{err:#}");
-        let err = load_scorer(&format!("onnx:{dir},activation=relu")).err().unwrap();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/model-dir"),
+            "{err:#}"
+        );
+        let err = load_scorer(&format!("onnx:{dir},activation=relu"))
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("relu"), "{err}");
     }
 
@@ -170,6 +201,9 @@ mod tests {
     #[test]
     fn onnx_without_the_feature_says_how_to_rebuild() {
         let err = load_scorer("onnx:some/dir").err().unwrap().to_string();
-        assert!(err.contains("--features ort") && err.contains("some/dir"), "{err}");
+        assert!(
+            err.contains("--features ort") && err.contains("some/dir"),
+            "{err}"
+        );
     }
 }

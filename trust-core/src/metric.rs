@@ -110,7 +110,8 @@ impl Metric for MeanOf {
         self.name.clone()
     }
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
-        let (sum, n) = values_of(outcomes, &self.key).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+        let (sum, n) =
+            values_of(outcomes, &self.key).fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
         (n > 0).then(|| sum / n as f64)
     }
 }
@@ -133,9 +134,16 @@ impl Metric for FractionAbove {
         self.name.clone()
     }
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
-        let passes = |v: f64| if self.strict { v > self.threshold } else { v >= self.threshold };
-        let (hits, n) =
-            values_of(outcomes, &self.key).fold((0usize, 0usize), |(h, n), v| (h + passes(v) as usize, n + 1));
+        let passes = |v: f64| {
+            if self.strict {
+                v > self.threshold
+            } else {
+                v >= self.threshold
+            }
+        };
+        let (hits, n) = values_of(outcomes, &self.key).fold((0usize, 0usize), |(h, n), v| {
+            (h + passes(v) as usize, n + 1)
+        });
         (n > 0).then(|| hits as f64 / n as f64)
     }
 }
@@ -143,7 +151,9 @@ impl Metric for FractionAbove {
 /// The per-sample values `key` of the outcomes that have it (allocation-free: metrics run inside
 /// the bootstrap loop).
 fn values_of<'a>(outcomes: &'a [&Outcome], key: &'a str) -> impl Iterator<Item = f64> + 'a {
-    outcomes.iter().filter_map(move |o| o.values.get(key).copied())
+    outcomes
+        .iter()
+        .filter_map(move |o| o.values.get(key).copied())
 }
 
 /// Pooled share of per-reply labels equal to one of `labels`, over all replies of all samples

@@ -625,7 +625,8 @@ mod tests {
     fn outcome_values_round_trip_through_json_exactly() {
         let mut rng = crate::rng::SplitMix64::new(42);
         for _ in 0..10_000 {
-            let x = f64::from_bits(rng.next_u64() >> 2) * if rng.below(2) == 0 { 1.0 } else { -1.0 };
+            let x =
+                f64::from_bits(rng.next_u64() >> 2) * if rng.below(2) == 0 { 1.0 } else { -1.0 };
             if !x.is_finite() {
                 continue;
             }

@@ -34,19 +34,33 @@ pub fn argmax(row: &[f32]) -> u32 {
 /// (0 = all), softmax(logits / temperature) in f64, cut to the smallest prefix whose mass reaches
 /// `top_p`, then `u = rng.next_f64() * mass` picks the first candidate whose cumulative mass
 /// exceeds `u`. A pure function of the logits and the generator state; NaN logits are skipped.
-pub fn sample(logits: &[f32], rng: &mut SplitMix64, temperature: f64, top_p: f64, top_k: usize) -> u32 {
-    let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
+pub fn sample(
+    logits: &[f32],
+    rng: &mut SplitMix64,
+    temperature: f64,
+    top_p: f64,
+    top_k: usize,
+) -> u32 {
+    let mut idx: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| !logits[i as usize].is_nan())
+        .collect();
     if idx.is_empty() {
         return 0;
     }
     idx.sort_by(|&a, &b| {
-        logits[b as usize].partial_cmp(&logits[a as usize]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+        logits[b as usize]
+            .partial_cmp(&logits[a as usize])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
     });
     if top_k > 0 && top_k < idx.len() {
         idx.truncate(top_k);
     }
     let max = f64::from(logits[idx[0] as usize]) / temperature;
-    let mut probs: Vec<f64> = idx.iter().map(|&i| (f64::from(logits[i as usize]) / temperature - max).exp()).collect();
+    let mut probs: Vec<f64> = idx
+        .iter()
+        .map(|&i| (f64::from(logits[i as usize]) / temperature - max).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     if top_p < 1.0 {
         let mut cum = 0.0;
@@ -98,7 +112,11 @@ mod tests {
         let mut rng = SplitMix64::new(1);
         for _ in 0..200 {
             assert!(sample(&logits, &mut rng, 1.0, 1.0, 2) < 2, "top-k 2");
-            assert_eq!(sample(&logits, &mut rng, 1.0, 0.5, 0), 0, "the top token alone has mass > 0.5");
+            assert_eq!(
+                sample(&logits, &mut rng, 1.0, 0.5, 0),
+                0,
+                "the top token alone has mass > 0.5"
+            );
         }
         // Frequencies follow softmax(logits / T).
         let mut counts = [0usize; 4];
@@ -109,10 +127,17 @@ mod tests {
         let z: f64 = logits.iter().map(|&l| (l as f64 / 2.0).exp()).sum();
         for (i, &c) in counts.iter().enumerate() {
             let p = (logits[i] as f64 / 2.0).exp() / z;
-            assert!((c as f64 / n as f64 - p).abs() < 0.01, "token {i}: {} vs {p}", c as f64 / n as f64);
+            assert!(
+                (c as f64 / n as f64 - p).abs() < 0.01,
+                "token {i}: {} vs {p}",
+                c as f64 / n as f64
+            );
         }
         let mut a = SplitMix64::new(9);
         let mut b = SplitMix64::new(9);
-        assert_eq!(sample(&logits, &mut a, 0.7, 0.9, 3), sample(&logits, &mut b, 0.7, 0.9, 3));
+        assert_eq!(
+            sample(&logits, &mut a, 0.7, 0.9, 3),
+            sample(&logits, &mut b, 0.7, 0.9, 3)
+        );
     }
 }

@@ -212,8 +212,12 @@ fn eos_ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl ModelConfig {
-    /// Reads `dir/config.json` (and `dir/generation_config.json` for extra EOS ids).
+    /// Reads `dir/config.json` (and `dir/generation_config.json` for extra EOS ids), or, when
+    /// `dir` names a GGUF model (see [`super::ModelFormat::resolve`]), the GGUF metadata.
     pub fn from_dir(dir: &Path) -> Result<Self, BackendError> {
+        if let super::ModelFormat::Gguf(file) = super::ModelFormat::resolve(dir)? {
+            return super::gguf::GgufFile::open(&file)?.model_config();
+        }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| BackendError::Io {
             path: path.clone(),

@@ -17,25 +17,64 @@ pub(crate) const EMBED_INIT: candle_nn::Init = candle_nn::Init::Randn {
     stdev: 0.02,
 };
 
-/// A linear layer `y = x W^T (+ b)`.
+/// A linear layer `y = x W^T (+ b)`: dense, or with a quantized weight (GGUF `--quantized`,
+/// candle's quantized matrix products; the bias stays dense).
 #[derive(Debug, Clone)]
-pub(crate) struct Linear {
-    inner: candle_nn::Linear,
+pub(crate) enum Linear {
+    Dense(candle_nn::Linear),
+    Quant {
+        weight: candle_core::quantized::QMatMul,
+        bias: Option<Tensor>,
+    },
+}
+
+/// Where quantized weights come from when a model is built (HF tensor name and expected shape
+/// → the stored tensor, rows in HF order). `None` from [`QuantSource::get`] = load densely.
+pub(crate) trait QuantSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Option<Result<candle_core::quantized::QTensor>>;
 }
 
 impl Linear {
     pub(crate) fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        Ok(Linear {
-            inner: candle_nn::linear_b(in_dim, out_dim, bias, vb)?,
-        })
+        Ok(Linear::Dense(candle_nn::linear_b(
+            in_dim, out_dim, bias, vb,
+        )?))
     }
-    pub(crate) fn from_weight(weight: Tensor) -> Self {
-        Linear {
-            inner: candle_nn::Linear::new(weight, None),
+    /// [`Self::load`], taking the weight from `quant` when it has one.
+    pub(crate) fn load_q(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+        quant: Option<&dyn QuantSource>,
+    ) -> Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        match quant.and_then(|q| q.get(&name, &[out_dim, in_dim])) {
+            Some(w) => Ok(Linear::Quant {
+                weight: candle_core::quantized::QMatMul::from_qtensor(w?)?,
+                bias: if bias {
+                    Some(vb.get(out_dim, "bias")?)
+                } else {
+                    None
+                },
+            }),
+            None => Self::load(in_dim, out_dim, bias, vb),
         }
     }
+    pub(crate) fn from_weight(weight: Tensor) -> Self {
+        Linear::Dense(candle_nn::Linear::new(weight, None))
+    }
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        match self {
+            Linear::Dense(l) => l.forward(x),
+            Linear::Quant { weight, bias } => {
+                let y = weight.forward(x)?;
+                match bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::config::ModelConfig;
-use super::layers::{EMBED_INIT, Linear, RmsNorm, Rope, Segments};
+use super::layers::{EMBED_INIT, Linear, QuantSource, RmsNorm, Rope, Segments};
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -41,6 +41,16 @@ impl Llama {
     /// Builds the model from `vb` (root of the checkpoint: `model.*`, `lm_head.*`). Biases follow
     /// `cfg.qkv_bias`, `cfg.o_bias` and `cfg.mlp_bias`.
     pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Self::load_q(cfg, vb, None)
+    }
+
+    /// [`Self::load`], with the projection (and output) weights taken from `quant` where it has
+    /// them (quantized inference); norms, biases and the embedding stay dense.
+    pub(crate) fn load_q(
+        cfg: &ModelConfig,
+        vb: VarBuilder,
+        quant: Option<&dyn QuantSource>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let hd = cfg.head_dim;
         let nh = cfg.num_attention_heads;
@@ -63,17 +73,28 @@ impl Llama {
                     cfg.norm_eps,
                     l.pp("post_attention_layernorm"),
                 )?,
-                q_proj: Linear::load(h, nh * hd, cfg.qkv_bias, a.pp("q_proj"))?,
-                k_proj: Linear::load(h, kvh * hd, cfg.qkv_bias, a.pp("k_proj"))?,
-                v_proj: Linear::load(h, kvh * hd, cfg.qkv_bias, a.pp("v_proj"))?,
-                o_proj: Linear::load(nh * hd, h, cfg.o_bias, a.pp("o_proj"))?,
-                gate_proj: Linear::load(h, ff, cfg.mlp_bias, p.pp("gate_proj"))?,
-                up_proj: Linear::load(h, ff, cfg.mlp_bias, p.pp("up_proj"))?,
-                down_proj: Linear::load(ff, h, cfg.mlp_bias, p.pp("down_proj"))?,
+                q_proj: Linear::load_q(h, nh * hd, cfg.qkv_bias, a.pp("q_proj"), quant)?,
+                k_proj: Linear::load_q(h, kvh * hd, cfg.qkv_bias, a.pp("k_proj"), quant)?,
+                v_proj: Linear::load_q(h, kvh * hd, cfg.qkv_bias, a.pp("v_proj"), quant)?,
+                o_proj: Linear::load_q(nh * hd, h, cfg.o_bias, a.pp("o_proj"), quant)?,
+                gate_proj: Linear::load_q(h, ff, cfg.mlp_bias, p.pp("gate_proj"), quant)?,
+                up_proj: Linear::load_q(h, ff, cfg.mlp_bias, p.pp("up_proj"), quant)?,
+                down_proj: Linear::load_q(ff, h, cfg.mlp_bias, p.pp("down_proj"), quant)?,
             });
         }
         let norm = RmsNorm::load(h, cfg.norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings {
+        let head_name = if cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let quant_head = quant.and_then(|q| q.get(head_name, &[cfg.vocab_size, h]));
+        let lm_head = if let Some(w) = quant_head {
+            Linear::Quant {
+                weight: candle_core::quantized::QMatMul::from_qtensor(w?)?,
+                bias: None,
+            }
+        } else if cfg.tie_word_embeddings {
             Linear::from_weight(embed_w)
         } else {
             Linear::from_weight(vb.pp("lm_head").get_with_hints(

@@ -229,25 +229,7 @@ impl SafetensorsStore {
     /// Streamed sha256 over the weight files (concatenated in [`Self::files`] order); for a single
     /// file it equals `sha256sum model.safetensors`.
     pub fn sha256(&self) -> Result<String, BackendError> {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        for path in &self.files {
-            let mut f = std::fs::File::open(path).map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            loop {
-                let n = f.read(&mut buf).map_err(|source| BackendError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-        }
-        Ok(hex::encode(h.finalize()))
+        sha256_files(&self.files)
     }
 }
 
@@ -276,11 +258,63 @@ impl candle_nn::var_builder::SimpleBackend for StoreBackend {
     }
 }
 
-/// Loads `dir/tokenizer.json` and checks that every token id fits the embedding.
+/// What a model path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A Hugging Face directory (`config.json`, `tokenizer.json`, safetensors).
+    HfDir(PathBuf),
+    /// A GGUF file.
+    Gguf(PathBuf),
+}
+
+impl ModelFormat {
+    /// Resolves a model path: a `.gguf` file, a directory holding exactly one `.gguf` and no
+    /// `config.json`, or a Hugging Face directory. A path that does not exist is an error naming
+    /// it (not a missing `config.json`).
+    pub fn resolve(path: &Path) -> Result<Self, BackendError> {
+        if !path.exists() {
+            return Err(BackendError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such model file or directory",
+                ),
+            });
+        }
+        if let Some(g) = super::gguf::find_gguf(path)? {
+            return Ok(ModelFormat::Gguf(g));
+        }
+        if path.is_file() {
+            return Err(BackendError::Config {
+                path: path.to_path_buf(),
+                message: "a model path must be a directory (Hugging Face layout) or a .gguf file"
+                    .into(),
+            });
+        }
+        Ok(ModelFormat::HfDir(path.to_path_buf()))
+    }
+
+    /// The weight files, in hashing order.
+    pub fn weight_files(&self) -> Result<Vec<PathBuf>, BackendError> {
+        match self {
+            ModelFormat::Gguf(f) => Ok(vec![f.clone()]),
+            ModelFormat::HfDir(d) => Ok(SafetensorsStore::open_dir(d)?.files().to_vec()),
+        }
+    }
+}
+
+/// Loads the tokenizer of a model path: `dir/tokenizer.json`, or the one in a GGUF file's
+/// metadata (see [`super::gguf_tokenizer`]); checks that every token id fits the embedding.
 pub fn load_tokenizer(
     dir: &Path,
     vocab_size: usize,
 ) -> Result<tokenizers::Tokenizer, BackendError> {
+    if let ModelFormat::Gguf(file) = ModelFormat::resolve(dir)? {
+        let g = super::gguf::GgufFile::open(&file)?;
+        let tok = super::gguf_tokenizer::tokenizer(&g)?;
+        check_tokenizer_fits(&tok, vocab_size, &file)?;
+        return Ok(tok);
+    }
     let path = dir.join("tokenizer.json");
     if !path.exists() {
         return Err(BackendError::Io {
@@ -292,6 +326,16 @@ pub fn load_tokenizer(
         path: path.clone(),
         message: e.to_string(),
     })?;
+    check_tokenizer_fits(&tok, vocab_size, &path)?;
+    Ok(tok)
+}
+
+/// Fails when `tok` has more ids than the embedding has rows.
+pub(crate) fn check_tokenizer_fits(
+    tok: &tokenizers::Tokenizer,
+    vocab_size: usize,
+    path: &Path,
+) -> Result<(), BackendError> {
     let max_id = tok
         .get_vocab(true)
         .values()
@@ -302,11 +346,103 @@ pub fn load_tokenizer(
     let n = tok.get_vocab_size(true).max(max_id);
     if n > vocab_size {
         return Err(BackendError::Tokenizer {
-            path,
+            path: path.to_path_buf(),
             message: format!(
-                "the tokenizer has {n} token ids but the model's embedding has only {vocab_size} rows (config.json vocab_size)"
+                "the tokenizer has {n} token ids but the model's embedding has only {vocab_size} rows (vocab_size)"
             ),
         });
     }
-    Ok(tok)
+    Ok(())
+}
+
+/// The chat template of a Hugging Face directory: `chat_template.jinja`, else `chat_template`
+/// in `tokenizer_config.json` (a string, or a list of `{name, template}` whose `default` is
+/// taken). For a GGUF path, the one in its metadata. `Ok(None)` when there is none.
+pub fn load_chat_template(dir: &Path) -> Result<Option<super::ChatTemplate>, BackendError> {
+    if let ModelFormat::Gguf(file) = ModelFormat::resolve(dir)? {
+        let g = super::gguf::GgufFile::open(&file)?;
+        let special = super::gguf_tokenizer::special_tokens(&g)?;
+        return super::gguf_tokenizer::chat_template(&g)
+            .map(|t| super::ChatTemplate::new(t, &special, &file))
+            .transpose();
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: Option<serde_json::Value> = match std::fs::read_to_string(&cfg_path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text).map_err(|e| BackendError::Config {
+                path: cfg_path.clone(),
+                message: format!("invalid JSON: {e}"),
+            })?,
+        ),
+        Err(_) => None,
+    };
+    let token = |key: &str| -> Option<String> {
+        let v = cfg.as_ref()?.get(key)?;
+        v.as_str().map(str::to_string).or_else(|| {
+            v.get("content")
+                .and_then(|c| c.as_str())
+                .map(str::to_string)
+        })
+    };
+    let special = super::gguf_tokenizer::SpecialTokens {
+        bos: token("bos_token").map(|t| (0, t)),
+        eos: token("eos_token").map(|t| (0, t)),
+        unk: token("unk_token").map(|t| (0, t)),
+        pad: token("pad_token").map(|t| (0, t)),
+        add_bos: false,
+    };
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        let text = std::fs::read_to_string(&jinja).map_err(|source| BackendError::Io {
+            path: jinja.clone(),
+            source,
+        })?;
+        return super::ChatTemplate::new(text, &special, &jinja).map(Some);
+    }
+    let template = match cfg.as_ref().and_then(|c| c.get("chat_template")) {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(list)) => {
+            let found = list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"));
+            match found
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+            {
+                Some(t) => t.to_string(),
+                None => return Ok(None),
+            }
+        }
+        Some(v) => {
+            return Err(BackendError::Config {
+                path: cfg_path,
+                message: format!("`chat_template` must be a string or a list, got {v}"),
+            });
+        }
+    };
+    super::ChatTemplate::new(template, &special, &cfg_path).map(Some)
+}
+
+/// Streamed sha256 over `files` concatenated in order.
+pub fn sha256_files(files: &[PathBuf]) -> Result<String, BackendError> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|source| BackendError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        loop {
+            let n = f.read(&mut buf).map_err(|source| BackendError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
 }

@@ -23,8 +23,11 @@
 //! about 1e-5 with transformers.
 
 pub mod beam;
+pub mod chat;
 pub mod config;
 pub mod generate;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod gpt_neox;
 mod layers;
 pub mod llama;
@@ -42,10 +45,11 @@ use trust_core::{
     LogLikelihoodRequest, ModelError, ModelInfo, Sampling, StopPolicy,
 };
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Activation, Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use generate::{RowSpec, Sampler};
 pub use layers::KvCache;
-pub use loader::{SafetensorsStore, StoreBackend};
+pub use loader::{ModelFormat, SafetensorsStore, StoreBackend};
 
 use crate::BackendError;
 
@@ -68,12 +72,25 @@ impl CausalLm {
     /// Builds the model described by `config` from `vb` (mmap'd weights, a `VarMap`, ...). The
     /// compute dtype and device are those of `vb`.
     pub fn from_var_builder(config: &ModelConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(config, vb, None)
+    }
+
+    fn build(
+        config: &ModelConfig,
+        vb: VarBuilder,
+        quant: Option<&dyn layers::QuantSource>,
+    ) -> candle_core::Result<Self> {
         let device = vb.device().clone();
         let dtype = vb.dtype();
         let arch = match config.arch {
-            Architecture::GptNeoX => Arch::GptNeoX(gpt_neox::GptNeoX::load(config, vb)?),
-            Architecture::Llama => Arch::Llama(llama::Llama::load(config, vb)?),
-            Architecture::Qwen2 => Arch::Llama(qwen2::load(config, vb)?),
+            Architecture::GptNeoX => {
+                if quant.is_some() {
+                    candle_core::bail!("quantized weights are supported for llama and qwen2 only");
+                }
+                Arch::GptNeoX(gpt_neox::GptNeoX::load(config, vb)?)
+            }
+            Architecture::Llama => Arch::Llama(llama::Llama::load_q(config, vb, quant)?),
+            Architecture::Qwen2 => Arch::Llama(qwen2::load_q(config, vb, quant)?),
         };
         Ok(CausalLm {
             arch,
@@ -440,6 +457,10 @@ pub struct LoadOptions {
     /// group of up to `batch_size` rows, each beam search counting `num_beams` rows). Groups
     /// never attend to each other, so this changes speed, not results. Default 64.
     pub max_batch_rows: usize,
+    /// GGUF models: keep the projection and output weights in their stored (quantized) types and
+    /// multiply with candle's quantized kernels (faster, less memory) instead of dequantising
+    /// them to `dtype` (the default: exact, and what training needs). Ignored for safetensors.
+    pub quantized: bool,
 }
 
 impl Default for LoadOptions {
@@ -450,6 +471,7 @@ impl Default for LoadOptions {
             batch_size: 8,
             pad_generation_batches: false,
             max_batch_rows: 64,
+            quantized: false,
         }
     }
 }
@@ -459,6 +481,7 @@ impl Default for LoadOptions {
 pub struct CandleModel {
     lm: Arc<CausalLm>,
     tokenizer: Arc<tokenizers::Tokenizer>,
+    chat_template: Option<Arc<ChatTemplate>>,
     info: ModelInfo,
     batch_size: usize,
     pad_generation_batches: bool,
@@ -482,11 +505,21 @@ fn dtype_name(d: DType) -> &'static str {
 }
 
 impl CandleModel {
-    /// Loads a model directory. Errors name the file (and tensor) at fault.
+    /// Loads a model: a Hugging Face directory (`config.json`, `tokenizer.json`, safetensors) or
+    /// a GGUF file (`.gguf`, or a directory holding exactly one and no `config.json`; see
+    /// [`gguf`]). Errors name the file (and tensor or key) at fault.
     pub fn load(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self, BackendError> {
         let dir = dir.as_ref();
+        match ModelFormat::resolve(dir)? {
+            ModelFormat::Gguf(file) => Self::load_gguf(&file, opts),
+            ModelFormat::HfDir(dir) => Self::load_hf(&dir, opts),
+        }
+    }
+
+    fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<Self, BackendError> {
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = loader::load_tokenizer(dir, config.vocab_size)?;
+        let chat_template = loader::load_chat_template(dir)?;
         let store = Arc::new(SafetensorsStore::open_dir(dir)?);
         let vb = VarBuilder::from_backend(
             Box::new(StoreBackend(store.clone())),
@@ -502,26 +535,90 @@ impl CandleModel {
             }
         };
         let sha = store.sha256()?;
+        Ok(Self::assemble(
+            lm,
+            tokenizer,
+            chat_template,
+            dir,
+            sha,
+            "",
+            opts,
+        ))
+    }
 
+    fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Self, BackendError> {
+        let g = Arc::new(gguf::GgufFile::open(file)?);
+        let config = g.model_config()?;
+        let tokenizer = gguf_tokenizer::tokenizer(&g)?;
+        loader::check_tokenizer_fits(&tokenizer, config.vocab_size, file)?;
+        let chat_template = gguf_tokenizer::chat_template(&g)
+            .map(|t| ChatTemplate::new(t, &gguf_tokenizer::special_tokens(&g)?, file))
+            .transpose()?;
+        let weights = Arc::new(gguf::GgufWeights::new(g.clone(), config.clone()));
+        let vb = VarBuilder::from_backend(
+            Box::new(gguf::GgufBackend(weights.clone())),
+            opts.dtype,
+            opts.device.clone(),
+        );
+        let quant: Option<&dyn layers::QuantSource> = if opts.quantized {
+            Some(&*weights)
+        } else {
+            None
+        };
+        let lm = match CausalLm::build(&config, vb, quant) {
+            Ok(lm) => lm,
+            Err(e) => {
+                return Err(weights
+                    .take_error()
+                    .unwrap_or_else(|| BackendError::Runtime(e.to_string())));
+            }
+        };
+        let sha = loader::sha256_files(&[file.to_path_buf()])?;
+        let extra = format!(
+            " format=gguf:{}{}",
+            g.file_type_name(),
+            if opts.quantized { " quantized" } else { "" }
+        );
+        Ok(Self::assemble(
+            lm,
+            tokenizer,
+            chat_template,
+            file,
+            sha,
+            &extra,
+            opts,
+        ))
+    }
+
+    fn assemble(
+        lm: CausalLm,
+        tokenizer: tokenizers::Tokenizer,
+        chat_template: Option<ChatTemplate>,
+        path: &Path,
+        sha: String,
+        extra: &str,
+        opts: &LoadOptions,
+    ) -> Self {
         let info = ModelInfo {
-            id: dir.display().to_string(),
+            id: path.display().to_string(),
             backend: "candle".into(),
             weights_sha256: Some(sha),
             details: format!(
-                "arch={} dtype={} device={}",
-                config.arch.as_str(),
+                "arch={} dtype={} device={}{extra}",
+                lm.config().arch.as_str(),
                 dtype_name(opts.dtype),
                 device_name(&opts.device)
             ),
         };
-        Ok(CandleModel {
+        CandleModel {
             lm: Arc::new(lm),
             tokenizer: Arc::new(tokenizer),
+            chat_template: chat_template.map(Arc::new),
             info,
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
             max_batch_rows: opts.max_batch_rows.max(1),
-        })
+        }
     }
 
     /// Wraps a model built elsewhere (e.g. on trainable `Var`s, see
@@ -557,6 +654,7 @@ impl CandleModel {
         Ok(CandleModel {
             lm: Arc::new(lm),
             tokenizer: Arc::new(tokenizer),
+            chat_template: None,
             info,
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
@@ -572,6 +670,19 @@ impl CandleModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &tokenizers::Tokenizer {
         &self.tokenizer
+    }
+
+    /// The model's chat template (GGUF `tokenizer.chat_template`, or `chat_template` in a
+    /// directory's `tokenizer_config.json` / `chat_template.jinja`), if it has one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_deref()
+    }
+
+    /// Same model with another chat template (e.g. one read from a file).
+    pub fn with_chat_template(&self, template: Option<ChatTemplate>) -> Self {
+        let mut m = self.clone();
+        m.chat_template = template.map(Arc::new);
+        m
     }
 
     /// Rows per forward pass.
@@ -940,7 +1051,7 @@ impl CandleModel {
         m
     }
 
-    /// The model directory this was loaded from.
+    /// The model directory (or GGUF file) this was loaded from.
     pub fn dir(&self) -> PathBuf {
         PathBuf::from(&self.info.id)
     }

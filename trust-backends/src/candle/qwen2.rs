@@ -15,10 +15,19 @@ use super::llama::Llama;
 
 /// Builds a Qwen2 model (the [`Llama`] stack with Qwen2's bias layout).
 pub fn load(cfg: &ModelConfig, vb: VarBuilder) -> Result<Llama> {
+    load_q(cfg, vb, None)
+}
+
+/// [`load`] with quantized weights where `quant` has them (see [`Llama::load_q`]).
+pub(crate) fn load_q(
+    cfg: &ModelConfig,
+    vb: VarBuilder,
+    quant: Option<&dyn super::layers::QuantSource>,
+) -> Result<Llama> {
     debug_assert_eq!(cfg.arch, Architecture::Qwen2);
     let mut cfg = cfg.clone();
     cfg.qkv_bias = true;
     cfg.o_bias = false;
     cfg.mlp_bias = false;
-    Llama::load(&cfg, vb)
+    Llama::load_q(&cfg, vb, quant)
 }
