@@ -204,11 +204,11 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// `what` names the header part, metadata key or tensor being read.
     fn err(&self, what: &str, message: impl std::fmt::Display) -> BackendError {
-        BackendError::Tensor {
+        BackendError::Config {
             path: self.path.to_path_buf(),
-            tensor: what.to_string(),
-            message: format!("{message} (at byte {})", self.at),
+            message: format!("{what}: {message} (at byte {})", self.at),
         }
     }
     fn left(&self) -> usize {
@@ -241,7 +241,7 @@ impl<'a> Cursor<'a> {
             self.err(
                 what,
                 format!(
-                    "count {n} cannot fit in the {} bytes left in the file",
+                    "length {n} cannot fit in the {} bytes left in the file (truncated or corrupt file)",
                     self.left()
                 ),
             )
@@ -337,40 +337,41 @@ impl GgufFile {
         BackendError,
     > {
         let mut c = Cursor { data, at: 0, path };
-        let magic = c.bytes(4, "<header>")?;
+        let magic = c.bytes(4, "header")?;
         if magic != b"GGUF" {
             return Err(c.err(
-                "<header>",
+                "header",
                 format!("bad magic {magic:02x?} (expected \"GGUF\"): not a GGUF file"),
             ));
         }
-        let version = c.u32("<header>")?;
+        let version = c.u32("header")?;
         if !(2..=3).contains(&version) {
             return Err(c.err(
-                "<header>",
+                "header",
                 format!("unsupported GGUF version {version} (supported: 2, 3)"),
             ));
         }
         // A tensor-index entry is at least 8 (name length) + 4 + 8 + 4 + 8 bytes; a metadata entry
         // at least 8 + 4 + 1.
         let n_tensors = {
-            let n = c.u64("<header>")?;
+            let n = c.u64("header")?;
             usize::try_from(n)
                 .ok()
                 .filter(|&n| n.checked_mul(32).is_some_and(|b| b <= c.left()))
                 .ok_or_else(|| {
                     c.err(
-                        "<header>",
+                        "header",
                         format!("tensor count {n} cannot fit in the file"),
                     )
                 })?
         };
-        let n_kv = c.count(13, "<header>")?;
+        let n_kv = c.count(13, "header")?;
         let mut metadata = BTreeMap::new();
         for i in 0..n_kv {
-            let key = c.string(&format!("<metadata key #{i}>"))?;
-            let ty = c.u32(&key)?;
-            let v = c.value(ty, &key, 0)?;
+            let key = c.string(&format!("metadata key #{i}"))?;
+            let what = format!("metadata `{key}`");
+            let ty = c.u32(&what)?;
+            let v = c.value(ty, &what, 0)?;
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
@@ -387,18 +388,19 @@ impl GgufFile {
         };
         let mut raw = Vec::with_capacity(n_tensors);
         for i in 0..n_tensors {
-            let name = c.string(&format!("<tensor #{i}>"))?;
-            let nd = c.u32(&name)? as usize;
+            let name = c.string(&format!("tensor #{i}"))?;
+            let what = format!("tensor `{name}`");
+            let nd = c.u32(&what)? as usize;
             if nd == 0 || nd > 4 {
-                return Err(c.err(&name, format!("{nd} dimensions (GGML allows 1 to 4)")));
+                return Err(c.err(&what, format!("{nd} dimensions (GGML allows 1 to 4)")));
             }
             let mut ne = Vec::with_capacity(nd);
             for _ in 0..nd {
-                let d = c.u64(&name)?;
-                ne.push(usize::try_from(d).map_err(|_| c.err(&name, format!("dimension {d}")))?);
+                let d = c.u64(&what)?;
+                ne.push(usize::try_from(d).map_err(|_| c.err(&what, format!("dimension {d}")))?);
             }
-            let ty = c.u32(&name)?;
-            let offset = c.u64(&name)?;
+            let ty = c.u32(&what)?;
+            let offset = c.u64(&what)?;
             raw.push((name, ne, ty, offset));
         }
         let data_start = c.at.div_ceil(alignment) * alignment;
