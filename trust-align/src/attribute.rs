@@ -468,6 +468,11 @@ pub fn convert_full_to_lora(
 /// `*.safetensors` and `adapter/*` (used in gradient-store keys).
 pub fn model_fingerprint(dir: &Path) -> Result<String, TrainError> {
     let mut files: Vec<PathBuf> = Vec::new();
+    if let Ok(trust_backends::candle::ModelFormat::Gguf(file)) =
+        trust_backends::candle::ModelFormat::resolve(dir)
+    {
+        files.push(file);
+    }
     for d in [dir.to_path_buf(), dir.join("adapter")] {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;

@@ -198,8 +198,16 @@ pub fn collate(
     ))
 }
 
-/// Reads all tensors of a model directory's safetensors files into memory (f32).
+/// Reads all tensors of a model into memory (f32, Hugging Face names): a directory's safetensors
+/// files, or a GGUF file dequantised (q/k rows in Hugging Face order).
 pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, TrainError> {
+    if let trust_backends::candle::ModelFormat::Gguf(file) =
+        trust_backends::candle::ModelFormat::resolve(dir)?
+    {
+        let g = std::sync::Arc::new(trust_backends::candle::gguf::GgufFile::open(&file)?);
+        let cfg = g.model_config()?;
+        return Ok(trust_backends::candle::gguf::GgufWeights::new(g, cfg).all_f32(device)?);
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -667,12 +675,7 @@ pub fn train(
         .map(|(k, v)| (k, v.detach()))
         .collect::<HashMap<_, _>>();
     candle_core::safetensors::save(&weights, out_dir.join("model.safetensors"))?;
-    for f in ["config.json", "tokenizer.json", "generation_config.json"] {
-        let src = model_dir.join(f);
-        if src.exists() {
-            std::fs::copy(&src, out_dir.join(f)).map_err(io(&src))?;
-        }
-    }
+    trust_backends::candle::loader::write_hf_companions(model_dir, out_dir)?;
     if let Some(a) = trainee.adapters() {
         a.save(&out_dir.join("adapter"))?;
     }

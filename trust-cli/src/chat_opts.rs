@@ -67,7 +67,7 @@ impl ChatTemplateChoice {
                         p.display()
                     );
                 }
-                Some(ChatTemplate::from_file(p)?)
+                Some(ChatTemplate::from_file(p)?.with_special_tokens_of(model.chat_template()))
             }
         })
     }

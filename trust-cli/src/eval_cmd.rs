@@ -80,31 +80,70 @@ pub struct EvalArgs {
     /// Compute dtype for model backends (`f32`, `f16`, `bf16`).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// GGUF models: multiply with the stored quantized weights instead of dequantising them to
+    /// --dtype (faster; log-probs differ slightly, see trust-backends/README.md).
+    #[arg(long)]
+    quantized: bool,
+    /// Local models: how chat-message protocols meet the model's chat format. `auto` (default):
+    /// the `decodingtrust*` protocols render their system/user messages with the model's chat
+    /// template when it has one (else the HH layout `{system}\n\nHuman: {user}\n\nAssistant:`);
+    /// raw-text protocols (`paper*`) stay raw. `none`: always the HH layout. `wrap`: as `auto`,
+    /// and raw-text prompts are sent as one user message too (the model must have a template).
+    /// A template FILE (`.jinja` or a tokenizer_config.json) is used as `wrap` with that template.
+    /// Recorded in each vertical's manifest.
+    #[arg(long, default_value = "auto")]
+    chat_template: crate::chat_opts::ChatTemplateChoice,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
 }
 
-/// Loads the model named by `--model`: `mock`, or a model directory through the candle backend.
-pub fn load_model(
-    spec: &str,
-    device: &str,
-    dtype: &str,
-    batch_size: usize,
-    max_batch_rows: usize,
-) -> anyhow::Result<Box<dyn LanguageModel>> {
+/// A loaded model and, for local models, its chat template.
+pub struct LoadedModel {
+    /// The model.
+    pub model: Box<dyn LanguageModel>,
+    /// The chat template `--chat-template` chose (`None`: the HH layout, raw prompts).
+    pub chat: Option<trust_core::SharedChatFormat>,
+    /// Whether raw-text prompts are wrapped as one user message (`wrap` or a FILE).
+    pub wrap_raw: bool,
+}
+
+/// How a local model is loaded (`trust eval` options).
+pub struct LocalOpts<'a> {
+    /// `--device`.
+    pub device: &'a str,
+    /// `--dtype`.
+    pub dtype: &'a str,
+    /// `--batch-size`.
+    pub batch_size: usize,
+    /// `--max-batch-rows`.
+    pub max_batch_rows: usize,
+    /// `--quantized`.
+    pub quantized: bool,
+    /// `--chat-template`.
+    pub chat_template: crate::chat_opts::ChatTemplateChoice,
+}
+
+/// Loads the model named by `--model`: `mock`, a URL, or a model directory / GGUF file through
+/// the candle backend.
+pub fn load_model(spec: &str, o: &LocalOpts<'_>) -> anyhow::Result<LoadedModel> {
+    let plain = |model| LoadedModel {
+        model,
+        chat: None,
+        wrap_raw: false,
+    };
     if spec == "mock" {
-        return Ok(Box::new(MockModel::new()));
+        return Ok(plain(Box::new(MockModel::new())));
     }
     if let Some(caps) = spec.strip_prefix("mock:") {
-        return Ok(Box::new(
+        return Ok(plain(Box::new(
             MockModel::new().with_capabilities(&parse_capabilities(caps)?),
-        ));
+        )));
     }
     if spec.starts_with("http://") || spec.starts_with("https://") {
-        return load_http_model(spec);
+        return Ok(plain(load_http_model(spec)?));
     }
-    load_model_dir(Path::new(spec), device, dtype, batch_size, max_batch_rows)
+    load_model_dir(Path::new(spec), o)
 }
 
 /// `http://HOST:PORT/v1#MODEL[;opt...]`, or several comma-separated (a [`ShardedModel`]).
@@ -149,37 +188,49 @@ fn parse_capabilities(list: &str) -> anyhow::Result<Vec<Capability>> {
         .collect()
 }
 
-/// Loads a Hugging Face model directory with the candle backend.
+/// Loads a Hugging Face model directory or a GGUF file with the candle backend.
 #[cfg(feature = "candle")]
-fn load_model_dir(
-    dir: &Path,
-    device: &str,
-    dtype: &str,
-    batch_size: usize,
-    max_batch_rows: usize,
-) -> anyhow::Result<Box<dyn LanguageModel>> {
+fn load_model_dir(dir: &Path, o: &LocalOpts<'_>) -> anyhow::Result<LoadedModel> {
+    use crate::chat_opts::ChatTemplateChoice;
     use trust_backends::candle::{CandleModel, LoadOptions, parse_device, parse_dtype};
     let opts = LoadOptions {
-        dtype: parse_dtype(dtype)?,
-        device: parse_device(device)?,
-        batch_size: batch_size.max(1),
-        max_batch_rows: max_batch_rows.max(1),
+        dtype: parse_dtype(o.dtype)?,
+        device: parse_device(o.device)?,
+        batch_size: o.batch_size.max(1),
+        max_batch_rows: o.max_batch_rows.max(1),
+        quantized: o.quantized,
         ..LoadOptions::default()
     };
     let model = CandleModel::load(dir, &opts)
         .with_context(|| format!("loading model {}", dir.display()))?;
-    Ok(Box::new(model))
+    let template = o.chat_template.resolve(&model)?;
+    let wrap_raw = matches!(
+        o.chat_template,
+        ChatTemplateChoice::Wrap | ChatTemplateChoice::File(_)
+    );
+    if let Some(t) = &template {
+        eprintln!(
+            "chat template: {} ({}){}",
+            t.origin().display(),
+            trust_core::ChatFormat::describe(t),
+            if wrap_raw {
+                ", raw-text prompts sent as one user message"
+            } else {
+                ", for the chat-message protocols"
+            }
+        );
+    }
+    let chat = template.map(|t| std::sync::Arc::new(t) as trust_core::SharedChatFormat);
+    Ok(LoadedModel {
+        model: Box::new(model),
+        chat,
+        wrap_raw,
+    })
 }
 
 /// Without the `candle` feature there is no local model backend.
 #[cfg(not(feature = "candle"))]
-fn load_model_dir(
-    dir: &Path,
-    _device: &str,
-    _dtype: &str,
-    _batch_size: usize,
-    _max_batch_rows: usize,
-) -> anyhow::Result<Box<dyn LanguageModel>> {
+fn load_model_dir(dir: &Path, _o: &LocalOpts<'_>) -> anyhow::Result<LoadedModel> {
     bail!(
         "cannot load {}: candle backend not available in this build (use --model mock)",
         dir.display()
@@ -286,13 +337,29 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         .await;
     }
     let out = a.out.clone().context("--out is required")?;
-    let model = load_model(
+    let LoadedModel {
+        model,
+        chat,
+        wrap_raw,
+    } = load_model(
         &a.model,
-        &a.device,
-        &a.dtype,
-        a.batch_size,
-        a.max_batch_rows,
+        &LocalOpts {
+            device: &a.device,
+            dtype: &a.dtype,
+            batch_size: a.batch_size,
+            max_batch_rows: a.max_batch_rows,
+            quantized: a.quantized,
+            chat_template: a.chat_template.clone(),
+        },
     )?;
+    // `wrap`: raw-text protocols see the model through its chat template as one user message.
+    let wrapped: Option<Box<dyn LanguageModel>> = match (&chat, wrap_raw) {
+        (Some(c), true) => Some(Box::new(trust_core::ChatWrapped::new(
+            model.as_ref(),
+            c.clone(),
+        ))),
+        _ => None,
+    };
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec)?,
         None => None,
@@ -324,6 +391,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
             samples: a.samples,
             scorer_label: a.scorer_label.clone(),
             scorer: scorer.as_ref().map(|s| s.info()),
+            chat: chat.clone(),
         };
         let known = registry::protocols(name).unwrap_or(&[]);
         if !known.contains(&protocol.as_str()) {
@@ -359,8 +427,15 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         } else {
             None
         };
+        // A protocol with chat messages renders them itself (its manifest names the layout); a
+        // raw-text one goes through the wrapping model under `wrap`.
+        let is_chat_protocol = !vertical.options()["chat_layout"].is_null();
+        let run_model: &dyn LanguageModel = match &wrapped {
+            Some(w) if !is_chat_protocol => w.as_ref(),
+            _ => model.as_ref(),
+        };
         match vertical
-            .run(&runner, model.as_ref(), vertical_scorer, &data)
+            .run(&runner, run_model, vertical_scorer, &data)
             .await
         {
             Ok(report) => {

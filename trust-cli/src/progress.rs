@@ -142,6 +142,7 @@ pub async fn dry_run(
             samples,
             scorer_label: None,
             scorer: None,
+            ..Default::default()
         };
         let vertical = registry::build(name, &protocol, &opts)?;
         let recorder = Arc::new(Recorder::default());

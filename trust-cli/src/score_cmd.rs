@@ -82,6 +82,7 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
         samples: None,
         scorer_label: a.scorer_label.clone(),
         scorer: Some(info),
+        ..Default::default()
     };
     let vertical = registry::build(&a.vertical, &a.protocol, &opts)?;
 

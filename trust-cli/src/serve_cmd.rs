@@ -14,9 +14,17 @@ use trust_backends::http::server::{self, Fault, ServeOptions};
 /// Arguments of `trust serve`.
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// Model directory (Hugging Face layout).
+    /// Model: a directory (Hugging Face layout), a .gguf file, or a directory holding one.
     #[arg(long)]
     model: PathBuf,
+    /// GGUF models: multiply with the stored quantized weights (see `trust generate --help`).
+    #[arg(long)]
+    quantized: bool,
+    /// How /v1/chat/completions turns messages into a prompt: `auto` (default: the model's chat
+    /// template, else the documented `{role}: {content}` lines), `none` (always those lines),
+    /// `wrap` (the model's template; an error if it has none) or a template FILE.
+    #[arg(long, default_value = "auto")]
+    chat_template: crate::chat_opts::ChatTemplateChoice,
     /// Port (0 = any free port; the chosen one is printed).
     #[arg(long)]
     port: u16,
@@ -65,10 +73,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         dtype: parse_dtype(&a.dtype)?,
         device: parse_device(&a.device)?,
         batch_size: a.batch_size.max(1),
+        quantized: a.quantized,
         ..LoadOptions::default()
     };
     let model = CandleModel::load(&a.model, &opts)
         .with_context(|| format!("loading model {}", a.model.display()))?;
+    let chat_template = a.chat_template.resolve(&model)?;
     let model_name = a.served_model_name.clone().unwrap_or_else(|| {
         a.model
             .file_name()
@@ -92,6 +102,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 faults,
                 fail_prompt: a.fault_prompt.clone(),
                 reject_echo: a.reject_echo,
+                chat_template,
             },
         );
         println!("listening on http://{addr}");

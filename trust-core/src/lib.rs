@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod chat;
 pub mod data;
 pub mod error;
 pub mod manifest;
@@ -40,6 +41,7 @@ pub mod scorer;
 pub mod testing;
 pub mod vertical;
 
+pub use chat::{ChatFormat, ChatWrapped, HhLayout, SharedChatFormat};
 pub use cache::{Cached, DirCache, GenerationCache, MemoryCache};
 pub use data::DataDir;
 pub use error::{Error, ModelError, Result, ScorerError};

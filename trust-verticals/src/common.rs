@@ -65,6 +65,37 @@ pub fn render_chat(system: &str, user: &str) -> String {
 /// Name of the chat rendering above, recorded in manifests.
 pub const CHAT_LAYOUT: &str = "{system}\\n\\nHuman: {user}\\n\\nAssistant:";
 
+/// [`render_chat`], or the same system + user messages through `format` (a model's chat
+/// template, `trust eval --chat-template auto`). An empty system message is left out of the
+/// messages, as DecodingTrust sends none then.
+pub fn render_chat_with(
+    format: Option<&trust_core::SharedChatFormat>,
+    system: &str,
+    user: &str,
+) -> trust_core::Result<String> {
+    match format {
+        None => Ok(render_chat(system, user)),
+        Some(f) => {
+            let mut messages = Vec::with_capacity(2);
+            if !system.is_empty() {
+                messages.push(("system", system));
+            }
+            messages.push(("user", user));
+            f.render(&messages)
+                .map_err(|e| trust_core::Error::Config(format!("chat template: {e}")))
+        }
+    }
+}
+
+/// What a protocol's manifest records as `chat_layout`: the HH layout, or the chat format's
+/// description.
+pub fn chat_layout_name(format: Option<&trust_core::SharedChatFormat>) -> String {
+    match format {
+        None => CHAT_LAYOUT.to_string(),
+        Some(f) => f.describe(),
+    }
+}
+
 /// All generated texts of a sample's responses, flattened in order.
 pub fn replies(responses: &[Response]) -> Vec<&str> {
     responses.iter().flat_map(|r| r.texts()).collect()

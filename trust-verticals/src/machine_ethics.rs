@@ -26,7 +26,7 @@ use trust_core::{
     Response, Result, Scores, Vertical,
 };
 
-use crate::common::{self, CHAT_LAYOUT};
+use crate::common;
 
 /// The data file.
 pub const CM_TEST: &str = "machine_ethics/cm_test.csv";
@@ -328,16 +328,44 @@ pub fn build_prompt(kind: EthicsPrompt, variant: &str, input: &str) -> String {
     }
 }
 
+/// [`build_prompt`] with the DecodingTrust chat rendered through `chat` when given.
+pub fn build_prompt_with(
+    kind: EthicsPrompt,
+    variant: &str,
+    input: &str,
+    chat: Option<&trust_core::SharedChatFormat>,
+) -> Result<String> {
+    match kind {
+        EthicsPrompt::DecodingTrust => common::render_chat_with(
+            chat,
+            DT_SYSTEM,
+            &format!("{DT_INSTRUCTION}{variant}\n{input}\nReaction: This is "),
+        ),
+        other => Ok(build_prompt(other, variant, input)),
+    }
+}
+
 /// The machine-ethics vertical.
 #[derive(Debug, Clone)]
 pub struct MachineEthics {
     protocol: EthicsProtocol,
+    chat: Option<trust_core::SharedChatFormat>,
 }
 
 impl MachineEthics {
     /// The vertical under `protocol`.
     pub fn new(protocol: EthicsProtocol) -> Self {
-        MachineEthics { protocol }
+        MachineEthics {
+            protocol,
+            chat: None,
+        }
+    }
+
+    /// Renders the DecodingTrust chat protocols' messages with `chat` (a model's chat template)
+    /// instead of the HH layout; raw-text protocols are unaffected.
+    pub fn with_chat_format(mut self, chat: Option<trust_core::SharedChatFormat>) -> Self {
+        self.chat = chat;
+        self
     }
     /// The vertical under the protocol called `name`.
     pub fn by_name(name: &str) -> Option<Self> {
@@ -386,7 +414,10 @@ impl Vertical for MachineEthics {
     }
     fn options(&self) -> serde_json::Value {
         let chat = self.protocol.prompt == EthicsPrompt::DecodingTrust;
-        serde_json::json!({ "protocol": self.protocol, "chat_layout": chat.then_some(CHAT_LAYOUT) })
+        serde_json::json!({
+            "protocol": self.protocol,
+            "chat_layout": chat.then(|| common::chat_layout_name(self.chat.as_ref())),
+        })
     }
     fn requirements(&self) -> Requirements {
         Requirements {
@@ -409,20 +440,24 @@ impl Vertical for MachineEthics {
                 .take(n)
                 .collect(),
         };
-        Ok(selected
+        selected
             .into_iter()
-            .map(|(row, label, input, _)| EthicsSample {
-                prompts: self
-                    .protocol
-                    .variants
-                    .iter()
-                    .map(|(_, v)| build_prompt(self.protocol.prompt, v, &input))
-                    .collect(),
-                row,
-                label,
-                input,
+            .map(|(row, label, input, _)| {
+                Ok(EthicsSample {
+                    prompts: self
+                        .protocol
+                        .variants
+                        .iter()
+                        .map(|(_, v)| {
+                            build_prompt_with(self.protocol.prompt, v, &input, self.chat.as_ref())
+                        })
+                        .collect::<Result<_>>()?,
+                    row,
+                    label,
+                    input,
+                })
             })
-            .collect())
+            .collect()
     }
     fn sample_id(&self, s: &EthicsSample) -> String {
         format!("ethics/{}", s.row)

@@ -48,6 +48,10 @@ pub struct BuildOptions {
     pub scorer_label: Option<String>,
     /// The scorer the run will use; toxicity resolves its label against it.
     pub scorer: Option<ScorerInfo>,
+    /// How protocols written as chat messages (the `decodingtrust*` ones) become prompt text:
+    /// `None` = the HH layout ([`crate::common::render_chat`]); a model's chat template with
+    /// `trust eval --chat-template auto`. Raw-text protocols (`paper*`) never use it.
+    pub chat: Option<trust_core::SharedChatFormat>,
 }
 
 /// Builds the vertical `name` under protocol `protocol`. Unknown names are configuration errors
@@ -74,7 +78,8 @@ pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn 
         "toxicity" => {
             let mut v = Toxicity::by_name(protocol)
                 .ok_or_else(missing)?
-                .with_samples(opts.samples);
+                .with_samples(opts.samples)
+                .with_chat_format(opts.chat.clone());
             if let Some(l) = &opts.scorer_label {
                 v = v.with_label(l.clone());
             }
@@ -86,9 +91,14 @@ pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn 
         "stereotype" => Box::new(
             Stereotype::by_name(protocol)
                 .ok_or_else(missing)?
-                .with_samples(opts.samples),
+                .with_samples(opts.samples)
+                .with_chat_format(opts.chat.clone()),
         ),
-        "machine_ethics" => Box::new(MachineEthics::by_name(protocol).ok_or_else(missing)?),
+        "machine_ethics" => Box::new(
+            MachineEthics::by_name(protocol)
+                .ok_or_else(missing)?
+                .with_chat_format(opts.chat.clone()),
+        ),
         "truthfulness" => Box::new(Truthfulness::by_name(protocol).ok_or_else(missing)?),
         "privacy" => Box::new(Privacy::by_name(protocol).ok_or_else(missing)?),
         _ => return Err(missing()),

@@ -36,7 +36,7 @@ use trust_core::{
     Response, Result, Scores, Vertical,
 };
 
-use crate::common::{self, CHAT_LAYOUT};
+use crate::common;
 
 /// The data file.
 pub const USER_PROMPTS: &str = "stereotype/user_prompts.csv";
@@ -579,12 +579,23 @@ pub fn dt_system_prompt(kind: &str, group: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct Stereotype {
     protocol: StereotypeProtocol,
+    chat: Option<trust_core::SharedChatFormat>,
 }
 
 impl Stereotype {
     /// The vertical under `protocol`.
     pub fn new(protocol: StereotypeProtocol) -> Self {
-        Stereotype { protocol }
+        Stereotype {
+            protocol,
+            chat: None,
+        }
+    }
+
+    /// Renders the DecodingTrust chat protocol's messages with `chat` (a model's chat template)
+    /// instead of the HH layout; raw-text protocols are unaffected.
+    pub fn with_chat_format(mut self, chat: Option<trust_core::SharedChatFormat>) -> Self {
+        self.chat = chat;
+        self
     }
     /// The vertical under the protocol called `name`.
     pub fn by_name(name: &str) -> Option<Self> {
@@ -635,7 +646,10 @@ impl Vertical for Stereotype {
     }
     fn options(&self) -> serde_json::Value {
         let chat = matches!(self.protocol.prompt, StereotypePrompt::DecodingTrustChat);
-        serde_json::json!({ "protocol": self.protocol, "chat_layout": chat.then_some(CHAT_LAYOUT) })
+        serde_json::json!({
+            "protocol": self.protocol,
+            "chat_layout": chat.then(|| common::chat_layout_name(self.chat.as_ref())),
+        })
     }
     fn requirements(&self) -> Requirements {
         Requirements {
@@ -667,10 +681,11 @@ impl Vertical for Stereotype {
                     for r in &rows {
                         let sys = dt_system_prompt(kind, &r.group).unwrap_or_default();
                         out.push(StereotypeSample {
-                            prompt: common::render_chat(
+                            prompt: common::render_chat_with(
+                                self.chat.as_ref(),
                                 &sys,
                                 &format!("{DT_TASK_DESC}\n{}", r.user_prompt),
-                            ),
+                            )?,
                             topic: r.topic.clone(),
                             group: r.group.clone(),
                             template_index: r.template_index,

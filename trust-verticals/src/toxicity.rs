@@ -44,7 +44,7 @@ use trust_core::{
     Outcome, Request, Requirements, Response, Result, ScorerInfo, Scores, Vertical,
 };
 
-use crate::common::{self, CHAT_LAYOUT};
+use crate::common;
 
 /// DecodingTrust system prompt 0 (benign).
 pub const BENIGN_SYS: &str = "You are a helpful assistant.";
@@ -135,6 +135,21 @@ pub fn build_prompt(layout: PromptLayout, sys: &str, task: &str, text: &str) -> 
     match layout {
         PromptLayout::Concatenated => format!("{sys}{task}\n{text}"),
         PromptLayout::Chat => common::render_chat(sys, &format!("{task}\n{text}")),
+    }
+}
+
+/// [`build_prompt`] with the chat layout rendered through `chat` when given (raw-text layouts
+/// are never templated).
+pub fn build_prompt_with(
+    layout: PromptLayout,
+    sys: &str,
+    task: &str,
+    text: &str,
+    chat: Option<&trust_core::SharedChatFormat>,
+) -> Result<String> {
+    match layout {
+        PromptLayout::Concatenated => Ok(format!("{sys}{task}\n{text}")),
+        PromptLayout::Chat => common::render_chat_with(chat, sys, &format!("{task}\n{text}")),
     }
 }
 
@@ -244,15 +259,24 @@ pub struct Toxicity {
     protocol: ToxicityProtocol,
     label: Option<String>,
     score_index: usize,
+    chat: Option<trust_core::SharedChatFormat>,
 }
 
 impl Toxicity {
+    /// Renders the DecodingTrust chat protocol's messages with `chat` (a model's chat template)
+    /// instead of the HH layout; raw-text protocols are unaffected.
+    pub fn with_chat_format(mut self, chat: Option<trust_core::SharedChatFormat>) -> Self {
+        self.chat = chat;
+        self
+    }
+
     /// The vertical under `protocol`.
     pub fn new(protocol: ToxicityProtocol) -> Self {
         Toxicity {
             protocol,
             label: None,
             score_index: 0,
+            chat: None,
         }
     }
 
@@ -330,7 +354,8 @@ impl Vertical for Toxicity {
     fn options(&self) -> serde_json::Value {
         serde_json::json!({
             "protocol": self.protocol,
-            "chat_layout": (self.protocol.layout == PromptLayout::Chat).then_some(CHAT_LAYOUT),
+            "chat_layout": (self.protocol.layout == PromptLayout::Chat)
+                .then(|| common::chat_layout_name(self.chat.as_ref())),
             "scorer_label": self.label,
             "grouping": "filename",
         })
@@ -356,8 +381,16 @@ impl Vertical for Toxicity {
                         filename: filename.clone(),
                         prompts: texts
                             .iter()
-                            .map(|t| build_prompt(self.protocol.layout, sys, task, t))
-                            .collect(),
+                            .map(|t| {
+                                build_prompt_with(
+                                    self.protocol.layout,
+                                    sys,
+                                    task,
+                                    t,
+                                    self.chat.as_ref(),
+                                )
+                            })
+                            .collect::<Result<_>>()?,
                         texts: texts.clone(),
                     });
                 }

@@ -314,6 +314,15 @@ impl ChatTemplate {
         Self::new(source, &SpecialTokens::default(), path)
     }
 
+    /// The same template with the special tokens (`bos_token`, ...) of `other` (a template read
+    /// from a file gets the model's).
+    pub fn with_special_tokens_of(mut self, other: Option<&ChatTemplate>) -> Self {
+        if let Some(o) = other {
+            self.special = o.special.clone();
+        }
+        self
+    }
+
     /// The template text.
     pub fn source(&self) -> &str {
         &self.source
@@ -357,6 +366,19 @@ impl ChatTemplate {
             path: self.origin.clone(),
             message: format!("chat template: {e:#}"),
         }
+    }
+}
+
+impl trust_core::ChatFormat for ChatTemplate {
+    fn render(&self, messages: &[(&str, &str)]) -> Result<String, String> {
+        let m: Vec<ChatMessage> = messages
+            .iter()
+            .map(|(r, c)| ChatMessage::new(*r, *c))
+            .collect();
+        ChatTemplate::render(self, &m, true).map_err(|e| e.to_string())
+    }
+    fn describe(&self) -> String {
+        format!("chat_template sha256:{}", self.sha256())
     }
 }
 

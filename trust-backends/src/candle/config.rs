@@ -341,6 +341,75 @@ impl ModelConfig {
         })
     }
 
+    /// A Hugging Face `config.json` describing this model (what a checkpoint trained from a GGUF
+    /// base is saved with, so that transformers loads it). `None` for settings transformers'
+    /// Llama/Qwen2 classes cannot express (partial rotary, parallel residual); GPT-NeoX
+    /// checkpoints always come with their own config.json.
+    pub fn to_hf_json(&self) -> Option<serde_json::Value> {
+        let (arch_class, model_type) = match self.arch {
+            Architecture::Llama => ("LlamaForCausalLM", "llama"),
+            Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Architecture::GptNeoX => return None,
+        };
+        if self.rotary_dim() != self.head_dim || self.hidden_act != Activation::Silu {
+            return None;
+        }
+        let mut rope = serde_json::json!({ "rope_theta": self.rope.theta, "rope_type": "default" });
+        match &self.rope.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                rope["rope_type"] = "linear".into();
+                rope["factor"] = (*factor).into();
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                rope["rope_type"] = "llama3".into();
+                rope["factor"] = (*factor).into();
+                rope["low_freq_factor"] = (*low_freq_factor).into();
+                rope["high_freq_factor"] = (*high_freq_factor).into();
+                rope["original_max_position_embeddings"] = (*original_max_position_embeddings).into();
+            }
+        }
+        let mut v = serde_json::json!({
+            "architectures": [arch_class],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "rope_theta": self.rope.theta,
+            "rope_parameters": rope.clone(),
+            "dtype": "float32",
+            "torch_dtype": "float32",
+        });
+        if !matches!(self.rope.scaling, RopeScaling::Default) {
+            v["rope_scaling"] = rope;
+        }
+        if self.arch == Architecture::Llama {
+            v["attention_bias"] = self.qkv_bias.into();
+            v["mlp_bias"] = self.mlp_bias.into();
+        } else {
+            v["use_sliding_window"] = false.into();
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => v["eos_token_id"] = (*one).into(),
+            many => v["eos_token_id"] = many.to_vec().into(),
+        }
+        Some(v)
+    }
+
     /// Number of dimensions of each head that rotate.
     pub fn rotary_dim(&self) -> usize {
         let d = (self.head_dim as f64 * self.rope.partial_rotary_factor) as usize;

@@ -446,3 +446,89 @@ pub fn sha256_files(files: &[PathBuf]) -> Result<String, BackendError> {
     }
     Ok(hex::encode(h.finalize()))
 }
+
+/// Writes the files that make `out` a Hugging Face model directory next to its
+/// `model.safetensors`, for a model trained from `model` (a directory or a GGUF file): a
+/// directory's `config.json`, `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`
+/// and `chat_template.jinja` are copied; for a GGUF they are written from its metadata
+/// ([`super::ModelConfig::to_hf_json`], the tokenizer built from `tokenizer.ggml.*`, the chat template
+/// and special tokens), so transformers loads the result.
+pub fn write_hf_companions(model: &Path, out: &Path) -> Result<(), BackendError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackendError::Io { path, source }
+    };
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    match ModelFormat::resolve(model)? {
+        ModelFormat::HfDir(dir) => {
+            for f in [
+                "config.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "generation_config.json",
+                "chat_template.jinja",
+            ] {
+                let src = dir.join(f);
+                if src.exists() {
+                    std::fs::copy(&src, out.join(f)).map_err(io(&src))?;
+                }
+            }
+        }
+        ModelFormat::Gguf(file) => {
+            let g = super::gguf::GgufFile::open(&file)?;
+            let cfg = g.model_config()?;
+            let json = cfg.to_hf_json().ok_or_else(|| BackendError::Config {
+                path: file.clone(),
+                message: "this model's settings have no transformers config.json equivalent".into(),
+            })?;
+            let special = super::gguf_tokenizer::special_tokens(&g)?;
+            let mut config = json;
+            if let Some((id, _)) = &special.bos {
+                config["bos_token_id"] = (*id).into();
+            }
+            if let Some((id, _)) = &special.pad {
+                config["pad_token_id"] = (*id).into();
+            }
+            let write = |name: &str, v: &serde_json::Value| -> Result<(), BackendError> {
+                let p = out.join(name);
+                let text = serde_json::to_string_pretty(v).expect("json");
+                std::fs::write(&p, text + "\n").map_err(io(&p))
+            };
+            write("config.json", &config)?;
+            let mut gen_cfg = serde_json::json!({});
+            if let Some(e) = config.get("eos_token_id") {
+                gen_cfg["eos_token_id"] = e.clone();
+            }
+            if let Some((id, _)) = &special.bos {
+                gen_cfg["bos_token_id"] = (*id).into();
+            }
+            write("generation_config.json", &gen_cfg)?;
+            let tok = super::gguf_tokenizer::tokenizer(&g)?;
+            let tok_path = out.join("tokenizer.json");
+            tok.save(&tok_path, false).map_err(|e| BackendError::Tokenizer {
+                path: tok_path.clone(),
+                message: e.to_string(),
+            })?;
+            let mut tc = serde_json::json!({
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "add_bos_token": special.add_bos,
+                "clean_up_tokenization_spaces": false,
+            });
+            for (key, t) in [
+                ("bos_token", &special.bos),
+                ("eos_token", &special.eos),
+                ("unk_token", &special.unk),
+                ("pad_token", &special.pad),
+            ] {
+                if let Some((_, text)) = t {
+                    tc[key] = text.clone().into();
+                }
+            }
+            if let Some(t) = super::gguf_tokenizer::chat_template(&g) {
+                tc["chat_template"] = t.into();
+            }
+            write("tokenizer_config.json", &tc)?;
+        }
+    }
+    Ok(())
+}

@@ -101,6 +101,9 @@ pub struct ServeOptions {
     pub fail_prompt: Option<String>,
     /// Reject `echo: true` with a 400, like servers without prompt log-probs (testing).
     pub reject_echo: bool,
+    /// The chat template `/v1/chat/completions` renders messages with (`trust serve
+    /// --chat-template`); `None` = the documented fallback [`chat_prompt`].
+    pub chat_template: Option<crate::candle::ChatTemplate>,
 }
 
 struct AppState {
@@ -642,7 +645,26 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
         Ok(c) => c,
         Err(e) => return model_error(e),
     };
-    let prompt = chat_prompt(&req.messages);
+    let prompt = match &s.opts.chat_template {
+        None => chat_prompt(&req.messages),
+        Some(t) => {
+            let messages: Vec<crate::candle::ChatMessage> = req
+                .messages
+                .iter()
+                .map(|m| crate::candle::ChatMessage::new(m.role.clone(), m.content.clone()))
+                .collect();
+            match t.render(&messages, true) {
+                Ok(p) => p,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("messages cannot be rendered: {e}"),
+                        "invalid_request_error",
+                    );
+                }
+            }
+        }
+    };
     let Ok(_permit) = s.compute.acquire().await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
