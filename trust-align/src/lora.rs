@@ -51,6 +51,23 @@ impl LoraConfig {
     }
 }
 
+/// The attention projections of a model family, the default LoRA targets of `trust align`:
+/// `attention.query_key_value` and `attention.dense` for GPT-NeoX (the paper's setting),
+/// `self_attn.{q,k,v,o}_proj` for Llama and Qwen2.
+pub fn default_targets(arch: trust_backends::candle::Architecture) -> Vec<String> {
+    use trust_backends::candle::Architecture;
+    let names: &[&str] = match arch {
+        Architecture::GptNeoX => &["attention.query_key_value", "attention.dense"],
+        Architecture::Llama | Architecture::Qwen2 => &[
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+        ],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
 /// The block index in a name like `gpt_neox.layers.3.attention.dense`.
 pub fn layer_index(name: &str) -> Option<usize> {
     let mut parts = name.split('.');

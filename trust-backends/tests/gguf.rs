@@ -228,7 +228,10 @@ fn hf_to_gguf(dir: &Path) -> Vec<u8> {
         }
         tensors.push((g, shape, data));
     }
-    let meta: Vec<(&str, Meta)> = meta.into_iter().map(|(k, v)| (&*Box::leak(k.into_boxed_str()), v)).collect();
+    let meta: Vec<(&str, Meta)> = meta
+        .into_iter()
+        .map(|(k, v)| (&*Box::leak(k.into_boxed_str()), v))
+        .collect();
     write_gguf(&meta, &tensors)
 }
 
@@ -291,13 +294,28 @@ fn logits(m: &CandleModel, text: &str) -> Vec<f32> {
 
 fn synthetic_matches(hf_dir: &Path) {
     let (_tmp, gguf) = write_tmp(&hf_to_gguf(hf_dir));
-    assert!(matches!(ModelFormat::resolve(&gguf).unwrap(), ModelFormat::Gguf(_)));
+    assert!(matches!(
+        ModelFormat::resolve(&gguf).unwrap(),
+        ModelFormat::Gguf(_)
+    ));
     let a = CandleModel::load(hf_dir, &LoadOptions::default()).unwrap();
     let b = CandleModel::load(&gguf, &LoadOptions::default()).unwrap();
     let (ca, cb) = (a.model().config(), b.model().config());
     assert_eq!(
-        (ca.arch, ca.vocab_size, ca.num_hidden_layers, ca.num_key_value_heads, ca.head_dim),
-        (cb.arch, cb.vocab_size, cb.num_hidden_layers, cb.num_key_value_heads, cb.head_dim)
+        (
+            ca.arch,
+            ca.vocab_size,
+            ca.num_hidden_layers,
+            ca.num_key_value_heads,
+            ca.head_dim
+        ),
+        (
+            cb.arch,
+            cb.vocab_size,
+            cb.num_hidden_layers,
+            cb.num_key_value_heads,
+            cb.head_dim
+        )
     );
     assert_eq!(ca.tie_word_embeddings, cb.tie_word_embeddings);
     for t in TEXTS {
@@ -308,7 +326,11 @@ fn synthetic_matches(hf_dir: &Path) {
             .zip(&lb)
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
-        assert!(worst <= 1e-5, "{}: {t:?}: max |Δlogit| {worst}", hf_dir.display());
+        assert!(
+            worst <= 1e-5,
+            "{}: {t:?}: max |Δlogit| {worst}",
+            hf_dir.display()
+        );
     }
     // The directory form: a folder with one .gguf and no config.json.
     let c = CandleModel::load(gguf.parent().unwrap(), &LoadOptions::default()).unwrap();
@@ -341,7 +363,10 @@ fn bad_files_name_the_file_and_the_tensor_or_key() {
         let (_d, p) = write_tmp(&good[..cut]);
         let e = load_err(&p);
         assert!(e.contains("model.gguf"), "{e}");
-        assert!(e.contains("truncated") || e.contains("beyond the end"), "cut {cut}: {e}");
+        assert!(
+            e.contains("truncated") || e.contains("beyond the end"),
+            "cut {cut}: {e}"
+        );
     }
     // Bad magic, bad version.
     let mut b = good.clone();
@@ -370,7 +395,10 @@ fn bad_files_name_the_file_and_the_tensor_or_key() {
     b[ty_at..ty_at + 4].copy_from_slice(&23u32.to_le_bytes()); // IQ4_XS
     let (_d, p) = write_tmp(&b);
     let e = load_err(&p);
-    assert!(e.contains("blk.0.attn_q.weight") && e.contains("IQ4_XS"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_q.weight") && e.contains("IQ4_XS"),
+        "{e}"
+    );
     let name = b"blk.0.attn_k.weight"; // 32 x 64: swapping its dimensions breaks the shape
     let at = good
         .windows(name.len())
@@ -386,18 +414,31 @@ fn bad_files_name_the_file_and_the_tensor_or_key() {
     let (_d, p) = write_tmp(&b);
     let e = load_err(&p);
     assert_ne!(ne0, ne1);
-    assert!(e.contains("blk.0.attn_k.weight") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("blk.0.attn_k.weight") && e.contains("shape"),
+        "{e}"
+    );
     // Missing tokenizer keys and an unsupported architecture.
     let dir = shared_dir().join("tiny-llama");
     let bytes = hf_to_gguf(&dir);
     let patched = replace_once(&bytes, b"tokenizer.ggml.merges", b"tokenizer.ggml.mergez");
     let (_d, p) = write_tmp(&patched);
     let e = load_err(&p);
-    assert!(e.contains("tokenizer.ggml.merges") && e.contains("missing"), "{e}");
-    let patched = replace_once(&bytes, b"\x05\0\0\0\0\0\0\0llama", b"\x05\0\0\0\0\0\0\0gemma");
+    assert!(
+        e.contains("tokenizer.ggml.merges") && e.contains("missing"),
+        "{e}"
+    );
+    let patched = replace_once(
+        &bytes,
+        b"\x05\0\0\0\0\0\0\0llama",
+        b"\x05\0\0\0\0\0\0\0gemma",
+    );
     let (_d, p) = write_tmp(&patched);
     let e = load_err(&p);
-    assert!(e.contains("general.architecture") && e.contains("gemma"), "{e}");
+    assert!(
+        e.contains("general.architecture") && e.contains("gemma"),
+        "{e}"
+    );
     // A block_count far beyond the tensors fails before allocating per layer.
     let key = b"llama.block_count";
     let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
@@ -408,7 +449,10 @@ fn bad_files_name_the_file_and_the_tensor_or_key() {
     assert!(e.contains("block_count") && e.contains("missing"), "{e}");
     // Not a model path at all.
     let e = load_err(Path::new("/nonexistent/model"));
-    assert!(e.contains("/nonexistent/model") && e.contains("no such model"), "{e}");
+    assert!(
+        e.contains("/nonexistent/model") && e.contains("no such model"),
+        "{e}"
+    );
 }
 
 fn replace_once(hay: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
@@ -510,7 +554,13 @@ fn smollm2_tokenizer_matches_transformers_on_real_texts() {
             bad.push(text.chars().take(60).collect::<String>());
         }
     }
-    assert!(bad.is_empty(), "{} of {} texts differ, e.g. {:?}", bad.len(), lines.len(), &bad[..bad.len().min(5)]);
+    assert!(
+        bad.is_empty(),
+        "{} of {} texts differ, e.g. {:?}",
+        bad.len(),
+        lines.len(),
+        &bad[..bad.len().min(5)]
+    );
     // Special tokens from the metadata.
     assert_eq!(cfg.eos_token_ids, vec![2]);
     assert_eq!(tok.token_to_id("<|im_end|>"), Some(2));
@@ -519,7 +569,9 @@ fn smollm2_tokenizer_matches_transformers_on_real_texts() {
 #[test]
 fn smollm2_chat_template_renders_like_transformers() {
     let Some(file) = smollm2() else { return };
-    let t = loader::load_chat_template(&file).unwrap().expect("template");
+    let t = loader::load_chat_template(&file)
+        .unwrap()
+        .expect("template");
     let lines = fixture_lines("chat.jsonl");
     assert!(lines.len() >= 20);
     for l in &lines {
@@ -550,7 +602,10 @@ fn smollm2_check(opts: &LoadOptions) -> Option<(f64, f64, usize, usize, usize)> 
     let mut worst = 0f64;
     let (mut total, mut count) = (0f64, 0usize);
     for (c, r) in cases.iter().zip(m.loglikelihood_sync(&reqs)) {
-        assert_eq!(m.encode(c["prompt"].as_str().unwrap()).unwrap(), ids(&c["prompt_ids"]));
+        assert_eq!(
+            m.encode(c["prompt"].as_str().unwrap()).unwrap(),
+            ids(&c["prompt_ids"])
+        );
         let r = r.unwrap();
         let want: Vec<f64> = c["continuation_logprobs"]
             .as_array()
@@ -595,7 +650,9 @@ fn smollm2_matches_transformers_dequantised() {
     let Some((worst, _, same, _, n)) = smollm2_check(&LoadOptions::default()) else {
         return;
     };
-    eprintln!("SmolLM2 f32 vs transformers: max |Δ log-prob| = {worst:.2e}, greedy {same}/{n} equal");
+    eprintln!(
+        "SmolLM2 f32 vs transformers: max |Δ log-prob| = {worst:.2e}, greedy {same}/{n} equal"
+    );
     assert!(worst <= 1e-4, "max |Δ log-prob| {worst}");
     assert_eq!(same, n, "greedy continuations differ");
 }
@@ -617,5 +674,8 @@ fn smollm2_quantized_stays_close() {
     );
     assert!(worst.is_finite() && worst < 1.5, "max |Δ log-prob| {worst}");
     assert!(mean < 0.1, "mean |Δ log-prob| {mean}");
-    assert!(first * 4 >= n * 3, "first greedy token equal on only {first}/{n}");
+    assert!(
+        first * 4 >= n * 3,
+        "first greedy token equal on only {first}/{n}"
+    );
 }

@@ -58,12 +58,11 @@ pub struct AlignArgs {
     /// LoRA α.
     #[arg(long, default_value_t = 16.0)]
     lora_alpha: f64,
-    /// LoRA target module suffixes, comma separated.
-    #[arg(
-        long,
-        default_value = "attention.query_key_value,attention.dense",
-        value_delimiter = ','
-    )]
+    /// LoRA target module suffixes, comma separated. `auto` (default): the attention
+    /// projections of the model's family: `attention.query_key_value,attention.dense` for
+    /// GPT-NeoX, `self_attn.q_proj,self_attn.k_proj,self_attn.v_proj,self_attn.o_proj` for
+    /// Llama and Qwen2.
+    #[arg(long, default_value = "auto", value_delimiter = ',')]
     lora_targets: Vec<String>,
     /// Blocks that get adapters, comma separated (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -95,7 +94,12 @@ pub fn run(a: AlignArgs) -> anyhow::Result<()> {
     cfg.mask_prompt = !a.no_mask_prompt;
     cfg.lora.rank = a.lora_rank;
     cfg.lora.alpha = a.lora_alpha;
-    cfg.lora.targets = a.lora_targets;
+    cfg.lora.targets = if a.lora_targets == ["auto"] {
+        let arch = trust_backends::candle::ModelConfig::from_dir(&a.model)?.arch;
+        trust_align::lora::default_targets(arch)
+    } else {
+        a.lora_targets
+    };
     cfg.lora.layers = a.lora_layers;
     cfg.seed = a.seed;
     cfg.checkpoint_every = a.checkpoint_every;

@@ -115,7 +115,9 @@ impl<M: crate::LanguageModel> crate::LanguageModel for ChatWrapped<M> {
         for (i, r) in at.into_iter().zip(self.inner.generate(&ok).await) {
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.expect("every request answered")).collect()
+        out.into_iter()
+            .map(|r| r.expect("every request answered"))
+            .collect()
     }
     async fn loglikelihood(
         &self,
@@ -140,7 +142,9 @@ impl<M: crate::LanguageModel> crate::LanguageModel for ChatWrapped<M> {
         for (i, r) in at.into_iter().zip(self.inner.loglikelihood(&ok).await) {
             out[i] = Some(r);
         }
-        out.into_iter().map(|r| r.expect("every request answered")).collect()
+        out.into_iter()
+            .map(|r| r.expect("every request answered"))
+            .collect()
     }
 }
 

@@ -41,8 +41,8 @@ pub mod scorer;
 pub mod testing;
 pub mod vertical;
 
-pub use chat::{ChatFormat, ChatWrapped, HhLayout, SharedChatFormat};
 pub use cache::{Cached, DirCache, GenerationCache, MemoryCache};
+pub use chat::{ChatFormat, ChatWrapped, HhLayout, SharedChatFormat};
 pub use data::DataDir;
 pub use error::{Error, ModelError, Result, ScorerError};
 pub use manifest::RunManifest;

@@ -371,7 +371,8 @@ impl ModelConfig {
                 rope["factor"] = (*factor).into();
                 rope["low_freq_factor"] = (*low_freq_factor).into();
                 rope["high_freq_factor"] = (*high_freq_factor).into();
-                rope["original_max_position_embeddings"] = (*original_max_position_embeddings).into();
+                rope["original_max_position_embeddings"] =
+                    (*original_max_position_embeddings).into();
             }
         }
         let mut v = serde_json::json!({

@@ -359,10 +359,7 @@ impl GgufFile {
                 .ok()
                 .filter(|&n| n.checked_mul(32).is_some_and(|b| b <= c.left()))
                 .ok_or_else(|| {
-                    c.err(
-                        "header",
-                        format!("tensor count {n} cannot fit in the file"),
-                    )
+                    c.err("header", format!("tensor count {n} cannot fit in the file"))
                 })?
         };
         let n_kv = c.count(13, "header")?;

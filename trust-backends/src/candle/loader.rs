@@ -505,10 +505,11 @@ pub fn write_hf_companions(model: &Path, out: &Path) -> Result<(), BackendError>
             write("generation_config.json", &gen_cfg)?;
             let tok = super::gguf_tokenizer::tokenizer(&g)?;
             let tok_path = out.join("tokenizer.json");
-            tok.save(&tok_path, false).map_err(|e| BackendError::Tokenizer {
-                path: tok_path.clone(),
-                message: e.to_string(),
-            })?;
+            tok.save(&tok_path, false)
+                .map_err(|e| BackendError::Tokenizer {
+                    path: tok_path.clone(),
+                    message: e.to_string(),
+                })?;
             let mut tc = serde_json::json!({
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "add_bos_token": special.add_bos,
