@@ -218,7 +218,7 @@ fn hf_to_gguf(dir: &Path) -> Vec<u8> {
         let t = st[hf].to_dtype(DType::F32).unwrap();
         let shape = t.dims().to_vec();
         let mut data: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        let g = gguf_name(hf);
+        let g = trust_backends::candle::gguf::gguf_name(hf).expect("mapped");
         if arch == "llama" && shape.len() == 2 {
             if hf.ends_with("q_proj.weight") {
                 data = llama_cpp_permute(&data, shape[0], shape[1], nh);
@@ -233,33 +233,6 @@ fn hf_to_gguf(dir: &Path) -> Vec<u8> {
         .map(|(k, v)| (&*Box::leak(k.into_boxed_str()), v))
         .collect();
     write_gguf(&meta, &tensors)
-}
-
-fn gguf_name(hf: &str) -> String {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let rest = hf.strip_prefix("model.layers.").unwrap();
-    let (layer, rest) = rest.split_once('.').unwrap();
-    let (module, kind) = rest.rsplit_once('.').unwrap();
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        m => panic!("unmapped {m}"),
-    };
-    format!("blk.{layer}.{g}.{kind}")
 }
 
 fn write_tmp(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {

@@ -697,3 +697,49 @@ async fn a_server_without_echo_gives_a_capability_error() {
 fn a_sharded_model_needs_a_member() {
     assert!(ShardedModel::new(Vec::new()).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_completions_use_the_chat_template_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tpl = tmp.path().join("chat.jinja");
+    std::fs::write(
+        &tpl,
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | trim }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}\n",
+    )
+    .unwrap();
+    let srv = Server::start(&["--chat-template", tpl.to_str().unwrap()], &[]);
+    let mut o = srv.options();
+    o.chat = true;
+    o.system_prompt = Some("Be brief.".into());
+    let chat = HttpModel::new(o).unwrap();
+    let r = GenerateRequest {
+        prompt: " Hi there ".into(),
+        config: DecodingConfig::greedy(10),
+        seed: 0,
+    };
+    // The template's rendering (trim_blocks drops the newline after each block tag; the
+    // template's final newline is dropped as in Jinja), then the same decoding in process.
+    let templated = GenerateRequest {
+        prompt: "<system>Be brief.\n<user>Hi there\n<assistant>".into(),
+        ..r.clone()
+    };
+    let want = local()
+        .generate(std::slice::from_ref(&templated))
+        .await
+        .remove(0)
+        .unwrap();
+    let got = chat.generate(&[r]).await.remove(0).unwrap();
+    assert_eq!(want, got);
+    // A template that raises is a 400 naming the reason.
+    std::fs::write(&tpl, "{{ raise_exception('roles must alternate') }}").unwrap();
+    let srv = Server::start(&["--chat-template", tpl.to_str().unwrap()], &[]);
+    let (status, body) = srv
+        .request(
+            "POST",
+            "/v1/chat/completions",
+            Some(r#"{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("roles must alternate"), "{body}");
+}

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{DType, Device, Shape, Tensor};
@@ -788,9 +788,10 @@ impl GgufFile {
     }
 }
 
-/// The HF → GGUF tensor-name map of the Llama family (transformers `GGUF_TENSOR_MAPPING` /
-/// llama.cpp `tensor_mapping.py`), and whether the rows need llama.cpp's rope permutation undone.
-pub(crate) fn gguf_name(hf: &str) -> Option<String> {
+/// The GGUF name of a Hugging Face tensor of the Llama family (transformers
+/// `GGUF_TENSOR_MAPPING` / llama.cpp `tensor_mapping.py`), e.g. `model.layers.3.self_attn.q_proj.weight`
+/// → `blk.3.attn_q.weight`.
+pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
         ("model.norm.weight", "output_norm.weight"),
@@ -843,7 +844,7 @@ pub(crate) fn unpermute_rows(n_rows: usize, n_head: usize) -> Option<Vec<usize>>
 pub struct GgufWeights {
     file: Arc<GgufFile>,
     config: ModelConfig,
-    first_error: Mutex<Option<BackendError>>,
+    first_error: super::loader::FirstError,
 }
 
 impl GgufWeights {
@@ -852,7 +853,7 @@ impl GgufWeights {
         GgufWeights {
             file,
             config,
-            first_error: Mutex::new(None),
+            first_error: Default::default(),
         }
     }
 
@@ -862,20 +863,12 @@ impl GgufWeights {
     }
 
     fn record(&self, e: BackendError) -> candle_core::Error {
-        let msg = e.to_string();
-        let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-        candle_core::Error::Msg(msg)
+        self.first_error.record(e)
     }
 
     /// The first structured error recorded while building a model, if any.
     pub fn take_error(&self) -> Option<BackendError> {
-        self.first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.first_error.take()
     }
 
     /// The rows reorder for an HF tensor (q/k of llama checkpoints), if any.
@@ -991,7 +984,7 @@ impl super::layers::QuantSource for GgufWeights {
 }
 
 /// The inverse of [`gguf_name`].
-pub(crate) fn hf_name(g: &str) -> Option<String> {
+pub fn hf_name(g: &str) -> Option<String> {
     let fixed = [
         ("token_embd.weight", "model.embed_tokens.weight"),
         ("output_norm.weight", "model.norm.weight"),

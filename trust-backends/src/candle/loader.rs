@@ -36,7 +36,29 @@ pub struct SafetensorsStore {
     tensors: HashMap<String, Entry>,
     /// The file named in "missing tensor" errors (the single file or the index).
     missing_path: PathBuf,
-    first_error: Mutex<Option<BackendError>>,
+    first_error: FirstError,
+}
+
+/// The first structured error recorded while a model is built through a
+/// [`candle_nn::var_builder::SimpleBackend`] (which can only return candle's string errors).
+#[derive(Debug, Default)]
+pub(crate) struct FirstError(Mutex<Option<BackendError>>);
+
+impl FirstError {
+    /// Keeps `e` if it is the first, and returns it as a candle error.
+    pub(crate) fn record(&self, e: BackendError) -> candle_core::Error {
+        let msg = e.to_string();
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        candle_core::Error::Msg(msg)
+    }
+
+    /// The recorded error, if any.
+    pub(crate) fn take(&self) -> Option<BackendError> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 fn st_dtype(d: safetensors::Dtype) -> Option<DType> {
@@ -144,7 +166,7 @@ impl SafetensorsStore {
             mmaps,
             tensors,
             missing_path,
-            first_error: Mutex::new(None),
+            first_error: FirstError::default(),
         })
     }
 
@@ -164,20 +186,12 @@ impl SafetensorsStore {
     }
 
     fn record(&self, e: BackendError) -> candle_core::Error {
-        let msg = e.to_string();
-        let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_none() {
-            *slot = Some(e);
-        }
-        candle_core::Error::Msg(msg)
+        self.first_error.record(e)
     }
 
     /// The first structured error recorded while building a model, if any.
     pub fn take_error(&self) -> Option<BackendError> {
-        self.first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.first_error.take()
     }
 
     fn load(

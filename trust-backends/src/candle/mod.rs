@@ -547,6 +547,11 @@ impl CandleModel {
     }
 
     fn load_gguf(file: &Path, opts: &LoadOptions) -> Result<Self, BackendError> {
+        if opts.quantized && !opts.device.is_cpu() {
+            return Err(BackendError::Device(
+                "--quantized runs on the CPU only (load without it to use this device)".into(),
+            ));
+        }
         let g = Arc::new(gguf::GgufFile::open(file)?);
         let config = g.model_config()?;
         let tokenizer = gguf_tokenizer::tokenizer(&g)?;
