@@ -144,7 +144,9 @@ impl JigsawScorer {
             return Err(bad(format!("unknown format `{}`", cfg.format)));
         }
         if cfg.padding != "pre" || cfg.truncating != "pre" {
-            return Err(bad("only pre-padding and pre-truncation are supported".into()));
+            return Err(bad(
+                "only pre-padding and pre-truncation are supported".into()
+            ));
         }
         if cfg.tokenizer.split.chars().count() != 1 {
             return Err(bad("`tokenizer.split` must be one character".into()));
@@ -161,7 +163,10 @@ impl JigsawScorer {
         if let Some((w, &i)) = vocab.iter().find(|(_, i)| **i as usize >= cfg.vocab_size) {
             return Err(BackendError::Config {
                 path: vocab_path,
-                message: format!("word {w:?} has id {i}, beyond the {} embedding rows", cfg.vocab_size),
+                message: format!(
+                    "word {w:?} has id {i}, beyond the {} embedding rows",
+                    cfg.vocab_size
+                ),
             });
         }
         let st_path = dir.join("model.safetensors");
@@ -169,11 +174,12 @@ impl JigsawScorer {
             path: st_path.clone(),
             source,
         })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| BackendError::Tensor {
-            path: st_path.clone(),
-            tensor: "<header>".into(),
-            message: format!("invalid or truncated safetensors file: {e}"),
-        })?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| BackendError::Tensor {
+                path: st_path.clone(),
+                tensor: "<header>".into(),
+                message: format!("invalid or truncated safetensors file: {e}"),
+            })?;
         let (v, e, u, d, l) = (
             cfg.vocab_size,
             cfg.embedding_dim,
@@ -282,7 +288,13 @@ impl JigsawScorer {
         let split = t.split.chars().next().unwrap_or(' ');
         let mapped: String = text
             .chars()
-            .map(|ch| if self.filters.contains(&ch) { split } else { ch })
+            .map(|ch| {
+                if self.filters.contains(&ch) {
+                    split
+                } else {
+                    ch
+                }
+            })
             .collect();
         mapped
             .split(split)
@@ -314,7 +326,12 @@ impl JigsawScorer {
         let (mut h, mut c) = (vec![0f32; u], vec![0f32; u]);
         let mut bmax = vec![f32::NEG_INFINITY; u];
         let pad_proj = &self.proj[1][..4 * u];
-        for step in real.iter().rev().map(Some).chain(std::iter::repeat_n(None, pads)) {
+        for step in real
+            .iter()
+            .rev()
+            .map(Some)
+            .chain(std::iter::repeat_n(None, pads))
+        {
             let xp = match step {
                 Some(&id) => &self.proj[1][id as usize * 4 * u..(id as usize + 1) * 4 * u],
                 None => pad_proj,

@@ -1,5 +1,5 @@
-//! `trust classify`: per-label probabilities of texts from an ONNX sequence classifier (e.g. a
-//! local toxicity scorer).
+//! `trust classify`: per-label probabilities of texts from a text scorer: an ONNX classifier
+//! directory (`--model DIR`) or any `--scorer` spec (`jigsaw`, `onnx:models/hatesonar`, ...).
 //!
 //! Input: JSON Lines, one `{"text": "..."}` object per line (other fields such as `id` are
 //! copied). Output: one JSON object per input line, in order:
@@ -14,15 +14,18 @@ use clap::Args;
 use serde_json::{Map, Value};
 use trust_core::TextScorer;
 
-use crate::scorer_arg::{OnnxSpec, load_classifier};
+use crate::scorer_arg::{OnnxSpec, load_onnx, load_scorer};
 
 /// Arguments of `trust classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Model directory: model.onnx + tokenizer.json + config.json (an `optimum-cli export onnx
-    /// --task text-classification` output).
+    /// ONNX model directory: model.onnx + tokenizer.json + config.json (an `optimum-cli export
+    /// onnx --task text-classification` output), or a raw-text classifier (hatesonar).
+    #[arg(long, required_unless_present = "scorer", conflicts_with = "scorer")]
+    pub model: Option<PathBuf>,
+    /// A scorer spec instead of --model: `jigsaw`, `jigsaw:DIR`, `onnx:DIR[,...]`, `mock`.
     #[arg(long)]
-    pub model: PathBuf,
+    pub scorer: Option<String>,
     /// JSON Lines input with a `text` field per line (`-` = stdin).
     #[arg(long)]
     pub input: PathBuf,
@@ -91,16 +94,21 @@ pub fn run(a: ClassifyArgs) -> anyhow::Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be positive");
     }
-    let spec = OnnxSpec {
-        dir: a.model.display().to_string(),
-        activation: a.activation.clone(),
-        batch: Some(a.batch_size),
-        sessions: a.sessions,
-        threads: a.threads,
-        file: a.model_file.clone(),
-        ..Default::default()
+    let clf: Box<dyn TextScorer> = match (&a.model, &a.scorer) {
+        (Some(model), _) => load_onnx(&OnnxSpec {
+            dir: model.display().to_string(),
+            activation: a.activation.clone(),
+            batch: Some(a.batch_size),
+            sessions: a.sessions,
+            threads: a.threads,
+            file: a.model_file.clone(),
+            ..Default::default()
+        })?,
+        (None, Some(spec)) => {
+            load_scorer(spec)?.with_context(|| format!("--scorer {spec}: no scorer"))?
+        }
+        (None, None) => bail!("give --model DIR or --scorer SPEC"),
     };
-    let clf = load_classifier(&spec)?;
     let rows = read_rows(&a.input)?;
     let labels = clf.info().labels;
     let mut out: Box<dyn Write> = match &a.output {
@@ -114,7 +122,10 @@ pub fn run(a: ClassifyArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let mut failed = 0usize;
     // Hand the scorer a few batches at a time so its session pool can run them in parallel.
-    let chunk = a.batch_size * clf.sessions().max(1);
+    let chunk = a.batch_size
+        * a.sessions
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
     for group in rows.chunks(chunk) {
         let texts: Vec<String> = group.iter().map(|r| r.text.clone()).collect();
         let scores = rt.block_on(clf.score(&texts));
@@ -182,7 +193,8 @@ mod tests {
         std::fs::write(&input, text).unwrap();
         let output = tmp.path().join("out.jsonl");
         run(ClassifyArgs {
-            model: fixture(),
+            model: Some(fixture()),
+            scorer: None,
             input,
             output: Some(output.clone()),
             batch_size: 2,
@@ -231,7 +243,8 @@ mod tests {
         std::fs::write(&input, "{\"text\": \"fine\"}\n{\"text\": \"\"}\n").unwrap();
         let output = tmp.path().join("out.jsonl");
         let err = run(ClassifyArgs {
-            model: fixture(),
+            model: Some(fixture()),
+            scorer: None,
             input,
             output: Some(output.clone()),
             batch_size: 32,

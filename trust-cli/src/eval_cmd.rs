@@ -67,8 +67,11 @@ pub struct EvalArgs {
     /// Output directory (not needed with --dry-run).
     #[arg(long, required_unless_present = "dry_run")]
     out: Option<PathBuf>,
-    /// Text scorer for toxicity: `mock` (word-list test scorer), `none`, or an ONNX classifier,
-    /// `onnx:DIR[,primary=LABEL,batch=N,...]` or a bare `DIR` (needs the `ort` feature).
+    /// Text scorer for toxicity: `jigsaw` (the default when installed by
+    /// scripts/fetch-models.sh: the Jigsaw-trained BiLSTM), `jigsaw:DIR`, an ONNX classifier
+    /// `onnx:DIR[,primary=LABEL,batch=N,...]` or a bare `DIR` (e.g. `onnx:models/hatesonar`),
+    /// `lexical` (the demo's n-gram regression), `mock` (word-list test scorer) or `none` (skip
+    /// toxicity). Without it and without jigsaw installed, a run with toxicity is an error.
     #[arg(long)]
     scorer: Option<String>,
     /// Scorer label read as toxicity (default: the scorer's primary label).
@@ -237,16 +240,54 @@ fn load_model_dir(dir: &Path, _o: &LocalOpts<'_>) -> anyhow::Result<LoadedModel>
     )
 }
 
-/// Builds the text scorer named by `--scorer` (see `scorer_arg`): `mock`, `none`,
-/// `onnx:DIR[,key=value...]`; a bare existing directory is read as `onnx:DIR`.
-pub fn make_scorer(spec: &str) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
+/// Builds the text scorer named by `--scorer` (see `scorer_arg`): `jigsaw[:DIR]`, `lexical`
+/// (fitted on `data`), `mock`, `none`, `onnx:DIR[,key=value...]`; a bare existing directory is
+/// read as `onnx:DIR`.
+pub fn make_scorer(spec: &str, data: &DataDir) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
     let s = spec.trim();
-    let bare_dir =
-        !matches!(s, "" | "none" | "mock") && !s.starts_with("onnx:") && Path::new(s).is_dir();
+    if s == "lexical" {
+        return make_lexical(data);
+    }
+    let bare_dir = !matches!(s, "" | "none" | "mock" | "jigsaw")
+        && !s.starts_with("onnx:")
+        && !s.starts_with("jigsaw:")
+        && Path::new(s).is_dir();
     if bare_dir {
         return crate::scorer_arg::load_scorer(&format!("onnx:{s}"));
     }
     crate::scorer_arg::load_scorer(s)
+}
+
+#[cfg(feature = "candle")]
+fn make_lexical(data: &DataDir) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
+    let s = trust_align::lexical::LexicalToxicity::fit(data, 0)
+        .context("fitting the lexical scorer on the RealToxicityPrompts data")?;
+    Ok(Some(Box::new(s)))
+}
+
+#[cfg(not(feature = "candle"))]
+fn make_lexical(_data: &DataDir) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
+    bail!("the lexical scorer needs a build with the `candle` feature")
+}
+
+/// The scorer a run uses when `--scorer` is not given: the Jigsaw BiLSTM when installed, for
+/// runs that need one; an error saying how to install it otherwise.
+pub fn default_scorer(needs_one: bool) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
+    if !needs_one {
+        return Ok(None);
+    }
+    match crate::scorer_arg::installed_jigsaw() {
+        Some(dir) => {
+            eprintln!(
+                "toxicity scorer: jigsaw ({}; the default; --scorer chooses another)",
+                dir.display()
+            );
+            crate::scorer_arg::load_jigsaw(Some(&dir.display().to_string())).map(Some)
+        }
+        None => bail!(
+            "toxicity needs a text scorer and none is installed: run scripts/fetch-models.sh jigsaw, or pass --scorer (jigsaw:DIR, onnx:DIR, lexical, mock; `none` skips toxicity)"
+        ),
+    }
 }
 
 /// Protocols of `vertical` whose decoding needs no beam search.
@@ -361,8 +402,8 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scorer = match a.scorer.as_deref() {
-        Some(spec) => make_scorer(spec)?,
-        None => None,
+        Some(spec) => make_scorer(spec, &data)?,
+        None => default_scorer(verticals.iter().any(|v| v == "toxicity"))?,
     };
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let runner = Runner::builder()

@@ -65,7 +65,7 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
     let data = DataDir::resolve(a.data_dir.as_deref())?;
     let scorer = match a.scorer.as_deref() {
-        Some(spec) => make_scorer(spec)?,
+        Some(spec) => make_scorer(spec, &data)?,
         None => None,
     };
     let label = a.scorer_label.clone().unwrap_or_else(|| "toxicity".into());

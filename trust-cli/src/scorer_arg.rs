@@ -2,11 +2,18 @@
 //!
 //! - `none` (or empty): no scorer;
 //! - `mock`: [`trust_core::testing::MockScorer`] (word-list test scorer, label `toxicity`);
+//! - `jigsaw` or `jigsaw:DIR`: the Jigsaw-trained toxicity BiLSTM
+//!   ([`trust_backends::jigsaw::JigsawScorer`]; `DIR` defaults to `jigsaw-bilstm` in the models
+//!   directory, see [`models_dir`]); installed by `scripts/fetch-models.sh jigsaw`;
 //! - `onnx:DIR[,key=value...]`: an ONNX sequence classifier exported from Hugging Face (see
 //!   docs/toxicity-scorer.md), needs a build with the `ort` feature. Keys: `primary=LABEL`,
 //!   `activation=sigmoid|softmax|identity`, `batch=N` (texts per ONNX Runtime call),
 //!   `sessions=N` (parallel sessions), `threads=N` (intra-op threads per session), `file=NAME`
-//!   (the .onnx file inside DIR), `max_length=N`.
+//!   (the .onnx file inside DIR), `max_length=N`. A DIR whose config.json says
+//!   `trust-onnx-text-classifier/1` (hatesonar: `onnx:models/hatesonar`) is a raw-text
+//!   classifier ([`trust_backends::ort::OrtTextClassifier`]).
+//! - `lexical`: the demo's hashed n-gram regression, fitted on the data directory (`trust eval`
+//!   and `trust score` only).
 
 use anyhow::{Context, bail};
 use trust_core::TextScorer;
@@ -83,6 +90,40 @@ pub fn parse_onnx_spec(rest: &str) -> anyhow::Result<OnnxSpec> {
     Ok(spec)
 }
 
+/// The models directory (`scripts/fetch-models.sh` installs there): `$TRUST_MODELS_DIR`, else
+/// the first of `./models` and `models/` beside the repository the binary was built in that
+/// holds `sub`.
+pub fn models_dir(sub: &str) -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("TRUST_MODELS_DIR") {
+        return Some(std::path::PathBuf::from(d));
+    }
+    let mut candidates = vec![std::path::PathBuf::from("models")];
+    candidates.push(std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../models"
+    )));
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/trust -> the repository's models/
+        if let Some(root) = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+        {
+            candidates.push(root.join("models"));
+        }
+    }
+    candidates.into_iter().find(|c| c.join(sub).exists())
+}
+
+/// The Jigsaw scorer's directory when it is installed.
+pub fn installed_jigsaw() -> Option<std::path::PathBuf> {
+    models_dir("jigsaw-bilstm")
+        .map(|d| d.join("jigsaw-bilstm"))
+        .filter(|d| d.join("config.json").exists())
+}
+
+const FETCH_HINT: &str = "run scripts/fetch-models.sh jigsaw (PyPI, ~8 MB)";
+
 /// Builds the scorer named by `spec` (see the module docs). `Ok(None)` for `none`.
 pub fn load_scorer(spec: &str) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
     let spec = spec.trim();
@@ -92,18 +133,61 @@ pub fn load_scorer(spec: &str) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
     if spec == "mock" {
         return Ok(Some(Box::new(trust_core::testing::MockScorer::default())));
     }
+    if spec == "jigsaw" || spec.starts_with("jigsaw:") {
+        return load_jigsaw(spec.strip_prefix("jigsaw:")).map(Some);
+    }
+    if spec == "lexical" {
+        bail!(
+            "the `lexical` scorer is fitted on the data directory: use it with trust eval or trust score"
+        );
+    }
     if let Some(rest) = spec.strip_prefix("onnx:") {
         let onnx = parse_onnx_spec(rest)?;
         return load_onnx(&onnx).map(Some);
     }
     bail!(
-        "unknown scorer `{spec}`: use `mock`, `none` or `onnx:DIR` (an ONNX classifier directory)"
+        "unknown scorer `{spec}`: use `jigsaw`, `lexical`, `mock`, `none` or `onnx:DIR` (an ONNX classifier directory)"
     )
+}
+
+/// Loads the Jigsaw BiLSTM from `dir`, or from the models directory.
+#[cfg(feature = "candle")]
+pub fn load_jigsaw(dir: Option<&str>) -> anyhow::Result<Box<dyn TextScorer>> {
+    let dir = match dir {
+        Some(d) => std::path::PathBuf::from(d),
+        None => installed_jigsaw().with_context(|| {
+            format!("the jigsaw scorer is not installed: {FETCH_HINT}, or set TRUST_MODELS_DIR")
+        })?,
+    };
+    let s = trust_backends::jigsaw::JigsawScorer::load(&dir).with_context(|| {
+        format!(
+            "loading the jigsaw scorer in {} ({FETCH_HINT})",
+            dir.display()
+        )
+    })?;
+    Ok(Box::new(s))
+}
+
+/// Without the `candle` feature there is no jigsaw scorer.
+#[cfg(not(feature = "candle"))]
+pub fn load_jigsaw(_dir: Option<&str>) -> anyhow::Result<Box<dyn TextScorer>> {
+    bail!("the jigsaw scorer needs a build with the `candle` feature")
 }
 
 /// Loads an ONNX classifier.
 #[cfg(feature = "ort")]
 pub fn load_onnx(spec: &OnnxSpec) -> anyhow::Result<Box<dyn TextScorer>> {
+    let dir = std::path::Path::new(&spec.dir);
+    if trust_backends::ort::is_text_classifier_dir(dir) {
+        let mut session = trust_backends::ort::SessionOptions::default();
+        session.sessions = spec.sessions;
+        if let Some(t) = spec.threads {
+            session.intra_threads = t;
+        }
+        let c = trust_backends::ort::OrtTextClassifier::from_dir(dir, session)
+            .with_context(|| format!("loading the ONNX text classifier in {}", spec.dir))?;
+        return Ok(Box::new(c));
+    }
     Ok(Box::new(load_classifier(spec)?))
 }
 

@@ -172,7 +172,7 @@ fn eval_mock_runs_all_verticals_and_combines_reports() {
         "--out",
         o,
     ];
-    let out = trust(&args);
+    let out = trust(&[&args[..], &["--scorer", "none"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -189,7 +189,7 @@ fn eval_mock_runs_all_verticals_and_combines_reports() {
             .unwrap()
             .to_string()
     };
-    assert_eq!(status("toxicity"), "skipped", "no scorer given");
+    assert_eq!(status("toxicity"), "skipped", "--scorer none");
     for v in ["stereotype", "machine_ethics", "truthfulness", "privacy"] {
         assert_eq!(status(v), "ok", "{v}");
         assert!(out_dir.join(v).join("samples.jsonl").exists());
@@ -211,7 +211,7 @@ fn eval_mock_runs_all_verticals_and_combines_reports() {
     assert_eq!(rec["outcome"]["labels"].as_array().unwrap().len(), 2);
 
     // A second run into the same directory needs --resume; with it, toxicity runs with the mock scorer.
-    let out = trust(&args);
+    let out = trust(&[&args[..], &["--scorer", "none"]].concat());
     assert!(!out.status.success());
     let mut with_scorer = args.to_vec();
     with_scorer.extend(["--resume", "--scorer", "mock"]);
@@ -415,4 +415,53 @@ fn rescoring_saved_replies_reproduces_the_eval_metrics() {
             assert_eq!(a["value"], b["value"], "{vertical}: {}", a["name"]);
         }
     }
+}
+
+#[test]
+fn eval_without_scorer_uses_jigsaw_or_says_how_to_install_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |models: &str, out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_trust"))
+            .args([
+                "eval",
+                "--model",
+                "mock",
+                "--verticals",
+                "toxicity",
+                "--limit",
+                "1",
+                "--samples",
+                "1",
+                "--bootstrap",
+                "10",
+                "--no-progress",
+                "--out",
+            ])
+            .arg(dir.path().join(out))
+            .env("TRUST_DATA_DIR", common::data_dir())
+            .env("TRUST_MODELS_DIR", models)
+            .output()
+            .unwrap()
+    };
+    let o = run("/nonexistent/models", "a");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("scripts/fetch-models.sh jigsaw"), "{err}");
+    assert!(
+        !dir.path().join("a/toxicity").exists(),
+        "nothing runs without a scorer"
+    );
+    let models = concat!(env!("CARGO_MANIFEST_DIR"), "/../models");
+    if !std::path::Path::new(models)
+        .join("jigsaw-bilstm/config.json")
+        .exists()
+    {
+        assert!(std::env::var_os("CI").is_none(), "jigsaw missing under CI");
+        return;
+    }
+    let o = run(models, "b");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("toxicity scorer: jigsaw"));
+    let m = std::fs::read_to_string(dir.path().join("b/toxicity/manifest.json")).unwrap();
+    assert!(m.contains("jigsaw:"), "the manifest names the scorer");
 }

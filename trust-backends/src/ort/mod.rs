@@ -1,5 +1,6 @@
 //! ONNX Runtime backend (feature `ort`): sequence classifiers ([`OrtClassifier`], e.g. a local
-//! toxicity scorer replacing the Perspective API) and causal language models ([`OrtCausalLm`]).
+//! toxicity scorer replacing the Perspective API), raw-text classifiers ([`OrtTextClassifier`],
+//! e.g. hatesonar) and causal language models ([`OrtCausalLm`]).
 //!
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s `load-dynamic`; nothing is
 //! downloaded at build time) from [`SessionOptions::dylib_path`], else the `ORT_DYLIB_PATH`
@@ -23,7 +24,9 @@ mod classifier;
 mod io;
 mod pool;
 mod runtime;
+mod text_classifier;
 
 pub use causal_lm::{OrtCausalLm, OrtCausalLmOptions};
 pub use classifier::{Activation, OrtClassifier, OrtClassifierOptions};
 pub use runtime::{OrtDevice, SessionOptions, ort_environment};
+pub use text_classifier::{OrtTextClassifier, is_text_classifier_dir};
