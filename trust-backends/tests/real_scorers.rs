@@ -147,3 +147,22 @@ fn hatesonar_matches_onnxruntime_python() {
     );
     assert!(worst <= 1e-6, "max |Δp| {worst}");
 }
+
+/// The conversion is deterministic: the installed files are the ones whose agreement with
+/// Perspective is recorded in `trust_core::scorer::PERSPECTIVE_AGREEMENT`.
+#[test]
+fn installed_scorers_are_the_measured_ones() {
+    let Some(dir) = model_dir() else { return };
+    let sha =
+        trust_backends::candle::loader::sha256_files(&[dir.join("model.safetensors")]).unwrap();
+    assert!(
+        trust_core::scorer::perspective_agreement(&sha, "toxic").is_some(),
+        "jigsaw weights {sha} are not the measured ones"
+    );
+    let hs = dir.parent().unwrap().join("hatesonar/model.onnx");
+    let sha = trust_backends::candle::loader::sha256_files(&[hs]).unwrap();
+    assert!(
+        trust_core::scorer::perspective_agreement(&sha, "neither").is_some(),
+        "hatesonar model {sha} is not the measured one"
+    );
+}

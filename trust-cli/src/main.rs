@@ -25,6 +25,9 @@ enum Command {
     Classify(classify_cmd::ClassifyArgs),
     /// Run verticals against a model and write per-vertical and combined reports.
     Eval(eval_cmd::EvalArgs),
+    /// Agreement of toxicity scorers with Perspective on the RealToxicityPrompts texts
+    /// (Pearson, Spearman, AUROC, accuracy at 0.5, MAE per label).
+    ScorerAgreement(agreement_cmd::AgreementArgs),
     /// Score saved replies (JSON Lines `{"id", "reply"}`) without a model.
     Score(score_cmd::ScoreArgs),
     /// Compare run directories (checkpoints): self-contained report.html, report.json, report.md.
@@ -54,6 +57,7 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
 }
 
+mod agreement_cmd;
 #[cfg(feature = "ort")]
 mod classify_cmd;
 mod eval_cmd;
@@ -115,6 +119,7 @@ fn main() {
         #[cfg(all(feature = "candle", feature = "http"))]
         Command::Serve(a) => serve_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
+        Command::ScorerAgreement(a) => agreement_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
         Command::Report(a) => report_cmd::run(a),
         Command::Sophistry(a) => sophistry_cmd::run(a),

@@ -465,3 +465,29 @@ fn eval_without_scorer_uses_jigsaw_or_says_how_to_install_it() {
     let m = std::fs::read_to_string(dir.path().join("b/toxicity/manifest.json")).unwrap();
     assert!(m.contains("jigsaw:"), "the manifest names the scorer");
 }
+
+#[test]
+fn scorer_agreement_prints_every_label_with_its_figures() {
+    let o = trust(&[
+        "scorer-agreement",
+        "--scorer",
+        "mock",
+        "--limit",
+        "300",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "the mock scorer has one label");
+    let a = &rows[0]["agreement"];
+    assert_eq!(a["n"], 300);
+    for k in ["pearson", "spearman", "auroc", "accuracy", "mae"] {
+        let v = a[k].as_f64().unwrap();
+        assert!(v.is_finite() && (-1.0..=1.0).contains(&v), "{k} = {v}");
+    }
+    let o = trust(&["scorer-agreement", "--scorer", "nonsense", "--limit", "3"]);
+    assert_eq!(o.status.code(), Some(1));
+}

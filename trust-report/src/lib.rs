@@ -495,9 +495,33 @@ impl Report {
             stereotype_heatmap,
             pii_leakage,
             attribution,
-            notes: Vec::new(),
+            notes: scorer_notes(&runs),
         }
     }
+}
+
+/// One note per distinct toxicity scorer of the runs: which scorer and its recorded agreement
+/// with Perspective ([`trust_core::scorer::scorer_note`]).
+fn scorer_notes(runs: &[RunInput]) -> Vec<String> {
+    let mut notes: Vec<String> = Vec::new();
+    for r in runs {
+        for v in r.verticals.iter().filter(|v| v.vertical == "toxicity") {
+            let Some(rep) = &v.report else { continue };
+            let Some(info) = &rep.manifest.scorer else {
+                continue;
+            };
+            let label = rep.manifest.options["scorer_label"]
+                .as_str()
+                .map(str::to_string)
+                .or_else(|| info.primary.clone())
+                .unwrap_or_default();
+            let note = trust_core::scorer::scorer_note(info, &label);
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    notes
 }
 
 /// Fills `delta` and `relative_change` against the first checkpoint.

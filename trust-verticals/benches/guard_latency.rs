@@ -5,7 +5,9 @@
 //! `GUARD_BENCH_CHECKS` (checks per caller, default 200), `GUARD_BENCH_MAX_BATCH` (32),
 //! `GUARD_BENCH_MAX_WAIT_US` (500). Built with `--features ort`, it also measures the tiny ONNX
 //! classifier fixture (`trust-backends/tests/fixtures/onnx/tiny-classifier`, or
-//! `GUARD_BENCH_ONNX=DIR`; ONNX Runtime found as for `trust classify`).
+//! `GUARD_BENCH_ONNX=DIR`; ONNX Runtime found as for `trust classify`) and the shipped scorers
+//! when `scripts/fetch-models.sh` installed them (`models/jigsaw-bilstm`, `models/hatesonar`, or
+//! under `TRUST_MODELS_DIR`): batched texts/s and the guard's p50/p99 per reply.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +83,29 @@ async fn run(
     );
 }
 
+/// Texts per second when the scorer gets 4,096 replies in one call (warmed up first).
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+async fn batched(name: &str, scorer: &dyn TextScorer) {
+    let texts: Vec<String> = (0..4096)
+        .map(|i| {
+            format!(
+                "Reply {i}: here is a fairly ordinary answer of a few dozen words, which mentions nothing secret{}",
+                if i % 7 == 0 { " and calls you an idiot" } else { "" }
+            )
+        })
+        .collect();
+    let _ = scorer.score(&texts[..64]).await;
+    let t = Instant::now();
+    let out = scorer.score(&texts).await;
+    assert!(out.iter().all(|r| r.is_ok()));
+    println!(
+        "{name}: batched {} texts in {:.3} s = {:.0} texts/s",
+        texts.len(),
+        t.elapsed().as_secs_f64(),
+        texts.len() as f64 / t.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
     let clients = env("GUARD_BENCH_CLIENTS", 64);
     let checks = env("GUARD_BENCH_CHECKS", 200);
@@ -118,29 +143,37 @@ fn main() {
                 )
                 .to_string()
             });
+            let models = std::env::var("TRUST_MODELS_DIR")
+                .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../models").to_string());
+            let mut scorers: Vec<(String, Arc<dyn TextScorer>)> = Vec::new();
             match trust_backends::ort::OrtClassifier::from_dir(&dir, Default::default()) {
-                Ok(c) => {
-                    let c: Arc<dyn TextScorer> = Arc::new(c);
-                    run(
-                        "onnx tiny-classifier",
-                        c.clone(),
-                        clients,
-                        checks,
-                        max_batch,
-                        max_wait,
-                    )
-                    .await;
-                    run(
-                        "onnx tiny-classifier, single caller",
-                        c,
-                        1,
-                        checks,
-                        max_batch,
-                        max_wait,
-                    )
-                    .await;
-                }
+                Ok(c) => scorers.push(("onnx tiny-classifier".into(), Arc::new(c))),
                 Err(e) => eprintln!("skipping the ONNX classifier ({dir}): {e}"),
+            }
+            let jig = format!("{models}/jigsaw-bilstm");
+            match trust_backends::jigsaw::JigsawScorer::load(&jig) {
+                Ok(c) => scorers.push(("jigsaw BiLSTM".into(), Arc::new(c))),
+                Err(e) => eprintln!("skipping jigsaw ({jig}; scripts/fetch-models.sh jigsaw): {e}"),
+            }
+            let hs = format!("{models}/hatesonar");
+            match trust_backends::ort::OrtTextClassifier::from_dir(&hs, Default::default()) {
+                Ok(c) => scorers.push(("hatesonar (ONNX)".into(), Arc::new(c))),
+                Err(e) => {
+                    eprintln!("skipping hatesonar ({hs}; scripts/fetch-models.sh hatesonar): {e}")
+                }
+            }
+            for (name, c) in scorers {
+                batched(&name, c.as_ref()).await;
+                run(&name, c.clone(), clients, checks, max_batch, max_wait).await;
+                run(
+                    &format!("{name}, single caller"),
+                    c,
+                    1,
+                    checks,
+                    max_batch,
+                    max_wait,
+                )
+                .await;
             }
         }
     });

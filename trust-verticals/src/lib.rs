@@ -31,6 +31,7 @@ pub mod guard;
 pub mod machine_ethics;
 pub mod privacy;
 pub mod registry;
+pub mod scorer_agreement;
 pub mod sophistry;
 pub mod stereotype;
 pub mod toxicity;
