@@ -29,6 +29,18 @@ on 2,312 HH-RLHF test-split dialogues, evaluated on a few samples per vertical w
 It shows that the base -> SFT -> DPO -> evaluate -> attribute pipeline runs; its numbers are not the paper's findings \
 and say nothing about real models.";
 
+/// [`DISCLAIMER`], naming the scorer actually used.
+fn disclaimer(cfg: &DemoConfig) -> String {
+    if cfg.jigsaw_scorer.is_some() {
+        DISCLAIMER.replace(
+            "a weak lexical toxicity scorer",
+            "the Jigsaw-trained BiLSTM toxicity scorer",
+        )
+    } else {
+        DISCLAIMER.to_string()
+    }
+}
+
 /// Settings of the demo.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoConfig {
@@ -54,6 +66,10 @@ pub struct DemoConfig {
     pub attribution_beta: f64,
     /// Run seed.
     pub seed: u64,
+    /// Score toxicity with the Jigsaw BiLSTM in this directory (`models/jigsaw-bilstm`) instead of
+    /// the lexical scorer fitted on the data. Absent from report.json when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jigsaw_scorer: Option<PathBuf>,
 }
 
 impl DemoConfig {
@@ -84,6 +100,7 @@ impl DemoConfig {
             attribution_train: 256,
             attribution_beta: 1.0,
             seed: 0,
+            jigsaw_scorer: None,
         }
     }
 
@@ -320,7 +337,22 @@ pub async fn run(
     // 5. Evaluation.
     let t = Instant::now();
     log("[5/6] evaluating base, SFT and DPO on the five verticals");
-    let scorer = LexicalToxicity::fit(data, cfg.seed)?;
+    let (scorer, scorer_summary): (Box<dyn TextScorer>, String) = match &cfg.jigsaw_scorer {
+        None => {
+            let s = LexicalToxicity::fit(data, cfg.seed)?;
+            let summary = format!(
+                "{} (held-out Pearson r = {:.2} with Perspective scores).",
+                s.info().id,
+                s.heldout_pearson
+            );
+            (Box::new(s), summary)
+        }
+        Some(dir) => {
+            let s = trust_backends::jigsaw::JigsawScorer::load(dir)?;
+            let summary = trust_core::scorer::scorer_note(&s.info(), "toxic");
+            (Box::new(s), summary)
+        }
+    };
     let mut results = BTreeMap::new();
     let checkpoints = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
     for (ckpt, dir) in checkpoints {
@@ -352,7 +384,7 @@ pub async fn run(
                 .run(
                     &runner,
                     &model,
-                    needs_scorer.then_some(&scorer as &dyn TextScorer),
+                    needs_scorer.then_some(scorer.as_ref()),
                     data,
                 )
                 .await?;
@@ -425,16 +457,12 @@ pub async fn run(
     timings.insert("attribution".to_string(), t.elapsed().as_secs_f64());
 
     let report = DemoReport {
-        disclaimer: DISCLAIMER.to_string(),
+        disclaimer: disclaimer(cfg),
         config: cfg.clone(),
         checkpoints: vec!["base".into(), "sft".into(), "dpo".into()],
         training,
         results,
-        toxicity_scorer: format!(
-            "{} (held-out Pearson r = {:.2} with Perspective scores)",
-            scorer.info().id,
-            scorer.heldout_pearson
-        ),
+        toxicity_scorer: scorer_summary,
         attribution,
         timings,
     };
@@ -455,9 +483,20 @@ pub async fn run(
         Some(&out.join("report.json")),
     )
     .map_err(|e| DemoError::Other(format!("report: {e}")))?;
-    view.notes.push(DISCLAIMER.to_string());
+    if cfg.jigsaw_scorer.is_none() {
+        // The lexical scorer's agreement is the held-out figure of its own fit (below), not a
+        // recorded measurement.
+        view.notes
+            .retain(|n| !n.starts_with("Toxicity is scored by"));
+    }
+    view.notes.insert(0, disclaimer(cfg));
+    let scorer_line = if cfg.jigsaw_scorer.is_none() {
+        format!(" Toxicity scorer: {}", report.toxicity_scorer)
+    } else {
+        String::new()
+    };
     view.notes.push(format!(
-        "Training (last step): {}. Toxicity scorer: {}.",
+        "Training (last step): {}.{scorer_line}",
         report
             .training
             .iter()
@@ -471,7 +510,6 @@ pub async fn run(
             })
             .collect::<Vec<_>>()
             .join("; "),
-        report.toxicity_scorer
     ));
     let p = out.join("report.html");
     std::fs::write(&p, trust_report::html::render(&view))

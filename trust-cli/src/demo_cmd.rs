@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Run seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Toxicity scorer: `lexical` (default: the n-gram regression fitted on the data) or
+    /// `jigsaw` / `jigsaw:DIR` (the Jigsaw BiLSTM; scripts/fetch-models.sh jigsaw).
+    #[arg(long, default_value = "lexical")]
+    scorer: String,
 }
 
 pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
@@ -47,6 +51,20 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     } else {
         DemoConfig::standard()
     };
+    match a.scorer.as_str() {
+        "lexical" => {}
+        "jigsaw" => {
+            cfg.jigsaw_scorer = Some(crate::scorer_arg::installed_jigsaw().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the jigsaw scorer is not installed: run scripts/fetch-models.sh jigsaw"
+                )
+            })?)
+        }
+        other => match other.strip_prefix("jigsaw:") {
+            Some(dir) => cfg.jigsaw_scorer = Some(dir.into()),
+            None => anyhow::bail!("--scorer: `{other}` is not lexical, jigsaw or jigsaw:DIR"),
+        },
+    }
     if let Some(n) = a.pretrain_steps {
         cfg.pretrain.steps = n;
     }

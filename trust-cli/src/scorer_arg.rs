@@ -179,8 +179,10 @@ pub fn load_jigsaw(_dir: Option<&str>) -> anyhow::Result<Box<dyn TextScorer>> {
 pub fn load_onnx(spec: &OnnxSpec) -> anyhow::Result<Box<dyn TextScorer>> {
     let dir = std::path::Path::new(&spec.dir);
     if trust_backends::ort::is_text_classifier_dir(dir) {
-        let mut session = trust_backends::ort::SessionOptions::default();
-        session.sessions = spec.sessions;
+        let mut session = trust_backends::ort::SessionOptions {
+            sessions: spec.sessions,
+            ..Default::default()
+        };
         if let Some(t) = spec.threads {
             session.intra_threads = t;
         }
