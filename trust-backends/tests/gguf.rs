@@ -652,3 +652,33 @@ fn smollm2_quantized_stays_close() {
         "first greedy token equal on only {first}/{n}"
     );
 }
+
+/// A SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`, no merges: rebuilt from
+/// the scores; byte fallback) gives transformers' ids (`scripts/make_gguf_spm_fixture.py`).
+#[test]
+fn sentencepiece_vocabulary_matches_transformers() {
+    let dir = local("gguf-spm");
+    let g = trust_backends::candle::gguf::GgufFile::open(&dir.join("tokenizer.gguf")).unwrap();
+    let tok = trust_backends::candle::gguf_tokenizer::tokenizer(&g).unwrap();
+    let special = trust_backends::candle::gguf_tokenizer::special_tokens(&g).unwrap();
+    assert_eq!(special.bos.as_ref().map(|b| b.1.as_str()), Some("<s>"));
+    assert!(special.add_bos);
+    let text = std::fs::read_to_string(dir.join("expected.jsonl")).unwrap();
+    let mut bad = Vec::new();
+    let mut n = 0;
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap();
+        n += 1;
+        if tok.encode(t, false).unwrap().get_ids() != ids(&v["ids"]).as_slice() {
+            bad.push(t.chars().take(40).collect::<String>());
+        }
+    }
+    assert!(n >= 300);
+    assert!(
+        bad.is_empty(),
+        "{} of {n} differ, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
