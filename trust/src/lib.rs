@@ -1,0 +1,62 @@
+//! # trust
+//!
+//! Measure what preference alignment (SFT, DPO, PPO) does to a language model's trustworthiness —
+//! toxicity, stereotypical bias, machine ethics, truthfulness, privacy — and which training pairs
+//! caused it. This crate is the one dependency a user needs (`cargo add trust`): it re-exports the
+//! SDK's crates under features, with a [`prelude`].
+//!
+//! | module | crate | feature |
+//! |---|---|---|
+//! | [`core`] | `trust-core`: traits (`LanguageModel`, `TextScorer`, `Vertical`, `ChatFormat`), the `Runner`, manifests, metrics | always |
+//! | [`verticals`] | `trust-verticals`: the five verticals and their protocols, the sophistry audit, DataInf, the guard | always |
+//! | [`report`] | `trust-report`: report.json / Markdown / self-contained HTML | always |
+//! | [`backends`] | `trust-backends`: `candle` (safetensors and GGUF, the jigsaw scorer), `ort`, `http` | `candle`, `ort`, `http` |
+//! | `align` | `trust-align`: LoRA SFT / DPO / reward model, per-example LoRA gradients, the end-to-end pipeline | `align` |
+//!
+//! ```no_run
+//! use trust::prelude::*;
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let model = CandleModel::load("models/smollm2-135m-instruct", &LoadOptions::default())?;
+//! let data = DataDir::resolve(None)?; // $TRUST_DATA_DIR
+//! let ethics = registry::build("machine_ethics", "paper", &BuildOptions::default())?;
+//! let runner = Runner::builder().batch_size(16).seed(0).out_dir("runs/smollm2").build();
+//! let report = ethics.run(&runner, &model, None, &data).await?;
+//! for m in &report.metrics {
+//!     println!("{} = {:?} [{:?}, {:?}]", m.name, m.value, m.ci_low, m.ci_high);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub use trust_core as core;
+pub use trust_report as report;
+pub use trust_verticals as verticals;
+
+/// Model and scorer backends (`trust-backends`): [`backends::candle`], [`backends::jigsaw`]
+/// (feature `candle`), `backends::ort` (feature `ort`), `backends::http` (feature `http`).
+pub use trust_backends as backends;
+
+/// Training (`trust-align`, feature `align`): LoRA SFT / DPO / reward model, per-example LoRA
+/// gradients and attribution, and the end-to-end pipeline ([`align::demo`]).
+#[cfg(feature = "align")]
+pub use trust_align as align;
+
+/// The names most programs use.
+pub mod prelude {
+    pub use trust_core::{
+        ChatFormat, DataDir, DecodingConfig, GenerateRequest, LanguageModel, LogLikelihoodRequest,
+        Metric, Runner, Sampling, StopPolicy, TextScorer, Vertical,
+    };
+    pub use trust_verticals::registry::{self, BuildOptions};
+
+    #[cfg(feature = "candle")]
+    pub use trust_backends::candle::{CandleModel, ChatTemplate, LoadOptions};
+    #[cfg(feature = "http")]
+    pub use trust_backends::http::HttpModel;
+    #[cfg(feature = "candle")]
+    pub use trust_backends::jigsaw::JigsawScorer;
+    #[cfg(feature = "ort")]
+    pub use trust_backends::ort::{OrtClassifier, OrtTextClassifier};
+}
