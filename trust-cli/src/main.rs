@@ -84,9 +84,12 @@ mod sophistry_cmd;
 /// On small machines (at most 4 CPUs) candle's spinning element-wise thread pool costs more than
 /// it saves (measured in BENCHMARKS.md: 1.5x-1.7x slower scoring on 2 cores): unless the user
 /// chose, size it to one thread. Matrix products still use all cores (rayon).
+/// `--quantized` is the exception: candle's quantized matrix products run on that pool, and one
+/// thread makes them 1.9x slower (BENCHMARKS.md).
 fn default_candle_threads() {
     let small = std::thread::available_parallelism().is_ok_and(|n| n.get() <= 4);
-    if small && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+    let quantized = std::env::args_os().any(|a| a == "--quantized");
+    if small && !quantized && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // SAFETY: first statement of `main`, before any thread exists.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }

@@ -1012,30 +1012,23 @@ pub fn hf_name(g: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{h}.{kind}"))
 }
 
-/// A [`candle_nn::var_builder::SimpleBackend`] over [`GgufWeights`].
-#[derive(Debug, Clone)]
-pub struct GgufBackend(pub Arc<GgufWeights>);
-
-impl candle_nn::var_builder::SimpleBackend for GgufBackend {
-    fn get(
+impl super::loader::WeightSource for GgufWeights {
+    fn load_tensor(
         &self,
-        s: Shape,
         name: &str,
-        _h: candle_nn::Init,
+        expect: Option<&Shape>,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.0.load(name, Some(&s), dtype, dev)
+        self.load(name, expect, dtype, dev)
     }
-
-    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.load(name, None, dtype, dev)
-    }
-
-    fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains(name)
+    fn has_tensor(&self, name: &str) -> bool {
+        self.contains(name)
     }
 }
+
+/// The backend over [`GgufWeights`].
+pub type GgufBackend = super::loader::SourceBackend<GgufWeights>;
 
 /// Finds the GGUF file a model path names: the path itself when it is a file ending in `.gguf`,
 /// or the single `.gguf` file in a directory without `config.json`. `Ok(None)` when the path is a

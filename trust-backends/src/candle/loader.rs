@@ -247,11 +247,48 @@ impl SafetensorsStore {
     }
 }
 
-/// A [`candle_nn::var_builder::SimpleBackend`] over a shared [`SafetensorsStore`].
-#[derive(Debug, Clone)]
-pub struct StoreBackend(pub Arc<SafetensorsStore>);
+/// A store of named weights that model builders read through a [`candle_nn::VarBuilder`]
+/// ([`SafetensorsStore`], [`super::gguf::GgufWeights`]).
+pub trait WeightSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The tensor `name` (checked against `expect` when given) as `dtype` on `dev`; failures are
+    /// recorded so the loader can report them with file and tensor.
+    fn load_tensor(
+        &self,
+        name: &str,
+        expect: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor>;
+    /// Whether the store holds `name`.
+    fn has_tensor(&self, name: &str) -> bool;
+}
 
-impl candle_nn::var_builder::SimpleBackend for StoreBackend {
+impl WeightSource for SafetensorsStore {
+    fn load_tensor(
+        &self,
+        name: &str,
+        expect: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.load(name, expect, dtype, dev)
+    }
+    fn has_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// A [`candle_nn::var_builder::SimpleBackend`] over a shared [`WeightSource`].
+#[derive(Debug)]
+pub struct SourceBackend<S>(pub Arc<S>);
+
+impl<S> Clone for SourceBackend<S> {
+    fn clone(&self) -> Self {
+        SourceBackend(self.0.clone())
+    }
+}
+
+impl<S: WeightSource> candle_nn::var_builder::SimpleBackend for SourceBackend<S> {
     fn get(
         &self,
         s: Shape,
@@ -260,17 +297,20 @@ impl candle_nn::var_builder::SimpleBackend for StoreBackend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.0.load(name, Some(&s), dtype, dev)
+        self.0.load_tensor(name, Some(&s), dtype, dev)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        self.0.load(name, None, dtype, dev)
+        self.0.load_tensor(name, None, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.tensors.contains_key(name)
+        self.0.has_tensor(name)
     }
 }
+
+/// The backend over a [`SafetensorsStore`].
+pub type StoreBackend = SourceBackend<SafetensorsStore>;
 
 /// What a model path names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -49,7 +49,7 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Activation, Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use generate::{RowSpec, Sampler};
 pub use layers::KvCache;
-pub use loader::{ModelFormat, SafetensorsStore, StoreBackend};
+pub use loader::{ModelFormat, SafetensorsStore, SourceBackend, StoreBackend, WeightSource};
 
 use crate::BackendError;
 
@@ -522,7 +522,7 @@ impl CandleModel {
         let chat_template = loader::load_chat_template(dir)?;
         let store = Arc::new(SafetensorsStore::open_dir(dir)?);
         let vb = VarBuilder::from_backend(
-            Box::new(StoreBackend(store.clone())),
+            Box::new(SourceBackend(store.clone())),
             opts.dtype,
             opts.device.clone(),
         );
@@ -561,7 +561,7 @@ impl CandleModel {
             .transpose()?;
         let weights = Arc::new(gguf::GgufWeights::new(g.clone(), config.clone()));
         let vb = VarBuilder::from_backend(
-            Box::new(gguf::GgufBackend(weights.clone())),
+            Box::new(SourceBackend(weights.clone())),
             opts.dtype,
             opts.device.clone(),
         );
