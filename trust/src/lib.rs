@@ -11,6 +11,7 @@
 //! | [`verticals`] | `trust-verticals`: the five verticals and their protocols, the sophistry audit, DataInf, the guard | always |
 //! | [`report`] | `trust-report`: report.json / Markdown / self-contained HTML | always |
 //! | [`backends`] | `trust-backends`: `candle` (safetensors and GGUF, the jigsaw scorer), `ort`, `http` | `candle`, `ort`, `http` |
+//! | [`scorers`] | every text scorer and the agreement-with-Perspective tools, re-exported | by scorer |
 //! | `align` | `trust-align`: LoRA SFT / DPO / reward model, per-example LoRA gradients, the end-to-end pipeline | `align` |
 //!
 //! ```no_run
@@ -42,6 +43,25 @@ pub use trust_backends as backends;
 /// gradients and attribution, and the end-to-end pipeline ([`align::demo`]).
 #[cfg(feature = "align")]
 pub use trust_align as align;
+
+/// Every text scorer in one place (toxicity classifiers implementing
+/// [`TextScorer`](trust_core::TextScorer)): [`scorers::JigsawScorer`] (the default toxicity
+/// scorer, feature `candle`), `scorers::OrtClassifier` / `scorers::OrtTextClassifier` (ONNX
+/// Runtime, feature `ort`: Hugging Face exports, hatesonar), `scorers::LexicalToxicity` (the demo's
+/// n-gram regression, feature `align`) and [`scorers::MockScorer`] (tests).
+pub mod scorers {
+    #[cfg(feature = "align")]
+    pub use trust_align::lexical::LexicalToxicity;
+    #[cfg(feature = "candle")]
+    pub use trust_backends::jigsaw::JigsawScorer;
+    #[cfg(feature = "ort")]
+    pub use trust_backends::ort::{OrtClassifier, OrtTextClassifier};
+    pub use trust_core::scorer::{
+        KnownAgreement, PERSPECTIVE_AGREEMENT, perspective_agreement, scorer_note,
+    };
+    pub use trust_core::testing::MockScorer;
+    pub use trust_verticals::scorer_agreement::{Agreement, agreement, perspective_texts};
+}
 
 /// The names most programs use.
 pub mod prelude {

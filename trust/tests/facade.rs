@@ -37,3 +37,16 @@ fn backends_are_reachable_by_feature() {
     let e = JigsawScorer::load("/nonexistent").unwrap_err().to_string();
     assert!(e.contains("/nonexistent"));
 }
+
+#[test]
+fn scorers_live_in_one_module() {
+    use trust::scorers::{MockScorer, PERSPECTIVE_AGREEMENT, agreement};
+    let _ = MockScorer::default();
+    assert!(
+        PERSPECTIVE_AGREEMENT
+            .iter()
+            .any(|k| k.scorer == "jigsaw" && k.label == "toxic")
+    );
+    let a = agreement(&[0.1, 0.9], &[0.2, 0.8]);
+    assert!((a.auroc - 1.0).abs() < 1e-12);
+}
