@@ -24,7 +24,32 @@ pub mod ort;
 pub use error::BackendError;
 
 /// Hex sha256 of `bytes`.
+#[cfg(feature = "candle")]
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Streamed hex sha256 over `files` concatenated in order (weights hashes in `ModelInfo` and
+/// `ScorerInfo`); errors name the file.
+pub fn sha256_files(files: &[std::path::PathBuf]) -> Result<String, BackendError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    for path in files {
+        let io = |source| BackendError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    Ok(hex::encode(h.finalize()))
 }

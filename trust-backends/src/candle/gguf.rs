@@ -934,34 +934,13 @@ impl GgufWeights {
         gguf_name(hf).is_some_and(|g| self.file.tensor_info(&g).is_some())
     }
 
-    fn load(
-        &self,
-        hf: &str,
-        expect: Option<&Shape>,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        let q = self
-            .quantized(hf, expect.map(|s| s.dims()), &Device::Cpu)
-            .map_err(|e| self.record(e))?;
-        q.dequantize(&Device::Cpu)
-            .and_then(|t| t.to_dtype(dtype))
-            .and_then(|t| t.to_device(dev))
-            .map_err(|e| {
-                self.record(BackendError::Tensor {
-                    path: self.file.path.clone(),
-                    tensor: gguf_name(hf).unwrap_or_default(),
-                    message: e.to_string(),
-                })
-            })
-    }
-
     /// Every weight of the model, dequantised to f32 on `device`, under HF names.
     pub fn all_f32(&self, device: &Device) -> Result<HashMap<String, Tensor>, BackendError> {
         let mut out = HashMap::new();
         for g in self.file.tensor_names() {
             let Some(hf) = hf_name(g) else { continue };
-            let t = self.load(&hf, None, DType::F32, device).map_err(|e| {
+            let t = super::loader::WeightSource::load_tensor(self, &hf, None, DType::F32, device)
+                .map_err(|e| {
                 self.take_error()
                     .unwrap_or(BackendError::Runtime(e.to_string()))
             })?;
@@ -1015,12 +994,24 @@ pub fn hf_name(g: &str) -> Option<String> {
 impl super::loader::WeightSource for GgufWeights {
     fn load_tensor(
         &self,
-        name: &str,
+        hf: &str,
         expect: Option<&Shape>,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        self.load(name, expect, dtype, dev)
+        let q = self
+            .quantized(hf, expect.map(|s| s.dims()), &Device::Cpu)
+            .map_err(|e| self.record(e))?;
+        q.dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .and_then(|t| t.to_device(dev))
+            .map_err(|e| {
+                self.record(BackendError::Tensor {
+                    path: self.file.path.clone(),
+                    tensor: gguf_name(hf).unwrap_or_default(),
+                    message: e.to_string(),
+                })
+            })
     }
     fn has_tensor(&self, name: &str) -> bool {
         self.contains(name)

@@ -7,13 +7,11 @@
 //! expected vs found shape) instead of panicking.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use memmap2::Mmap;
-use sha2::{Digest, Sha256};
 
 use crate::BackendError;
 
@@ -194,7 +192,31 @@ impl SafetensorsStore {
         self.first_error.take()
     }
 
-    fn load(
+    /// Streamed sha256 over the weight files (concatenated in [`Self::files`] order); for a single
+    /// file it equals `sha256sum model.safetensors`.
+    pub fn sha256(&self) -> Result<String, BackendError> {
+        sha256_files(&self.files)
+    }
+}
+
+/// A store of named weights that model builders read through a [`candle_nn::VarBuilder`]
+/// ([`SafetensorsStore`], [`super::gguf::GgufWeights`]).
+pub trait WeightSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The tensor `name` (checked against `expect` when given) as `dtype` on `dev`; failures are
+    /// recorded so the loader can report them with file and tensor.
+    fn load_tensor(
+        &self,
+        name: &str,
+        expect: Option<&Shape>,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor>;
+    /// Whether the store holds `name`.
+    fn has_tensor(&self, name: &str) -> bool;
+}
+
+impl WeightSource for SafetensorsStore {
+    fn load_tensor(
         &self,
         name: &str,
         expect: Option<&Shape>,
@@ -238,40 +260,6 @@ impl SafetensorsStore {
                 message: err.to_string(),
             })
         })
-    }
-
-    /// Streamed sha256 over the weight files (concatenated in [`Self::files`] order); for a single
-    /// file it equals `sha256sum model.safetensors`.
-    pub fn sha256(&self) -> Result<String, BackendError> {
-        sha256_files(&self.files)
-    }
-}
-
-/// A store of named weights that model builders read through a [`candle_nn::VarBuilder`]
-/// ([`SafetensorsStore`], [`super::gguf::GgufWeights`]).
-pub trait WeightSource: Send + Sync + std::fmt::Debug + 'static {
-    /// The tensor `name` (checked against `expect` when given) as `dtype` on `dev`; failures are
-    /// recorded so the loader can report them with file and tensor.
-    fn load_tensor(
-        &self,
-        name: &str,
-        expect: Option<&Shape>,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor>;
-    /// Whether the store holds `name`.
-    fn has_tensor(&self, name: &str) -> bool;
-}
-
-impl WeightSource for SafetensorsStore {
-    fn load_tensor(
-        &self,
-        name: &str,
-        expect: Option<&Shape>,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.load(name, expect, dtype, dev)
     }
     fn has_tensor(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
@@ -478,28 +466,7 @@ pub fn load_chat_template(dir: &Path) -> Result<Option<super::ChatTemplate>, Bac
     super::ChatTemplate::new(template, &special, &cfg_path).map(Some)
 }
 
-/// Streamed sha256 over `files` concatenated in order.
-pub fn sha256_files(files: &[PathBuf]) -> Result<String, BackendError> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    for path in files {
-        let mut f = std::fs::File::open(path).map_err(|source| BackendError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        loop {
-            let n = f.read(&mut buf).map_err(|source| BackendError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(hex::encode(h.finalize()))
-}
+pub use crate::sha256_files;
 
 /// Writes the files that make `out` a Hugging Face model directory next to its
 /// `model.safetensors`, for a model trained from `model` (a directory or a GGUF file): a

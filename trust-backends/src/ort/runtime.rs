@@ -265,9 +265,6 @@ pub(crate) fn open_session(
 /// sha256 (hex) over the model file and its external-data file (`<model>_data` / `<model>.data`)
 /// when present.
 pub(crate) fn model_sha256(model: &Path) -> Result<String, BackendError> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut h = Sha256::new();
     let mut files = vec![model.to_path_buf()];
     for ext in ["_data", ".data"] {
         let mut p = model.as_os_str().to_os_string();
@@ -277,24 +274,7 @@ pub(crate) fn model_sha256(model: &Path) -> Result<String, BackendError> {
             files.push(p);
         }
     }
-    for f in files {
-        let mut file = std::fs::File::open(&f).map_err(|source| BackendError::Io {
-            path: f.clone(),
-            source,
-        })?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = file.read(&mut buf).map_err(|source| BackendError::Io {
-                path: f.clone(),
-                source,
-            })?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    Ok(hex::encode(h.finalize()))
+    crate::sha256_files(&files)
 }
 
 #[cfg(test)]
