@@ -89,7 +89,11 @@ pub fn run(a: AgreementArgs) -> anyhow::Result<()> {
         }
         let rate = inputs.len() as f64 / t0.elapsed().as_secs_f64();
         for (li, label) in info.labels.iter().enumerate() {
-            let s: Vec<f64> = values.iter().map(|v| v[li]).collect();
+            let s = values
+                .iter()
+                .map(|v| v.get(li).copied())
+                .collect::<Option<Vec<f64>>>()
+                .with_context(|| format!("{spec}: a score has no value for label `{label}`"))?;
             let g = agreement(&s, &truth);
             if a.json {
                 println!(
