@@ -1,17 +1,19 @@
 //! # trust-align
 //!
-//! Preference alignment in candle, so that base → SFT → DPO → evaluate → attribute runs in one
-//! tool: HH-RLHF pairs ([`hh`]), differentiable losses ([`losses`]) and LoRA adapters ([`lora`]).
+//! Preference alignment in candle — training only: HH-RLHF pairs ([`hh`]), LoRA adapters
+//! ([`lora`]), differentiable losses ([`losses`]: SFT cross-entropy, DPO), the reward model
+//! ([`reward`]: a scalar `v_head`, Bradley–Terry), the optimiser ([`optim`]) and the seeded,
+//! resumable training loop ([`train`]) behind `trust align`.
+//!
+//! The rest of the pipeline lives beside it: attribution of a trained model's behaviour to its
+//! training pairs in `trust-attribution`, the end-to-end run (align → evaluate → attribute →
+//! report) in the `trust` facade (`trust::pipeline`), tiny random models for tests in
+//! `trust_backends::candle::tiny`, the toxicity scorers in `trust_backends::scorers`.
 #![warn(missing_docs)]
 
-pub mod attribute;
-pub mod demo;
 pub mod hh;
-pub mod lexical;
 pub mod lora;
 pub mod losses;
 pub mod optim;
 pub mod reward;
-pub mod test_pairs;
-pub mod tiny;
 pub mod train;

@@ -85,7 +85,7 @@ impl RewardHead {
         let mut rng = SplitMix64::new(derive_seed(seed, V_HEAD_WEIGHT));
         let sd = 1.0 / (hidden as f64).sqrt();
         let w: Vec<f32> = (0..hidden)
-            .map(|_| (crate::tiny::normal(&mut rng) * sd) as f32)
+            .map(|_| (trust_backends::candle::tiny::normal(&mut rng) * sd) as f32)
             .collect();
         Ok(RewardHead {
             weight: Var::from_vec(w, (1, hidden), device)?,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 use trust_align::hh::PreferencePair;
-use trust_align::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
 use trust_align::train::{Stage, TrainConfig, train};
 
 fn pairs() -> Vec<PreferencePair> {

@@ -4,7 +4,8 @@
 //!
 //! - `candle` (default feature): GPT-NeoX/Pythia, Llama and Qwen2 from Hugging Face safetensors,
 //!   full-sequence logits, KV cache, batching; `cuda` forwards to candle's CUDA support.
-//! - [`jigsaw`] (with `candle`): the Jigsaw-trained toxicity BiLSTM as a native scorer.
+//! - [`scorers`]: every text scorer — the Jigsaw-trained toxicity BiLSTM (with `candle`), the ONNX
+//!   classifiers (with `ort`), the lexical demo scorer.
 //! - `ort`: ONNX Runtime sequence classifiers (toxicity scorers) and causal LMs, loaded from the
 //!   library named by `ORT_DYLIB_PATH`; `ort-cuda` adds the CUDA execution provider.
 //! - `http`: [`http::HttpModel`], a client of OpenAI-compatible servers (vLLM, TGI, llama.cpp,
@@ -16,10 +17,13 @@ pub mod candle;
 pub mod error;
 #[cfg(feature = "http")]
 pub mod http;
-#[cfg(feature = "candle")]
-pub mod jigsaw;
 #[cfg(feature = "ort")]
 pub mod ort;
+pub mod scorers;
+
+/// The Jigsaw scorer under its earlier path (now [`scorers::jigsaw`]).
+#[cfg(feature = "candle")]
+pub use scorers::jigsaw;
 
 pub use error::BackendError;
 

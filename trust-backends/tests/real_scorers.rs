@@ -8,7 +8,7 @@
 use std::io::BufRead;
 use std::path::PathBuf;
 
-use trust_backends::jigsaw::JigsawScorer;
+use trust_backends::scorers::jigsaw::JigsawScorer;
 
 fn model_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("TRUST_MODELS_DIR") {

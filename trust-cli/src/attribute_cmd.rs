@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use trust_align::attribute::{
+use trust_attribution::gradients::{
     AttrStage, AttributeOptions, LoraSelection, Progress, run_attribution,
 };
-use trust_align::test_pairs::{TestPairOptions, load_test_pairs, stage_test_pair};
+use trust_attribution::test_pairs::{TestPairOptions, load_test_pairs, stage_test_pair};
 use trust_core::DataDir;
-use trust_verticals::attribution::{DataInfConfig, most_harmful, most_helpful};
+use trust_attribution::{DataInfConfig, most_harmful, most_helpful};
 
 /// Arguments of `trust attribute`.
 #[derive(clap::Args)]
@@ -269,7 +269,7 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     // The score vector as the paper saves it (`np.save`, one value per scored pair, in order).
     let mut npy = a.out.clone().into_os_string();
     npy.push(".npy");
-    trust_verticals::attribution::write_npy(PathBuf::from(&npy), written)?;
+    trust_attribution::write_npy(PathBuf::from(&npy), written)?;
 
     let by_index: std::collections::HashMap<usize, &trust_align::hh::PreferencePair> =
         pairs.iter().map(|p| (p.index, p)).collect();

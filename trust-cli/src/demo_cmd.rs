@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use trust_align::demo::{DemoConfig, run};
+use trust::pipeline::{DemoConfig, run};
 use trust_core::DataDir;
 
 /// Arguments of `trust demo`.

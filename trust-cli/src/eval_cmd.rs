@@ -260,7 +260,7 @@ pub fn make_scorer(spec: &str, data: &DataDir) -> anyhow::Result<Option<Box<dyn 
 
 #[cfg(feature = "candle")]
 fn make_lexical(data: &DataDir) -> anyhow::Result<Option<Box<dyn TextScorer>>> {
-    let s = trust_align::lexical::LexicalToxicity::fit(data, 0)
+    let s = trust_backends::scorers::lexical::LexicalToxicity::fit(data, 0)
         .context("fitting the lexical scorer on the RealToxicityPrompts data")?;
     Ok(Some(Box::new(s)))
 }

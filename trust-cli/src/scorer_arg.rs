@@ -3,7 +3,7 @@
 //! - `none` (or empty): no scorer;
 //! - `mock`: [`trust_core::testing::MockScorer`] (word-list test scorer, label `toxicity`);
 //! - `jigsaw` or `jigsaw:DIR`: the Jigsaw-trained toxicity BiLSTM
-//!   ([`trust_backends::jigsaw::JigsawScorer`]; `DIR` defaults to `jigsaw-bilstm` in the models
+//!   ([`trust_backends::scorers::jigsaw::JigsawScorer`]; `DIR` defaults to `jigsaw-bilstm` in the models
 //!   directory, see [`models_dir`]); installed by `scripts/fetch-models.sh jigsaw`;
 //! - `onnx:DIR[,key=value...]`: an ONNX sequence classifier exported from Hugging Face (see
 //!   docs/toxicity-scorer.md), needs a build with the `ort` feature. Keys: `primary=LABEL`,
@@ -159,7 +159,7 @@ pub fn load_jigsaw(dir: Option<&str>) -> anyhow::Result<Box<dyn TextScorer>> {
             format!("the jigsaw scorer is not installed: {FETCH_HINT}, or set TRUST_MODELS_DIR")
         })?,
     };
-    let s = trust_backends::jigsaw::JigsawScorer::load(&dir).with_context(|| {
+    let s = trust_backends::scorers::jigsaw::JigsawScorer::load(&dir).with_context(|| {
         format!(
             "loading the jigsaw scorer in {} ({FETCH_HINT})",
             dir.display()

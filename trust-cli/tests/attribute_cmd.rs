@@ -79,7 +79,7 @@ fn attribute_scores_every_pair_resumes_and_rejects_bad_input() {
         lines.iter().any(|l| l["score"].as_f64() == Some(1.0))
             || lines.iter().any(|l| l["score"].as_f64() == Some(-1.0))
     );
-    let npy = trust_verticals::attribution::read_npy(dir.path().join("scores.jsonl.npy")).unwrap();
+    let npy = trust_attribution::read_npy(dir.path().join("scores.jsonl.npy")).unwrap();
     assert_eq!(npy.len(), 10);
     assert_eq!(npy[3], lines[3]["score"].as_f64().unwrap());
     let top: serde_json::Value = serde_json::from_str(

@@ -151,7 +151,7 @@ fn main() {
                 Err(e) => eprintln!("skipping the ONNX classifier ({dir}): {e}"),
             }
             let jig = format!("{models}/jigsaw-bilstm");
-            match trust_backends::jigsaw::JigsawScorer::load(&jig) {
+            match trust_backends::scorers::jigsaw::JigsawScorer::load(&jig) {
                 Ok(c) => scorers.push(("jigsaw BiLSTM".into(), Arc::new(c))),
                 Err(e) => eprintln!("skipping jigsaw ({jig}; scripts/fetch-models.sh jigsaw): {e}"),
             }

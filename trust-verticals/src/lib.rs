@@ -8,7 +8,8 @@
 //! Build a vertical by name with [`registry::build`] and run it type-erased through
 //! [`registry::AnyVertical`], or use the concrete types ([`toxicity::Toxicity`],
 //! [`stereotype::Stereotype`], [`machine_ethics::MachineEthics`], [`truthfulness::Truthfulness`],
-//! [`privacy::Privacy`]) with [`trust_core::Runner`] directly.
+//! [`privacy::Privacy`]) with [`trust_core::Runner`] directly. Training-data attribution (DataInf)
+//! lives in its own crate, `trust-attribution`.
 //!
 //! ```no_run
 //! use trust_core::testing::MockModel;
@@ -38,5 +39,3 @@ pub mod toxicity;
 pub mod truthfulness;
 
 pub use registry::{AnyVertical, BuildOptions, SavedSample, SavedScores, build};
-
-pub mod attribution;

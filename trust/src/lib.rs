@@ -8,11 +8,13 @@
 //! | module | crate | feature |
 //! |---|---|---|
 //! | [`core`] | `trust-core`: traits (`LanguageModel`, `TextScorer`, `Vertical`, `ChatFormat`), the `Runner`, manifests, metrics | always |
-//! | [`verticals`] | `trust-verticals`: the five verticals and their protocols, the sophistry audit, DataInf, the guard | always |
+//! | [`verticals`] | `trust-verticals`: the five verticals and their protocols, the sophistry audit, the guard | always |
+//! | [`attribution`] | `trust-attribution`: DataInf, exact influence, the gradient store, LoRA by SVD; per-example LoRA gradients and `run_attribution` with `attribution` | always / `attribution` |
 //! | [`report`] | `trust-report`: report.json / Markdown / self-contained HTML | always |
 //! | [`backends`] | `trust-backends`: `candle` (safetensors and GGUF, the jigsaw scorer), `ort`, `http` | `candle`, `ort`, `http` |
 //! | [`scorers`] | every text scorer and the agreement-with-Perspective tools, re-exported | by scorer |
-//! | `align` | `trust-align`: LoRA SFT / DPO / reward model, per-example LoRA gradients, the end-to-end pipeline | `align` |
+//! | `align` | `trust-align`: training — LoRA SFT / DPO / reward model | `align` |
+//! | `pipeline` | the end-to-end run (align → evaluate → attribute → report) behind `trust demo` | `attribution` |
 //!
 //! ```no_run
 //! use trust::prelude::*;
@@ -31,6 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub use trust_attribution as attribution;
 pub use trust_core as core;
 pub use trust_report as report;
 pub use trust_verticals as verticals;
@@ -39,23 +42,22 @@ pub use trust_verticals as verticals;
 /// (feature `candle`), `backends::ort` (feature `ort`), `backends::http` (feature `http`).
 pub use trust_backends as backends;
 
-/// Training (`trust-align`, feature `align`): LoRA SFT / DPO / reward model, per-example LoRA
-/// gradients and attribution, and the end-to-end pipeline ([`align::demo`]).
+/// Training (`trust-align`, feature `align`): HH-RLHF data, LoRA, SFT / DPO / reward-model
+/// losses and the resumable training loop.
 #[cfg(feature = "align")]
 pub use trust_align as align;
 
+#[cfg(feature = "attribution")]
+pub mod pipeline;
+
 /// Every text scorer in one place (toxicity classifiers implementing
-/// [`TextScorer`](trust_core::TextScorer)): [`scorers::JigsawScorer`] (the default toxicity
-/// scorer, feature `candle`), `scorers::OrtClassifier` / `scorers::OrtTextClassifier` (ONNX
-/// Runtime, feature `ort`: Hugging Face exports, hatesonar), `scorers::LexicalToxicity` (the demo's
-/// n-gram regression, feature `align`) and [`scorers::MockScorer`] (tests).
+/// [`TextScorer`](trust_core::TextScorer), from `trust_backends::scorers`):
+/// [`scorers::JigsawScorer`] (the default toxicity scorer, feature `candle`),
+/// `scorers::OrtClassifier` / `scorers::OrtTextClassifier` (ONNX Runtime, feature `ort`: Hugging
+/// Face exports, hatesonar), [`scorers::LexicalToxicity`] (the demo's n-gram regression) and
+/// [`scorers::MockScorer`] (tests); and the agreement-with-Perspective tools.
 pub mod scorers {
-    #[cfg(feature = "align")]
-    pub use trust_align::lexical::LexicalToxicity;
-    #[cfg(feature = "candle")]
-    pub use trust_backends::jigsaw::JigsawScorer;
-    #[cfg(feature = "ort")]
-    pub use trust_backends::ort::{OrtClassifier, OrtTextClassifier};
+    pub use trust_backends::scorers::*;
     pub use trust_core::scorer::{
         KnownAgreement, PERSPECTIVE_AGREEMENT, perspective_agreement, scorer_note,
     };
@@ -76,7 +78,7 @@ pub mod prelude {
     #[cfg(feature = "http")]
     pub use trust_backends::http::HttpModel;
     #[cfg(feature = "candle")]
-    pub use trust_backends::jigsaw::JigsawScorer;
+    pub use trust_backends::scorers::JigsawScorer;
     #[cfg(feature = "ort")]
-    pub use trust_backends::ort::{OrtClassifier, OrtTextClassifier};
+    pub use trust_backends::scorers::{OrtClassifier, OrtTextClassifier};
 }

@@ -50,3 +50,38 @@ fn scorers_live_in_one_module() {
     let a = agreement(&[0.1, 0.9], &[0.2, 0.8]);
     assert!((a.auroc - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn attribution_core_is_reexported_without_a_model_backend() {
+    // The model-independent half of trust-attribution is always part of the facade.
+    let n = trust::attribution::normalize_signwise(&[2.0, -1.0, 0.5, -0.25]).unwrap();
+    assert_eq!(n, vec![1.0, -1.0, 0.25, -0.25]);
+    assert_eq!(trust::attribution::most_harmful(&n, 1), vec![(0, 1.0)]);
+    assert!(trust::attribution::normalize_signwise(&[f64::NAN]).is_err());
+}
+
+#[test]
+fn scorers_tree_holds_every_scorer() {
+    // The lexical scorer is reachable without `align`; jigsaw under `candle` (default).
+    fn is_scorer<S: trust::core::TextScorer>() {}
+    is_scorer::<trust::scorers::LexicalToxicity>();
+    let e = trust::scorers::jigsaw::JigsawScorer::load("/nonexistent")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent"), "{e}");
+}
+
+#[cfg(feature = "attribution")]
+#[test]
+fn the_pipeline_is_a_library_api() {
+    // `trust demo` is wiring over `trust::pipeline`: its configurations are plain data.
+    let minimal = trust::pipeline::DemoConfig::minimal();
+    let standard = trust::pipeline::DemoConfig::standard();
+    assert!(minimal.sft.steps < standard.sft.steps);
+    assert!(minimal.attribution_train <= standard.attribution_train);
+    assert_eq!(
+        trust::pipeline::default_protocols().len(),
+        5,
+        "one protocol per vertical"
+    );
+}

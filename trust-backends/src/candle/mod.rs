@@ -33,6 +33,7 @@ mod layers;
 pub mod llama;
 pub mod loader;
 pub mod qwen2;
+pub mod tiny;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,20 +3,20 @@
 //! trip, resume after a torn write, metadata mismatch), the LoRA SVD and Cholesky.
 
 use trust_core::rng::SplitMix64;
-use trust_verticals::attribution::AttributionError;
-use trust_verticals::attribution::datainf::{DataInfConfig, datainf};
-use trust_verticals::attribution::exact::{
+use trust_attribution::AttributionError;
+use trust_attribution::datainf::{DataInfConfig, datainf};
+use trust_attribution::exact::{
     ExactConfig, cholesky, cholesky_solve, exact_influence, spearman,
 };
-use trust_verticals::attribution::lora_svd::{
+use trust_attribution::lora_svd::{
     RandomizedSvdConfig, lora_from_delta, lora_from_delta_randomized, lora_from_finetune,
     randomized_svd, svd,
 };
-use trust_verticals::attribution::scores::{most_harmful, most_helpful, normalize_signwise};
-use trust_verticals::attribution::source::{
+use trust_attribution::scores::{most_harmful, most_helpful, normalize_signwise};
+use trust_attribution::source::{
     GradientSource, InMemoryGradients, LayerLayout, mean_gradient,
 };
-use trust_verticals::attribution::store::{
+use trust_attribution::store::{
     DATA_FILE, GradientStoreReader, GradientStoreWriter, StoreKey,
 };
 

@@ -3,7 +3,7 @@
 //!
 //! Two entry points:
 //! - [`attribute`]: the small in-memory path `trust demo` uses (SFT/DPO, adapters from
-//!   [`crate::train::train`], every adapter tensor attributed).
+//!   [`trust_align::train::train`], every adapter tensor attributed).
 //! - [`run_attribution`]: the full pipeline behind `trust attribute` — an [`AttributionModel`]
 //!   ([`AttributionModel::load`]: `adapter/` of the aligned model, or [`convert_full_to_lora`]
 //!   of `W_ft − W_base`), stage losses SFT / DPO / reward-model Bradley–Terry ([`AttrStage`]),
@@ -29,16 +29,16 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CausalLm, ModelConfig};
-use trust_verticals::attribution::{
+use crate::{
     AttributionError, DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients,
     LayerLayout, RandomizedSvdConfig, StoreKey, datainf, lora_from_delta_randomized,
     lora_from_finetune, mean_gradient, normalize_signwise,
 };
 
-use crate::hh::PreferencePair;
-use crate::lora::{LoraAdapters, LoraConfig};
-use crate::reward::RewardHead;
-use crate::train::{
+use trust_align::hh::PreferencePair;
+use trust_align::lora::{LoraAdapters, LoraConfig};
+use trust_align::reward::RewardHead;
+use trust_align::train::{
     Encoded, PairEncoded, Stage, TrainConfig, TrainError, Trainee, encode, encode_pairs,
     example_gradients, load_lora_trainee, load_weights,
 };
@@ -60,7 +60,7 @@ pub struct TestPair {
 pub struct AttributionSpec<'a> {
     /// The stage whose loss is differentiated (`Sft` or `Dpo`).
     pub stage: Stage,
-    /// Directory written by [`crate::train::train`] for that stage (holds `adapter/`).
+    /// Directory written by [`trust_align::train::train`] for that stage (holds `adapter/`).
     pub trained_dir: &'a Path,
     /// The model the adapters were trained on.
     pub base_dir: &'a Path,
@@ -152,7 +152,7 @@ pub fn attribute(
     }
     let total = train_enc.len() + test_enc.len();
     let mut done = 0;
-    let mut grads = |enc: &[crate::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
+    let mut grads = |enc: &[trust_align::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
         let mut store = InMemoryGradients::new(layout.clone());
         for e in enc {
             let g = example_gradients(
@@ -176,7 +176,7 @@ pub fn attribute(
     let train_g = grads(&train_enc)?;
     let test_g = grads(&test_enc)?;
     let inv =
-        |e: trust_verticals::attribution::AttributionError| TrainError::Invalid(e.to_string());
+        |e: crate::AttributionError| TrainError::Invalid(e.to_string());
     let v = mean_gradient(&test_g, 256).map_err(inv)?;
     let r = datainf(&train_g, &v, &DataInfConfig::default()).map_err(inv)?;
     let normalized = normalize_signwise(&r.scores).map_err(inv)?;
@@ -298,7 +298,7 @@ impl LoraSelection {
             None => match &self.layers {
                 None => true,
                 Some(layers) => {
-                    crate::lora::layer_index(module).is_some_and(|i| layers.contains(&i))
+                    trust_align::lora::layer_index(module).is_some_and(|i| layers.contains(&i))
                 }
             },
         }
@@ -415,7 +415,7 @@ pub fn convert_full_to_lora(
         let rank = cfg.rank.min(d_out.min(d_in));
         let w_ft: Vec<f32> = ft.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let w_b: Vec<f32> = bw.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let inv = |e: trust_verticals::attribution::AttributionError| {
+        let inv = |e: crate::AttributionError| {
             TrainError::Invalid(format!("`{name}`: {e}"))
         };
         let f = if d_out.min(d_in) > 256 {
@@ -623,7 +623,7 @@ impl AttributionModel {
                     Some(w) => w,
                     None => load_weights(&opts.model_dir, &device)?,
                 };
-                let mut head = if w.contains_key(crate::reward::V_HEAD_WEIGHT) || !opts.init_v_head
+                let mut head = if w.contains_key(trust_align::reward::V_HEAD_WEIGHT) || !opts.init_v_head
                 {
                     RewardHead::from_weights(&w, config.hidden_size, &opts.model_dir)?
                 } else {
@@ -633,7 +633,7 @@ impl AttributionModel {
                 if opts.train_v_head {
                     head.trainable = true;
                     layers.push((
-                        crate::reward::V_HEAD_WEIGHT.to_string(),
+                        trust_align::reward::V_HEAD_WEIGHT.to_string(),
                         head.weight.as_tensor().elem_count(),
                     ));
                     vars.push(head.weight.clone());
@@ -795,7 +795,7 @@ impl AttributionModel {
 
 /// Sum of the log-probs of one unpadded sequence's target tokens, `[1]`. Only the positions
 /// that predict a target go through the LM head, so a DPO response of 32 tokens after a 96-token
-/// prompt costs a quarter of the full-vocabulary projection of [`crate::train::batch_logprob`]
+/// prompt costs a quarter of the full-vocabulary projection of [`trust_align::train::batch_logprob`]
 /// (same value up to float rounding).
 pub fn target_logprob(
     model: &CausalLm,
@@ -827,7 +827,7 @@ pub fn target_logprob(
 /// The stage loss of one example (batch 1, no padding): SFT token-mean cross-entropy over the
 /// `sft` targets, DPO on `chosen` / `rejected` against `reference` (its log-probs detached), or
 /// the reward model's Bradley–Terry loss through `head`. Equal to
-/// [`crate::train::batch_loss`] / [`crate::reward::rm_loss`] on a batch of one, but projects only
+/// [`trust_align::train::batch_loss`] / [`trust_align::reward::rm_loss`] on a batch of one, but projects only
 /// scored positions through the LM head ([`target_logprob`]).
 pub fn stage_loss(
     stage: AttrStage,
@@ -853,12 +853,12 @@ pub fn stage_loss(
             let pr = target_logprob(model, &e.rejected, device)?;
             let rc = target_logprob(reference, &e.chosen, device)?.detach();
             let rr = target_logprob(reference, &e.rejected, device)?.detach();
-            Ok(crate::losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?.0)
+            Ok(trust_align::losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?.0)
         }
         AttrStage::Rm => {
             let head =
                 head.ok_or_else(|| candle_core::Error::Msg("RM needs a reward head".into()))?;
-            crate::reward::rm_loss(model, head, &[e], device)
+            trust_align::reward::rm_loss(model, head, &[e], device)
         }
     }
 }

@@ -17,11 +17,11 @@ use trust_backends::candle::{CandleModel, LoadOptions};
 use trust_core::{DataDir, Response, Runner, SampleRecord, TextScorer, Vertical};
 use trust_verticals::registry::{self, BuildOptions};
 
-use crate::attribute::{Attribution, AttributionSpec, TestPair, attribute};
-use crate::hh::{self, PreferencePair};
-use crate::lexical::LexicalToxicity;
-use crate::tiny::{NeoxShape, train_tokenizer, write_model_dir};
-use crate::train::{Stage, StepLog, TrainConfig, TrainError, train};
+use trust_align::hh::{self, PreferencePair};
+use trust_align::train::{Stage, StepLog, TrainConfig, TrainError, train};
+use trust_attribution::{Attribution, AttributionSpec, TestPair, attribute};
+use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use trust_backends::scorers::LexicalToxicity;
 
 /// The statement every demo report carries.
 pub const DISCLAIMER: &str = "This report comes from a tiny GPT-NeoX model built from random weights and trained for minutes \
@@ -348,7 +348,7 @@ pub async fn run(
             (Box::new(s), summary)
         }
         Some(dir) => {
-            let s = trust_backends::jigsaw::JigsawScorer::load(dir)?;
+            let s = trust_backends::scorers::jigsaw::JigsawScorer::load(dir)?;
             let summary = trust_core::scorer::scorer_note(&s.info(), "toxic");
             (Box::new(s), summary)
         }
@@ -621,7 +621,7 @@ fn summarise(a: &Attribution, pairs: &[PreferencePair], n_test: usize) -> Attrib
         test_loss: "DPO loss (β as configured) with x = \"Human: \" + prompt, preferred = DPO model's continuation, dispreferred = SFT model's continuation".into(),
         n_train: a.scores.len(),
         n_test,
-        most_helpful: pick(trust_verticals::attribution::most_helpful(&a.normalized, 5)),
-        most_harmful: pick(trust_verticals::attribution::most_harmful(&a.normalized, 5)),
+        most_helpful: pick(trust_attribution::most_helpful(&a.normalized, 5)),
+        most_harmful: pick(trust_attribution::most_harmful(&a.normalized, 5)),
     }
 }

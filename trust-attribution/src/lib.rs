@@ -1,4 +1,4 @@
-//! # Training-data attribution (PROTOCOLS A.8): the model-independent core
+//! # trust-attribution: which training pairs made a model more (or less) trustworthy (PROTOCOLS A.8)
 //!
 //! Which preference-data examples made an aligned model more (or less) trustworthy? The pipeline
 //! of PROTOCOLS A.8, as ported here:
@@ -33,13 +33,17 @@
 //! Everything here is pure Rust on `f32` / `f64` slices, accumulates in `f64`, and returns
 //! [`AttributionError`] on bad input instead of panicking.
 //!
-//! ## Where the model-dependent parts live
-//! `trust_align::attribute` (candle) provides the rest of A.8: per-example LoRA gradients of the
-//! SFT, DPO and reward-model Bradley–Terry losses, the explicit selection of attributed tensors
-//! (targets and blocks instead of the `names[288:-2]` slice), the conversion of full fine-tunes
-//! through [`lora_svd`], gradient extraction into [`store`] and streaming DataInf;
-//! `trust_align::test_pairs` builds the test pairs of all five verticals; `trust attribute` is
-//! the CLI (docs/attribution.md).
+//! ## Crate layout
+//! - Always available, pure Rust with no model backend: [`datainf`](mod@datainf), [`exact`], [`lora_svd`],
+//!   [`scores`], [`source`] and [`store`] (everything above).
+//! - Feature `candle` (the model-dependent rest of A.8, over `trust-align`'s losses and LoRA):
+//!   `gradients` — per-example LoRA gradients of the SFT, DPO and reward-model Bradley–Terry
+//!   losses, the explicit selection of attributed tensors (targets and blocks instead of the
+//!   `names[288:-2]` slice), the conversion of full fine-tunes through [`lora_svd`], gradient
+//!   extraction into [`store`] and streaming DataInf (`gradients::run_attribution`, the engine of
+//!   `trust attribute`; `gradients::attribute`, the in-memory path of the end-to-end pipeline);
+//!   `test_pairs` — the test pairs of all five verticals. `trust attribute` is the CLI
+//!   (docs/attribution.md).
 #![warn(missing_docs)]
 
 pub mod datainf;
@@ -48,6 +52,11 @@ pub mod lora_svd;
 pub mod scores;
 pub mod source;
 pub mod store;
+
+#[cfg(feature = "candle")]
+pub mod gradients;
+#[cfg(feature = "candle")]
+pub mod test_pairs;
 
 use std::path::PathBuf;
 
@@ -62,6 +71,11 @@ pub use source::{
     GradientBlock, GradientSource, InMemoryGradients, LayerLayout, LayerVectors, mean_gradient,
 };
 pub use store::{GradientStoreReader, GradientStoreWriter, ResumeInfo, StoreKey};
+
+#[cfg(feature = "candle")]
+pub use gradients::{
+    AttrStage, Attribution, AttributionSpec, TestPair, attribute, run_attribution,
+};
 
 /// Errors of the attribution module.
 #[derive(Debug, thiserror::Error)]

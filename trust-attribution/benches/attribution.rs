@@ -4,7 +4,7 @@
 //!
 //! Prints:
 //! 1. per-example gradient extraction rate (examples/s) for the SFT, DPO and reward-model losses
-//!    ([`trust_align::attribute::stage_gradients`], what `trust attribute` runs) on random token
+//!    ([`trust_attribution::gradients::stage_gradients`], what `trust attribute` runs) on random token
 //!    sequences (prompt 96 + response 32 tokens; SFT scores the whole text as the paper; batch 1);
 //! 2. DataInf scoring time for n = 2,312 training examples (the HH-RLHF harmless-base test
 //!    split size) with gradients of the right layout: extrapolated from n = 256 and measured,
@@ -17,14 +17,14 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use trust_align::attribute::{AttrStage, stage_gradients};
+use trust_attribution::gradients::{AttrStage, stage_gradients};
 use trust_align::lora::LoraConfig;
 use trust_align::reward::RewardHead;
-use trust_align::tiny::NeoxShape;
+use trust_backends::candle::tiny::NeoxShape;
 use trust_align::train::{Encoded, PairEncoded, Trainee};
 use trust_backends::candle::{CausalLm, ModelConfig};
 use trust_core::rng::SplitMix64;
-use trust_verticals::attribution::{
+use trust_attribution::{
     DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients, LayerLayout,
     StoreKey, datainf, mean_gradient,
 };
@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "mlp.dense_h_to_4h".into(),
             "mlp.dense_4h_to_h".into(),
         ],
-        layers: Some(trust_align::attribute::LoraSelection::last_blocks(6, 4)),
+        layers: Some(trust_attribution::gradients::LoraSelection::last_blocks(6, 4)),
     };
     let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 1, dev.clone())?;
     for m in &trainee.adapters().expect("lora").modules {

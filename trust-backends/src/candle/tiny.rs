@@ -2,7 +2,7 @@
 //! texts and randomly initialised weights, written as a Hugging Face model directory
 //! (`config.json`, `tokenizer.json`, `model.safetensors`) that any HF-compatible loader reads.
 //!
-//! This is what `trust demo` starts from, since no pretrained weights can be fetched.
+//! This is what `trust demo --tiny` and the tests start from: a model that needs no download.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -335,7 +335,7 @@ pub fn datainf_many(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::source::InMemoryGradients;
+    use crate::source::InMemoryGradients;
 
     #[test]
     fn one_example_one_layer_by_hand() {

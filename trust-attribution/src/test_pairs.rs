@@ -31,8 +31,8 @@ use trust_verticals::stereotype::Stereotype;
 use trust_verticals::toxicity::Toxicity;
 use trust_verticals::truthfulness::Truthfulness;
 
-use crate::attribute::{AttrStage, TestPair};
-use crate::train::TrainError;
+use crate::gradients::{AttrStage, TestPair};
+use trust_align::train::TrainError;
 
 /// One prompt answered by the aligned (`new`) and the earlier (`old`) model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]

@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use trust_align::attribute::{
+use trust_attribution::gradients::{
     AdapterSource, AttrStage, AttributeOptions, AttributionModel, LoraSelection, TestPair,
     run_attribution,
 };
 use trust_align::hh::PreferencePair;
-use trust_align::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
 use trust_core::rng::SplitMix64;
-use trust_verticals::attribution::{
+use trust_attribution::{
     DataInfConfig, ExactConfig, GradientSource, InMemoryGradients, datainf, exact_influence,
     mean_gradient, spearman,
 };
@@ -103,14 +103,14 @@ fn models(root: &Path) -> (PathBuf, PathBuf) {
         let w = &base_w[name];
         if name.starts_with("gpt_neox.layers.1.") && w.rank() == 2 {
             let noise: Vec<f32> = (0..w.elem_count())
-                .map(|_| (trust_align::tiny::normal(&mut rng) * 0.03) as f32)
+                .map(|_| (trust_backends::candle::tiny::normal(&mut rng) * 0.03) as f32)
                 .collect();
             let n = Tensor::from_vec(noise, w.dims(), &dev).unwrap();
             ft_w.insert(name.clone(), (w + n).unwrap());
         }
     }
     let head: Vec<f32> = (0..s.hidden_size)
-        .map(|_| (trust_align::tiny::normal(&mut rng) * 0.5) as f32)
+        .map(|_| (trust_backends::candle::tiny::normal(&mut rng) * 0.5) as f32)
         .collect();
     ft_w.insert(
         "v_head.weight".into(),
