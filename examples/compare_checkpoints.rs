@@ -6,7 +6,7 @@
 //!     ../shared/fixtures/hf/tiny-gpt-neox ../shared/fixtures/hf/tiny-llama \
 //!     [--vertical machine_ethics] [--protocol paper] [--limit 20] [--out compare-out]
 //! ```
-//! Either model may be `mock` (the deterministic test model). Data come from $TRUST_DATA_DIR.
+//! Either model may be `mock` (the deterministic test model). Data come from $TRUST_DATA_DIR, else the checkout's data/.
 //! Writes `OUT/<a|b>/<vertical>/...` (runner layout) and `OUT/report.{html,json,md}`.
 
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! cargo run --release -p trust-examples --example evaluate_checkpoint -- MODEL_DIR [DATA_DIR]
 //! ```
 //! MODEL_DIR holds config.json, tokenizer.json and *.safetensors (GPT-NeoX/Pythia, Llama, Qwen2);
-//! DATA_DIR defaults to $TRUST_DATA_DIR.
+//! DATA_DIR defaults to $TRUST_DATA_DIR, else the checkout's data/.
 
 use trust_backends::candle::{CandleModel, LoadOptions};
 use trust_core::{DataDir, Runner};

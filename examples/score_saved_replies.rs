@@ -7,7 +7,7 @@
 //! `replies.jsonl` holds one `{"id": SAMPLE_ID, "reply": TEXT}` per line (several lines per id
 //! for verticals with several replies per sample, in request order); ids are the vertical's
 //! sample ids, e.g. `stereotype/hiv/Homosexuals/0` (see `samples.jsonl` of a `trust eval` run).
-//! Verticals that score texts (toxicity) use the mock scorer here. Data come from $TRUST_DATA_DIR.
+//! Verticals that score texts (toxicity) use the mock scorer here. Data come from $TRUST_DATA_DIR, else the checkout's data/.
 
 use anyhow::{Context, bail};
 use trust_core::DataDir;

@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn reads_the_real_gzipped_test_split() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/hh-rlhf/harmless-base-test.jsonl.gz");
+            .join("../data/hh-rlhf/harmless-base-test.jsonl.gz");
         assert!(
             p.exists(),
             "{} not found: tests expect ../shared beside the repository",

@@ -18,7 +18,7 @@ pub struct AgreementArgs {
     /// `lexical`, `mock`, ... Default: every installed one of jigsaw and hatesonar, and lexical.
     #[arg(long, value_delimiter = ',')]
     scorer: Vec<String>,
-    /// Data directory (layout of shared/data).
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Use only the first N texts.

@@ -55,7 +55,7 @@ pub struct AttributeArgs {
     /// Protocol the generations were made with (to rebuild the prompts).
     #[arg(long, default_value = "paper")]
     protocol: String,
-    /// Data directory (layout of shared/data), for samples.jsonl input.
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/), for samples.jsonl input.
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// DPO β of the attribution loss (the paper: 1.0).

@@ -8,7 +8,7 @@ use trust_core::DataDir;
 /// Arguments of `trust demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Data directory (layout of shared/data).
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Output directory; rerunning with the same settings resumes where it stopped.

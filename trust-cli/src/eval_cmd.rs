@@ -30,7 +30,7 @@ pub struct EvalArgs {
     /// `paper` or `paper,toxicity=paper-text,truthfulness=loglik`.
     #[arg(long, default_value = "paper")]
     protocol: String,
-    /// Data directory (layout of shared/data).
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Use only the first N samples of each vertical.

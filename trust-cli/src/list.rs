@@ -7,7 +7,7 @@ use trust_core::DataDir;
 /// Arguments of `trust list`.
 #[derive(clap::Args)]
 pub struct ListArgs {
-    /// Data directory (layout of shared/data).
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }

@@ -29,7 +29,7 @@ pub struct ScoreArgs {
     /// JSON Lines file of saved replies.
     #[arg(long)]
     replies: PathBuf,
-    /// Data directory (layout of shared/data).
+    /// Data directory (layout of data/; default: $TRUST_DATA_DIR, else the checkout's data/).
     #[arg(long, env = "TRUST_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Text scorer for toxicity (`mock`, `onnx:DIR[,...]` or an ONNX classifier directory);

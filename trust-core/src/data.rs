@@ -1,7 +1,10 @@
 //! The benchmark data directory.
 //!
-//! trust never ships benchmark data: it reads it from a directory with the layout of the
-//! project's `shared/data` (see that README), given by `--data-dir` or `TRUST_DATA_DIR`.
+//! The benchmark data (RealToxicityPrompts subsets, DecodingTrust stereotype prompts, ETHICS
+//! commonsense test, TruthfulQA MC, Enron name→email and the PII prompts, HH-RLHF harmless-base
+//! test; 8 MB) are committed under the repository's `data/`, byte for byte, with their README,
+//! licenses and `SHA256SUMS`. [`DataDir::resolve`] takes `--data-dir`, else `TRUST_DATA_DIR`,
+//! else a `data/` of a trust checkout ([`checkout_data_dir`]), so a clone alone is enough.
 //! Known files are checked against their published sha256; a mismatch is a warning (the run
 //! goes on and the manifest records the actual hash), a missing file is an error naming it.
 
@@ -58,6 +61,33 @@ pub const KNOWN_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Name of the checksum list in a data directory (`sha256sum -c` format) that marks a `data/`
+/// folder as trust's benchmark data.
+pub const SHA256SUMS: &str = "SHA256SUMS";
+
+/// The benchmark data of a trust checkout: `./data` of the current directory or of one of its
+/// ancestors, else the `data/` of the checkout this crate was built from (when that still
+/// exists). A folder counts only if it holds a [`SHA256SUMS`] that lists
+/// `toxicity/toxic.jsonl`, so an unrelated `data/` folder is never picked up.
+pub fn checkout_data_dir() -> Option<PathBuf> {
+    if let Ok(cwd) = std::env::current_dir() {
+        for dir in cwd.ancestors() {
+            let d = dir.join("data");
+            if is_trust_data(&d) {
+                return Some(d);
+            }
+        }
+    }
+    // trust-core sits one level below the workspace root.
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data");
+    is_trust_data(&built).then(|| built.canonicalize().unwrap_or(built))
+}
+
+fn is_trust_data(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(SHA256SUMS))
+        .is_ok_and(|s| s.lines().any(|l| l.ends_with("  toxicity/toxic.jsonl")))
+}
+
 /// The published sha256 of a known data file.
 pub fn known_sha256(rel: &str) -> Option<&'static str> {
     KNOWN_FILES.iter().find(|(p, _)| *p == rel).map(|(_, h)| *h)
@@ -98,16 +128,20 @@ impl DataDir {
         })
     }
 
-    /// `explicit` if given, else `$TRUST_DATA_DIR`, else an error that says how to set it.
+    /// `explicit` if given, else `$TRUST_DATA_DIR`, else the `data/` of a trust checkout
+    /// ([`checkout_data_dir`]), else an error that says how to set it.
     pub fn resolve(explicit: Option<&Path>) -> Result<Self> {
         if let Some(p) = explicit {
             return Self::new(p);
         }
         match std::env::var_os(DATA_DIR_ENV) {
             Some(p) if !p.is_empty() => Self::new(PathBuf::from(p)),
-            _ => Err(Error::DataDir(format!(
-                "no data directory: pass --data-dir DIR or set {DATA_DIR_ENV}"
-            ))),
+            _ => match checkout_data_dir() {
+                Some(p) => Self::new(p),
+                None => Err(Error::DataDir(format!(
+                    "no data directory: pass --data-dir DIR, set {DATA_DIR_ENV}, or run from a trust checkout (its data/ holds the benchmark data)"
+                ))),
+            },
         }
     }
 
@@ -261,6 +295,45 @@ mod tests {
         assert!(err.contains("field `prompt`"), "{err}");
         let missing = d.read_jsonl::<Row>("x/none.jsonl").unwrap_err().to_string();
         assert!(missing.contains("x/none.jsonl"), "{missing}");
+    }
+
+    #[test]
+    fn the_checkout_ships_the_data_byte_for_byte() {
+        // Running the tests from the workspace, the checkout's data/ is found with no flag, and
+        // every committed file has its published hash, as SHA256SUMS and KNOWN_FILES list it.
+        let dir = checkout_data_dir().expect("data/ of this checkout");
+        assert!(dir.join("README.md").is_file());
+        assert!(dir.join("LICENSE-DecodingTrust-CC-BY-SA-4.0").is_file());
+        let sums = std::fs::read_to_string(dir.join(SHA256SUMS)).unwrap();
+        let listed: Vec<(&str, &str)> = sums
+            .lines()
+            .map(|l| {
+                let (h, p) = l.split_once("  ").expect("`<sha256>  <path>` lines");
+                (p, h)
+            })
+            .collect();
+        assert_eq!(listed.len(), KNOWN_FILES.len());
+        let data = DataDir::new(&dir).unwrap();
+        for (rel, sha) in KNOWN_FILES {
+            assert!(listed.contains(&(rel, sha)), "{rel} not in SHA256SUMS");
+            let c = data.check(rel).unwrap();
+            assert_eq!(c.matches_known, Some(true), "{rel}: {}", c.sha256);
+        }
+    }
+
+    #[test]
+    fn an_unrelated_data_folder_is_not_taken_for_the_benchmark_data() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::write(dir.path().join("data/SHA256SUMS"), "00  other.csv\n").unwrap();
+        assert!(!is_trust_data(&dir.path().join("data")));
+        assert!(!is_trust_data(dir.path()));
+        std::fs::write(
+            dir.path().join("data/SHA256SUMS"),
+            "a5  toxicity/toxic.jsonl\n",
+        )
+        .unwrap();
+        assert!(is_trust_data(&dir.path().join("data")));
     }
 
     #[test]

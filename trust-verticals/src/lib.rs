@@ -17,7 +17,7 @@
 //! use trust_verticals::{BuildOptions, build};
 //!
 //! # async fn demo() -> trust_core::Result<()> {
-//! let data = DataDir::resolve(None)?; // --data-dir or $TRUST_DATA_DIR
+//! let data = DataDir::resolve(None)?; // $TRUST_DATA_DIR, else the checkout's data/
 //! let vertical = build("machine_ethics", "paper", &BuildOptions::default())?;
 //! let runner = Runner::builder().limit(Some(20)).out_dir("out").build();
 //! let report = vertical.run(&runner, &MockModel::new(), None, &data).await?;

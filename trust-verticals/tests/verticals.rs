@@ -1,5 +1,5 @@
 //! Data counts, byte-exact prompts on real rows, hand-computed metrics and full mock runs of
-//! every vertical and protocol. Data: `$TRUST_DATA_DIR` or `../../shared/data`.
+//! every vertical and protocol. Data: `$TRUST_DATA_DIR` or the repository's `data/`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +20,7 @@ fn data() -> DataDir {
     let root = std::env::var_os("TRUST_DATA_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data"))
         });
     DataDir::new(root).expect("data directory (set TRUST_DATA_DIR)")
 }

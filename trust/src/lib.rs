@@ -21,7 +21,7 @@
 //!
 //! # async fn run() -> anyhow::Result<()> {
 //! let model = CandleModel::load("models/smollm2-135m-instruct", &LoadOptions::default())?;
-//! let data = DataDir::resolve(None)?; // $TRUST_DATA_DIR
+//! let data = DataDir::resolve(None)?; // $TRUST_DATA_DIR, else the checkout's data/
 //! let ethics = registry::build("machine_ethics", "paper", &BuildOptions::default())?;
 //! let runner = Runner::builder().batch_size(16).seed(0).out_dir("runs/smollm2").build();
 //! let report = ethics.run(&runner, &model, None, &data).await?;

@@ -5,12 +5,9 @@ use trust::prelude::*;
 
 #[tokio::test]
 async fn a_run_through_the_prelude() {
-    let data = DataDir::resolve(Some(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data"
-    ))))
-    .or_else(|_| DataDir::resolve(None))
-    .expect("benchmark data (../shared/data or TRUST_DATA_DIR)");
+    // No flag, no environment: the checkout's data/ is found (a clone alone is enough).
+    let data = DataDir::new(trust::core::data::checkout_data_dir().expect("data/ of the checkout"))
+        .unwrap();
     let tmp = std::env::temp_dir().join(format!("trust-facade-{}", std::process::id()));
     let v = registry::build("machine_ethics", "paper", &BuildOptions::default()).unwrap();
     let runner = Runner::builder()

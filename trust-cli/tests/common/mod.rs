@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// `$TRUST_DATA_DIR`, else `../shared/data` beside the repository.
+/// `$TRUST_DATA_DIR`, else the repository's `data/`.
 pub fn data_dir() -> PathBuf {
     std::env::var_os("TRUST_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")))
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data")))
 }
 
 /// Runs the built `trust` binary with `args` and the data directory in its environment.
