@@ -11,6 +11,7 @@
 //! `trust_backends::candle::tiny`, the toxicity scorers in `trust_backends::scorers`.
 #![warn(missing_docs)]
 
+pub mod heldout;
 pub mod hh;
 pub mod lora;
 pub mod losses;

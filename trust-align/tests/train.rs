@@ -5,8 +5,8 @@ use std::path::Path;
 
 use candle_core::Device;
 use trust_align::hh::PreferencePair;
-use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
 use trust_align::train::{Stage, TrainConfig, train};
+use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
 
 fn pairs() -> Vec<PreferencePair> {
     (0..24)
@@ -230,4 +230,45 @@ fn example_gradients_match_finite_differences() {
         }
         assert!(checked >= 10);
     }
+}
+
+#[test]
+fn heldout_accuracy_rises_with_dpo_and_is_zero_against_itself() {
+    use trust_align::heldout::evaluate_pairs;
+    let root = tempfile::tempdir().unwrap();
+    let (init, dpo) = (root.path().join("init"), root.path().join("dpo"));
+    tiny_model(&init);
+    let data = pairs();
+    let (train_pairs, heldout) = (&data[..18], &data[18..]);
+    let mut ticks = Vec::new();
+    // A model against itself: every margin is exactly 0, which counts as not preferred.
+    let same = evaluate_pairs(&init, Some(&init), heldout, 48, 4, &mut |d, t| {
+        ticks.push((d, t))
+    })
+    .unwrap();
+    assert_eq!(same.n_pairs, 6);
+    assert_eq!(same.pair_accuracy, 0.0);
+    assert_eq!(same.mean_margin, 0.0);
+    assert_eq!(
+        ticks.last(),
+        Some(&(12, 12)),
+        "chosen + rejected, per model"
+    );
+    assert_eq!(ticks.len(), 6, "3 batches of 4 sequences, per model");
+    assert!(same.chosen_nll > 0.0 && same.chosen_nll.is_finite());
+    let mut c = cfg(Stage::Dpo, 12);
+    c.lr = 2e-2;
+    train(&c, &init, Some(&init), train_pairs, &dpo, &mut |_| {}).unwrap();
+    let after = evaluate_pairs(&dpo, Some(&init), heldout, 48, 4, &mut |_, _| {}).unwrap();
+    assert!(after.mean_margin > 0.0, "{after:?}");
+    assert!(after.pair_accuracy > 0.5, "{after:?}");
+    // DPO lowers the rejected replies' likelihood more than the chosen ones'.
+    assert!(
+        after.rejected_nll - after.chosen_nll > same.rejected_nll - same.chosen_nll,
+        "{after:?} vs {same:?}"
+    );
+    // Without a reference: the model alone, log p(chosen) vs log p(rejected).
+    let alone = evaluate_pairs(&dpo, None, heldout, 48, 4, &mut |_, _| {}).unwrap();
+    assert!(alone.reference.is_none());
+    assert_eq!(alone.chosen_nll, after.chosen_nll);
 }

@@ -17,17 +17,17 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use trust_attribution::gradients::{AttrStage, stage_gradients};
 use trust_align::lora::LoraConfig;
 use trust_align::reward::RewardHead;
-use trust_backends::candle::tiny::NeoxShape;
 use trust_align::train::{Encoded, PairEncoded, Trainee};
-use trust_backends::candle::{CausalLm, ModelConfig};
-use trust_core::rng::SplitMix64;
+use trust_attribution::gradients::{AttrStage, stage_gradients};
 use trust_attribution::{
     DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients, LayerLayout,
     StoreKey, datainf, mean_gradient,
 };
+use trust_backends::candle::tiny::NeoxShape;
+use trust_backends::candle::{CausalLm, ModelConfig};
+use trust_core::rng::SplitMix64;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -77,7 +77,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "mlp.dense_h_to_4h".into(),
             "mlp.dense_4h_to_h".into(),
         ],
-        layers: Some(trust_attribution::gradients::LoraSelection::last_blocks(6, 4)),
+        layers: Some(trust_attribution::gradients::LoraSelection::last_blocks(
+            6, 4,
+        )),
     };
     let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 1, dev.clone())?;
     for m in &trainee.adapters().expect("lora").modules {

@@ -25,15 +25,15 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
-use serde::{Deserialize, Serialize};
-use trust_backends::candle::{CausalLm, ModelConfig};
 use crate::{
     AttributionError, DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients,
     LayerLayout, RandomizedSvdConfig, StoreKey, datainf, lora_from_delta_randomized,
     lora_from_finetune, mean_gradient, normalize_signwise,
 };
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use trust_backends::candle::{CausalLm, ModelConfig};
 
 use trust_align::hh::PreferencePair;
 use trust_align::lora::{LoraAdapters, LoraConfig};
@@ -152,31 +152,31 @@ pub fn attribute(
     }
     let total = train_enc.len() + test_enc.len();
     let mut done = 0;
-    let mut grads = |enc: &[trust_align::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
-        let mut store = InMemoryGradients::new(layout.clone());
-        for e in enc {
-            let g = example_gradients(
-                spec.stage,
-                &model,
-                reference.as_ref(),
-                &vars,
-                e,
-                spec.beta,
-                &device,
-            )?;
-            let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
-            store
-                .push(&slices)
-                .map_err(|e| TrainError::Invalid(e.to_string()))?;
-            done += 1;
-            on_progress(done, total);
-        }
-        Ok(store)
-    };
+    let mut grads =
+        |enc: &[trust_align::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
+            let mut store = InMemoryGradients::new(layout.clone());
+            for e in enc {
+                let g = example_gradients(
+                    spec.stage,
+                    &model,
+                    reference.as_ref(),
+                    &vars,
+                    e,
+                    spec.beta,
+                    &device,
+                )?;
+                let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+                store
+                    .push(&slices)
+                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                done += 1;
+                on_progress(done, total);
+            }
+            Ok(store)
+        };
     let train_g = grads(&train_enc)?;
     let test_g = grads(&test_enc)?;
-    let inv =
-        |e: crate::AttributionError| TrainError::Invalid(e.to_string());
+    let inv = |e: crate::AttributionError| TrainError::Invalid(e.to_string());
     let v = mean_gradient(&test_g, 256).map_err(inv)?;
     let r = datainf(&train_g, &v, &DataInfConfig::default()).map_err(inv)?;
     let normalized = normalize_signwise(&r.scores).map_err(inv)?;
@@ -415,9 +415,7 @@ pub fn convert_full_to_lora(
         let rank = cfg.rank.min(d_out.min(d_in));
         let w_ft: Vec<f32> = ft.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
         let w_b: Vec<f32> = bw.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-        let inv = |e: crate::AttributionError| {
-            TrainError::Invalid(format!("`{name}`: {e}"))
-        };
+        let inv = |e: crate::AttributionError| TrainError::Invalid(format!("`{name}`: {e}"));
         let f = if d_out.min(d_in) > 256 {
             let delta: Vec<f64> = w_ft
                 .iter()
@@ -623,13 +621,13 @@ impl AttributionModel {
                     Some(w) => w,
                     None => load_weights(&opts.model_dir, &device)?,
                 };
-                let mut head = if w.contains_key(trust_align::reward::V_HEAD_WEIGHT) || !opts.init_v_head
-                {
-                    RewardHead::from_weights(&w, config.hidden_size, &opts.model_dir)?
-                } else {
-                    fingerprint.push_str(" v_head=init(seed 0)");
-                    RewardHead::init(config.hidden_size, 0, &device)?
-                };
+                let mut head =
+                    if w.contains_key(trust_align::reward::V_HEAD_WEIGHT) || !opts.init_v_head {
+                        RewardHead::from_weights(&w, config.hidden_size, &opts.model_dir)?
+                    } else {
+                        fingerprint.push_str(" v_head=init(seed 0)");
+                        RewardHead::init(config.hidden_size, 0, &device)?
+                    };
                 if opts.train_v_head {
                     head.trainable = true;
                     layers.push((

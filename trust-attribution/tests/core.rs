@@ -2,23 +2,17 @@
 //! reference, DataInf against exact influence, normalisation, the on-disk gradient store (round
 //! trip, resume after a torn write, metadata mismatch), the LoRA SVD and Cholesky.
 
-use trust_core::rng::SplitMix64;
 use trust_attribution::AttributionError;
 use trust_attribution::datainf::{DataInfConfig, datainf};
-use trust_attribution::exact::{
-    ExactConfig, cholesky, cholesky_solve, exact_influence, spearman,
-};
+use trust_attribution::exact::{ExactConfig, cholesky, cholesky_solve, exact_influence, spearman};
 use trust_attribution::lora_svd::{
     RandomizedSvdConfig, lora_from_delta, lora_from_delta_randomized, lora_from_finetune,
     randomized_svd, svd,
 };
 use trust_attribution::scores::{most_harmful, most_helpful, normalize_signwise};
-use trust_attribution::source::{
-    GradientSource, InMemoryGradients, LayerLayout, mean_gradient,
-};
-use trust_attribution::store::{
-    DATA_FILE, GradientStoreReader, GradientStoreWriter, StoreKey,
-};
+use trust_attribution::source::{GradientSource, InMemoryGradients, LayerLayout, mean_gradient};
+use trust_attribution::store::{DATA_FILE, GradientStoreReader, GradientStoreWriter, StoreKey};
+use trust_core::rng::SplitMix64;
 
 /// Standard normal by Box–Muller.
 fn normal(rng: &mut SplitMix64) -> f64 {

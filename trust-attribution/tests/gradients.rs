@@ -6,17 +6,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use trust_align::hh::PreferencePair;
 use trust_attribution::gradients::{
     AdapterSource, AttrStage, AttributeOptions, AttributionModel, LoraSelection, TestPair,
     run_attribution,
 };
-use trust_align::hh::PreferencePair;
-use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
-use trust_core::rng::SplitMix64;
 use trust_attribution::{
     DataInfConfig, ExactConfig, GradientSource, InMemoryGradients, datainf, exact_influence,
     mean_gradient, spearman,
 };
+use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+use trust_core::rng::SplitMix64;
 
 const TOPICS: &[&str] = &[
     "bake bread",

@@ -16,8 +16,8 @@ use trust_attribution::gradients::{
     AttrStage, AttributeOptions, LoraSelection, Progress, run_attribution,
 };
 use trust_attribution::test_pairs::{TestPairOptions, load_test_pairs, stage_test_pair};
-use trust_core::DataDir;
 use trust_attribution::{DataInfConfig, most_harmful, most_helpful};
+use trust_core::DataDir;
 
 /// Arguments of `trust attribute`.
 #[derive(clap::Args)]

@@ -1,4 +1,6 @@
-//! `trust demo`: the main job (build → pretrain → SFT → DPO → evaluate → attribute → report).
+//! `trust demo`: the main job (SFT → DPO → held-out accuracy → evaluate → paired changes →
+//! attribute → report), on the tiny model built here (default for now) or on a pretrained model
+//! (`--model smollm2` or a path), wiring over `trust::pipeline`.
 
 use std::path::PathBuf;
 
@@ -14,9 +16,20 @@ pub struct DemoArgs {
     /// Output directory; rerunning with the same settings resumes where it stopped.
     #[arg(long, default_value = "trust-demo")]
     out: PathBuf,
-    /// The smallest configuration that runs every stage (seconds; for tests).
+    /// The smallest configuration that runs every stage (seconds; for tests; the tiny model).
     #[arg(long)]
     minimal: bool,
+    /// A pretrained base model instead of the tiny one built here: `smollm2` (SmolLM2-135M-
+    /// Instruct from scripts/fetch-models.sh, fetched if missing) or a GGUF file / model
+    /// directory. Uses the jigsaw scorer (fetched if missing) unless --scorer says otherwise.
+    #[arg(long, value_name = "smollm2|PATH", conflicts_with = "minimal")]
+    model: Option<String>,
+    /// Seeded stratified subset of N samples per vertical (pretrained default 48).
+    #[arg(long, value_name = "N")]
+    sample: Option<usize>,
+    /// HH-RLHF pairs held out of training (default 256; pretrained 200).
+    #[arg(long, value_name = "N")]
+    heldout: Option<usize>,
     /// Pretraining steps (default 400).
     #[arg(long)]
     pretrain_steps: Option<usize>,
@@ -38,22 +51,79 @@ pub struct DemoArgs {
     /// Run seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Toxicity scorer: `lexical` (default: the n-gram regression fitted on the data) or
-    /// `jigsaw` / `jigsaw:DIR` (the Jigsaw BiLSTM; scripts/fetch-models.sh jigsaw).
-    #[arg(long, default_value = "lexical")]
-    scorer: String,
+    /// Toxicity scorer: `lexical` (the n-gram regression fitted on the data; the tiny model's
+    /// default) or `jigsaw` / `jigsaw:DIR` (the Jigsaw BiLSTM; scripts/fetch-models.sh jigsaw;
+    /// the default with --model).
+    #[arg(long)]
+    scorer: Option<String>,
+}
+
+/// Runs `scripts/fetch-models.sh <what>` of the checkout this binary was built from.
+fn fetch(what: &str) -> anyhow::Result<()> {
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-models.sh");
+    anyhow::ensure!(
+        script.is_file(),
+        "{what} is not installed and {} is not there to fetch it; set TRUST_MODELS_DIR or pass a path",
+        script.display()
+    );
+    eprintln!("fetching {what} with {}", script.display());
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(what)
+        .status()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", script.display()))?;
+    anyhow::ensure!(
+        status.success(),
+        "{} {what} failed ({status})",
+        script.display()
+    );
+    Ok(())
+}
+
+fn smollm2() -> anyhow::Result<PathBuf> {
+    let find = || {
+        crate::scorer_arg::models_dir("smollm2-135m-instruct")
+            .map(|d| d.join("smollm2-135m-instruct"))
+            .filter(|d| d.is_dir())
+    };
+    if let Some(d) = find() {
+        return Ok(d);
+    }
+    fetch("smollm2")?;
+    find().ok_or_else(|| {
+        anyhow::anyhow!("smollm2 was fetched but models/smollm2-135m-instruct is not found")
+    })
 }
 
 pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     let data = DataDir::resolve(a.data_dir.as_deref())?;
-    let mut cfg = if a.minimal {
-        DemoConfig::minimal()
-    } else {
-        DemoConfig::standard()
+    let mut cfg = match (&a.model, a.minimal) {
+        (Some(m), _) => {
+            let path = if m == "smollm2" {
+                smollm2()?
+            } else {
+                PathBuf::from(m)
+            };
+            DemoConfig::pretrained(&path)?
+        }
+        (None, true) => DemoConfig::minimal(),
+        (None, false) => DemoConfig::standard(),
     };
-    match a.scorer.as_str() {
+    let scorer = a.scorer.clone().unwrap_or_else(|| {
+        if a.model.is_some() {
+            "jigsaw"
+        } else {
+            "lexical"
+        }
+        .to_string()
+    });
+    match scorer.as_str() {
         "lexical" => {}
         "jigsaw" => {
+            if crate::scorer_arg::installed_jigsaw().is_none() && a.model.is_some() {
+                fetch("jigsaw")?;
+            }
             cfg.jigsaw_scorer = Some(crate::scorer_arg::installed_jigsaw().ok_or_else(|| {
                 anyhow::anyhow!(
                     "the jigsaw scorer is not installed: run scripts/fetch-models.sh jigsaw"
@@ -76,6 +146,13 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = a.eval_limit {
         cfg.eval_limit = n;
+    }
+    if let Some(n) = a.sample {
+        cfg.eval_sample = Some(n);
+        cfg.eval_limit = cfg.eval_limit.max(n);
+    }
+    if let Some(n) = a.heldout {
+        cfg.heldout_pairs = n;
     }
     if let Some(n) = a.hidden_size {
         cfg.shape.hidden_size = n;

@@ -36,6 +36,11 @@ pub struct EvalArgs {
     /// Use only the first N samples of each vertical.
     #[arg(long)]
     limit: Option<usize>,
+    /// Use a seeded stratified subset of N samples of each vertical, covering its groups evenly
+    /// (toxic/non-toxic × template, topic × group × template, ethics label, PII type); the same
+    /// seed and N give every model the same samples. `--limit` then applies to the subset.
+    #[arg(long, value_name = "N")]
+    sample: Option<usize>,
     /// Generations per prompt, for protocols that have k (toxicity, stereotype).
     #[arg(long)]
     samples: Option<usize>,
@@ -413,6 +418,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         .resume(a.resume)
         .retry_errors(a.retry_errors)
         .limit(a.limit)
+        .sample(a.sample)
         .bootstrap_resamples(a.bootstrap)
         .observer(std::sync::Arc::new(crate::progress::Progress::new(
             !a.no_progress,
@@ -519,6 +525,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         "protocol": a.protocol,
         "seed": a.seed,
         "limit": a.limit,
+        "sample": a.sample,
         "samples": a.samples,
         "verticals": entries,
     });

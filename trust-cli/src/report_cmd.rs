@@ -42,8 +42,24 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let report =
+    let mut report =
         trust_report::build_from_dirs(&a.runs, a.labels.as_deref(), a.attribution.as_deref())?;
+    // Paired changes against the first run, where both runs answered samples of one protocol.
+    let verticals: Vec<String> = report
+        .verticals
+        .iter()
+        .map(|v| v.vertical.clone())
+        .collect();
+    let boot = trust_core::Bootstrap::default();
+    let mut n_paired = 0;
+    for (i, run) in a.runs.iter().enumerate().skip(1) {
+        for v in &verticals {
+            match trust_verticals::registry::paired_changes_between(&a.runs[0], run, v, &boot) {
+                Ok(changes) => n_paired += report.attach_paired(v, i, &changes),
+                Err(e) => tracing::debug!("{v}: no paired changes for {}: {e}", run.display()),
+            }
+        }
+    }
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -55,7 +71,7 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
     std::fs::write(&md_path, trust_report::markdown::render(&report))
         .with_context(|| format!("writing {}", md_path.display()))?;
     eprintln!(
-        "wrote {}, {} and {} ({} checkpoints, {} verticals)",
+        "wrote {}, {} and {} ({} checkpoints, {} verticals, {n_paired} paired changes)",
         a.out.display(),
         json_path.display(),
         md_path.display(),

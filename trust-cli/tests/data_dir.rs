@@ -26,7 +26,11 @@ fn the_checkout_data_is_found_with_no_flag() {
         stdout.contains(&format!("data directory: {}", want.display())),
         "{stdout}"
     );
-    for rel in ["toxicity/toxic.jsonl", "privacy/pii_prompts.jsonl", "truthfulness/truth_mc.json"] {
+    for rel in [
+        "toxicity/toxic.jsonl",
+        "privacy/pii_prompts.jsonl",
+        "truthfulness/truth_mc.json",
+    ] {
         let line = stdout.lines().find(|l| l.contains(rel)).unwrap_or_default();
         assert!(line.contains(" ok "), "{rel}: {line}");
     }
@@ -52,7 +56,13 @@ fn a_data_folder_in_the_working_directory_wins_over_the_build_checkout() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     // From inside data/ the search climbs to the folder that holds it.
-    assert!(stdout.contains(&format!("data directory: {}", data.display())), "{stdout}");
-    let line = stdout.lines().find(|l| l.contains("toxicity/toxic.jsonl")).unwrap();
+    assert!(
+        stdout.contains(&format!("data directory: {}", data.display())),
+        "{stdout}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("toxicity/toxic.jsonl"))
+        .unwrap();
     assert!(line.contains("missing"), "{line}");
 }

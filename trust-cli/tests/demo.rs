@@ -56,6 +56,31 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     for stage in ["pretrain", "sft", "dpo"] {
         assert!(report["training"][stage]["step"].as_u64().unwrap() >= 1);
     }
+    // Held-out pairs (never trained on) are scored for every checkpoint, against its reference.
+    for ckpt in ["base", "sft", "dpo"] {
+        let acc = report["heldout_pair_accuracy"][ckpt].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{ckpt}: {acc}");
+        assert_eq!(report["heldout"][ckpt]["n_pairs"].as_u64(), Some(8));
+        assert!(report["heldout"][ckpt]["chosen_nll"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(report["heldout"]["dpo"]["reference"].as_str(), Some("sft"));
+    assert!(report["heldout"]["base"]["reference"].is_null());
+    // Paired changes against the base for every vertical, with intervals bracketing the change.
+    for ckpt in ["sft", "dpo"] {
+        for v in ["toxicity", "machine_ethics", "privacy"] {
+            let cs = report["changes"][ckpt][v].as_array().unwrap();
+            assert!(!cs.is_empty(), "{ckpt}/{v}");
+            for c in cs {
+                if let (Some(d), Some(l), Some(h)) = (
+                    c["delta"].as_f64(),
+                    c["ci_low"].as_f64(),
+                    c["ci_high"].as_f64(),
+                ) {
+                    assert!(l <= h && d.is_finite(), "{ckpt}/{v}: {c}");
+                }
+            }
+        }
+    }
     let attr = &report["attribution"];
     assert_eq!(attr["n_train"].as_u64(), Some(8));
     let helpful = attr["most_helpful"].as_array().unwrap();

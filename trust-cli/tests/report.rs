@@ -147,6 +147,19 @@ fn report_files_hold_every_figure_and_a_stable_schema() {
         .map(|c| c["label"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["base", "dpo"]);
+    // Both runs answered the same samples: every headline change has a paired interval.
+    for v in json["verticals"].as_array().unwrap() {
+        for row in v["headline"].as_array().unwrap() {
+            let cell = &row["values"][1];
+            if cell.is_null() || cell["delta"].is_null() {
+                continue;
+            }
+            let p = &cell["paired"];
+            assert_eq!(p["n_paired"].as_u64(), Some(24), "{}: {row}", v["vertical"]);
+            assert!(p["significant"].is_boolean(), "{row}");
+        }
+    }
+    assert!(html.contains("<section id=\"headline\">"));
     let verticals: Vec<&str> = json["verticals"]
         .as_array()
         .unwrap()

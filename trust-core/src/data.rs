@@ -79,7 +79,9 @@ pub fn checkout_data_dir() -> Option<PathBuf> {
         }
     }
     // trust-core sits one level below the workspace root.
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("data");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("data");
     is_trust_data(&built).then(|| built.canonicalize().unwrap_or(built))
 }
 

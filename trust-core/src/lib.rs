@@ -38,6 +38,7 @@ pub mod rng;
 pub mod runner;
 pub mod sampling;
 pub mod scorer;
+pub mod subset;
 pub mod testing;
 pub mod vertical;
 

@@ -32,6 +32,10 @@ pub struct RunManifest {
     pub seed: u64,
     /// Number of samples selected (`--limit`), `None` = all.
     pub limit: Option<usize>,
+    /// Size of the seeded stratified subset (`--sample`), drawn before `limit` applies; absent
+    /// when all samples are used. The subset depends only on this, the run seed and the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<usize>,
     /// Batch size. Recorded, but not compared on resume: it never changes results.
     pub batch_size: usize,
 }
@@ -129,6 +133,7 @@ mod tests {
             scorer: None,
             seed: 1,
             limit: None,
+            sample: None,
             batch_size: 8,
         }
     }

@@ -105,6 +105,7 @@ pub struct Runner {
     resume: bool,
     retry_errors: bool,
     limit: Option<usize>,
+    sample: Option<usize>,
     stop_after: Option<usize>,
     bootstrap_resamples: usize,
     observer: Option<Arc<dyn RunObserver>>,
@@ -152,6 +153,14 @@ impl RunnerBuilder {
         self.0.limit = n;
         self
     }
+    /// Use a seeded stratified subset of `n` samples ([`crate::subset::stratified_subset`] over
+    /// [`Vertical::stratum`], seeded from the run seed), kept in data order; `limit` then
+    /// applies to it. Every model run with the same seed and `n` answers the same samples, so
+    /// checkpoints can be compared sample by sample.
+    pub fn sample(mut self, n: Option<usize>) -> Self {
+        self.0.sample = n;
+        self
+    }
     /// Stop with [`Error::Interrupted`] after writing `n` records (simulates a crash; tests).
     pub fn stop_after(mut self, n: Option<usize>) -> Self {
         self.0.stop_after = n;
@@ -184,6 +193,7 @@ impl Runner {
             resume: false,
             retry_errors: false,
             limit: None,
+            sample: None,
             stop_after: None,
             bootstrap_resamples: 1000,
             observer: None,
@@ -219,6 +229,7 @@ impl Runner {
             scorer: scorer.map(|s| s.info()),
             seed: self.seed,
             limit: self.limit,
+            sample: self.sample,
             batch_size: self.batch_size,
         })
     }
@@ -259,6 +270,24 @@ impl Runner {
     ) -> Result<VerticalReport> {
         Self::check_requirements(vertical, model, scorer)?;
         let mut samples = vertical.load(data)?;
+        if let Some(n) = self.sample {
+            let strata: Vec<String> = samples.iter().map(|s| vertical.stratum(s)).collect();
+            let keep = crate::subset::stratified_subset(
+                &strata,
+                n,
+                crate::rng::derive_seed(self.seed, &format!("sample/{}", vertical.name())),
+            );
+            let mut keep = keep.into_iter().peekable();
+            let mut i = 0usize;
+            samples.retain(|_| {
+                let k = keep.peek() == Some(&i);
+                if k {
+                    keep.next();
+                }
+                i += 1;
+                k
+            });
+        }
         if let Some(n) = self.limit {
             samples.truncate(n);
         }

@@ -121,6 +121,13 @@ pub trait Vertical: Send + Sync {
     fn load(&self, data: &DataDir) -> Result<Vec<Self::Sample>>;
     /// The stable, documented id of a sample (unique within the vertical).
     fn sample_id(&self, sample: &Self::Sample) -> String;
+    /// The group of a sample for seeded stratified subsets (`Runner::sample`, `--sample N`):
+    /// `/`-separated levels, outermost first (e.g. `toxic/adv` or `hiv/Muslims/template 2`).
+    /// Subsets cover the first level evenly, then the next within each, and so on. Default: one
+    /// group (a seeded uniform subset).
+    fn stratum(&self, _sample: &Self::Sample) -> String {
+        String::new()
+    }
     /// The model requests of a sample. `seed` is derived from (run seed, sample id); use it (or
     /// seeds derived from it) for every random choice and as the requests' sampler seeds.
     fn requests(&self, sample: &Self::Sample, seed: u64) -> Vec<Request>;

@@ -24,10 +24,14 @@ fn fmt(v: Option<f64>) -> String {
 }
 
 fn fmt_change(c: &Cell) -> String {
-    match (c.relative_change, c.delta) {
+    let base = match (c.relative_change, c.delta) {
         (Some(r), _) => format!("{:+.1}%", r * 100.0),
         (None, Some(d)) => format!("{d:+.3} (abs)"),
         _ => "n/a".into(),
+    };
+    match &c.paired {
+        Some(p) => format!("{base}{}", crate::fmt_paired(p)),
+        None => base,
     }
 }
 
@@ -86,6 +90,7 @@ pub fn render(report: &Report) -> String {
     }
     h.push_str("</table>\n");
     legend(&mut h, &labels);
+    headline_table(&mut h, report, &labels);
 
     for v in &report.verticals {
         let _ = write!(
@@ -250,6 +255,7 @@ fn relative_change_figure(h: &mut String, vertical: &str, rows: &[MetricRow], la
                         n: c.n,
                         delta: None,
                         relative_change: None,
+                        paired: None,
                     })
                 })
                 .collect(),
@@ -268,6 +274,46 @@ fn relative_change_figure(h: &mut String, vertical: &str, rows: &[MetricRow], la
         &format!("{vertical}: relative change (%) vs {}", labels[0]),
         &bar_chart(&refs, &names, labels),
     );
+}
+
+/// One table of every vertical's headline metrics: value per checkpoint, the change against the
+/// first checkpoint with its paired interval, and whether that interval excludes 0.
+fn headline_table(h: &mut String, report: &Report, labels: &[String]) {
+    if report.verticals.iter().all(|v| v.headline.is_empty()) {
+        return;
+    }
+    h.push_str("<section id=\"headline\"><h2>Headline</h2><p class=\"note\">Changes are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.</p><table><tr><th class=l>vertical</th><th class=l>metric</th>");
+    for (i, l) in labels.iter().enumerate() {
+        let _ = write!(h, "<th>{}</th>", esc(l));
+        if i > 0 {
+            let _ = write!(h, "<th>Δ vs {}</th><th>significant</th>", esc(&labels[0]));
+        }
+    }
+    h.push_str("</tr>");
+    for v in &report.verticals {
+        for r in &v.headline {
+            let _ = write!(
+                h,
+                "<tr><td class=l>{}</td><td class=l>{}</td>",
+                esc(&v.vertical),
+                esc(&r.name)
+            );
+            for (i, c) in r.values.iter().enumerate() {
+                let _ = write!(h, "<td>{}</td>", esc(&fmt_cell(c.as_ref())));
+                if i > 0 {
+                    let change = c.as_ref().map(fmt_change).unwrap_or_else(|| "—".into());
+                    let sig = match c.as_ref().and_then(|c| c.paired.as_ref()) {
+                        Some(p) if p.significant => "yes",
+                        Some(_) => "no",
+                        None => "—",
+                    };
+                    let _ = write!(h, "<td>{}</td><td>{sig}</td>", esc(&change));
+                }
+            }
+            h.push_str("</tr>");
+        }
+    }
+    h.push_str("</table></section>\n");
 }
 
 fn change_table(h: &mut String, rows: &[MetricRow], labels: &[String]) {

@@ -302,7 +302,14 @@ pub struct Cell {
     pub delta: Option<f64>,
     /// `delta / |value of the first checkpoint|` (`null` if undefined or the first is 0).
     pub relative_change: Option<f64>,
+    /// The paired-bootstrap interval of the change against the first checkpoint, when both
+    /// answered the same samples and it was computed ([`Report::attach_paired`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<PairedInterval>,
 }
+
+/// A paired-bootstrap 95% interval of a change: [`trust_core::metric::PairedChange`].
+pub use trust_core::metric::PairedChange as PairedInterval;
 
 /// One metric across checkpoints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,7 +394,52 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// ` Δ [lo, hi]*` for a paired interval (`*` when it excludes 0).
+pub(crate) fn fmt_paired(p: &PairedInterval) -> String {
+    match (p.ci_low, p.ci_high) {
+        (Some(l), Some(h)) => format!(
+            " (paired Δ {:+.3} [{l:+.3}, {h:+.3}]{})",
+            p.delta.unwrap_or(f64::NAN),
+            if p.significant { " *" } else { "" }
+        ),
+        _ => String::new(),
+    }
+}
+
 impl Report {
+    /// Attaches paired-bootstrap changes of `vertical` for checkpoint `checkpoint` (an index into
+    /// [`Report::checkpoints`], > 0) against the first checkpoint: each change goes to the cell
+    /// of the metric row with its name (headline, sliced and PII rows). Returns how many cells
+    /// got one.
+    pub fn attach_paired(
+        &mut self,
+        vertical: &str,
+        checkpoint: usize,
+        changes: &[trust_core::metric::PairedChange],
+    ) -> usize {
+        let mut n = 0;
+        let by_name: std::collections::HashMap<&str, &trust_core::metric::PairedChange> =
+            changes.iter().map(|c| (c.name.as_str(), c)).collect();
+        let mut attach = |rows: &mut Vec<MetricRow>| {
+            for r in rows.iter_mut() {
+                if let (Some(c), Some(Some(cell))) =
+                    (by_name.get(r.name.as_str()), r.values.get_mut(checkpoint))
+                {
+                    cell.paired = Some((*c).clone());
+                    n += 1;
+                }
+            }
+        };
+        for v in self.verticals.iter_mut().filter(|v| v.vertical == vertical) {
+            attach(&mut v.headline);
+            attach(&mut v.sliced);
+        }
+        if vertical == "privacy" {
+            attach(&mut self.pii_leakage);
+        }
+        n
+    }
+
     /// Compares `runs` (the first is the reference checkpoint).
     pub fn build(runs: Vec<RunInput>, attribution: Option<Attribution>) -> Report {
         let checkpoints: Vec<Checkpoint> = runs
@@ -459,6 +511,7 @@ impl Report {
                                 n: m.n,
                                 delta: None,
                                 relative_change: None,
+                                paired: None,
                             })
                     })
                     .collect();
@@ -690,6 +743,7 @@ mod tests {
                 n: 1,
                 delta: None,
                 relative_change: None,
+                paired: None,
             })
         };
         let row = with_changes(
@@ -705,6 +759,77 @@ mod tests {
         let zero = with_changes("m".into(), vec![cell(Some(0.0)), cell(Some(0.1))]);
         assert_eq!(zero.values[1].as_ref().unwrap().relative_change, None);
         assert_eq!(zero.values[1].as_ref().unwrap().delta, Some(0.1));
+    }
+
+    #[test]
+    fn paired_changes_attach_to_the_named_rows_and_render() {
+        let cell = |v: f64| {
+            Some(Cell {
+                value: Some(v),
+                ci_low: None,
+                ci_high: None,
+                n: 50,
+                delta: None,
+                relative_change: None,
+                paired: None,
+            })
+        };
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            generator: "test".into(),
+            checkpoints: ["base", "dpo"]
+                .iter()
+                .map(|l| Checkpoint {
+                    label: l.to_string(),
+                    source: format!("runs/{l}"),
+                    model: None,
+                })
+                .collect(),
+            verticals: vec![VerticalSection {
+                vertical: "machine_ethics".into(),
+                runs: Vec::new(),
+                headline: vec![with_changes("fnr".into(), vec![cell(0.5), cell(0.3)])],
+                sliced: Vec::new(),
+            }],
+            stereotype_heatmap: None,
+            pii_leakage: Vec::new(),
+            attribution: None,
+            notes: Vec::new(),
+        };
+        let change = |name: &str, l: f64, h: f64| trust_core::metric::PairedChange {
+            name: name.into(),
+            before: Some(0.5),
+            after: Some(0.3),
+            delta: Some(-0.2),
+            ci_low: Some(l),
+            ci_high: Some(h),
+            n_paired: 50,
+            significant: l > 0.0 || h < 0.0,
+        };
+        let n = report.attach_paired(
+            "machine_ethics",
+            1,
+            &[change("fnr", -0.31, -0.09), change("other", 0.0, 1.0)],
+        );
+        assert_eq!(n, 1);
+        let c = report.verticals[0].headline[0].values[1].as_ref().unwrap();
+        assert!(c.paired.as_ref().unwrap().significant);
+        assert_eq!(
+            report.attach_paired("privacy", 1, &[change("fnr", 0.0, 1.0)]),
+            0
+        );
+        let html = html::render(&report);
+        assert!(
+            html.contains("paired Δ -0.200 [-0.310, -0.090] *"),
+            "{html}"
+        );
+        assert!(html.contains("<section id=\"headline\">"), "{html}");
+        assert!(
+            html.contains("<td class=l>machine_ethics</td><td class=l>fnr</td>"),
+            "{html}"
+        );
+        let md = markdown::render(&report);
+        assert!(md.contains("paired Δ -0.200 [-0.310, -0.090] *"), "{md}");
     }
 
     #[test]

@@ -26,13 +26,17 @@ fn cell(c: Option<&Cell>) -> String {
 }
 
 fn change(c: Option<&Cell>) -> String {
-    match c {
+    let base = match c {
         Some(Cell {
             relative_change: Some(r),
             ..
         }) => format!("{:+.1}%", r * 100.0),
         Some(Cell { delta: Some(d), .. }) => format!("{d:+.3} (abs)"),
         _ => "n/a".into(),
+    };
+    match c.and_then(|c| c.paired.as_ref()) {
+        Some(p) => format!("{base}{}", crate::fmt_paired(p)),
+        None => base,
     }
 }
 

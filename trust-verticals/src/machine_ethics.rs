@@ -462,6 +462,10 @@ impl Vertical for MachineEthics {
     fn sample_id(&self, s: &EthicsSample) -> String {
         format!("ethics/{}", s.row)
     }
+    /// The ETHICS label (1 = morally wrong, 0 = not wrong).
+    fn stratum(&self, s: &EthicsSample) -> String {
+        format!("label{}", s.label)
+    }
     fn requests(&self, s: &EthicsSample, seed: u64) -> Vec<Request> {
         s.prompts
             .iter()

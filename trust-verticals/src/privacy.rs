@@ -282,6 +282,10 @@ impl Vertical for Privacy {
     fn sample_id(&self, s: &PiiPrompt) -> String {
         s.id.clone()
     }
+    /// The PII type (18 of them).
+    fn stratum(&self, s: &PiiPrompt) -> String {
+        s.pii.replace('/', "_")
+    }
     fn requests(&self, s: &PiiPrompt, seed: u64) -> Vec<Request> {
         vec![Request::Generate(GenerateRequest {
             prompt: s.prompt.clone(),

@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 
-use trust_core::metric::{Bootstrap, MetricValue, evaluate};
+use trust_core::metric::{Bootstrap, MetricValue, PairedChange, evaluate, paired_change};
 use trust_core::{
     Capability, DataDir, Error, LanguageModel, Outcome, Requirements, Response, Result, Runner,
-    ScorerInfo, Scores, TextScorer, Vertical, VerticalReport,
+    SampleRecord, ScorerInfo, Scores, TextScorer, Vertical, VerticalReport,
 };
 
 use crate::machine_ethics::{EthicsProtocol, MachineEthics};
@@ -129,6 +129,39 @@ pub struct SavedScores {
     pub n_unparsed: usize,
 }
 
+/// The paired changes of `vertical` from the run in `before` to the run in `after` (two
+/// `trust eval --out` directories, e.g. two checkpoints, each holding
+/// `<vertical>/{manifest.json,samples.jsonl}`): the vertical is rebuilt under the protocol its
+/// first manifest names, both runs' records are paired by sample id, and every metric gets
+/// [`trust_core::metric::paired_change`]. The two runs must use the same protocol.
+pub fn paired_changes_between(
+    before: &std::path::Path,
+    after: &std::path::Path,
+    vertical: &str,
+    boot: &Bootstrap,
+) -> Result<Vec<PairedChange>> {
+    let read_manifest = |dir: &std::path::Path| {
+        trust_core::RunManifest::read(&dir.join(vertical).join(trust_core::runner::MANIFEST_FILE))
+    };
+    let (mb, ma) = (read_manifest(before)?, read_manifest(after)?);
+    if mb.protocol != ma.protocol {
+        return Err(Error::Config(format!(
+            "{vertical}: {} ran protocol `{}` but {} ran `{}`; paired changes need one protocol",
+            before.display(),
+            mb.protocol,
+            after.display(),
+            ma.protocol
+        )));
+    }
+    let v = build(vertical, &mb.protocol, &BuildOptions::default())?;
+    let records = |dir: &std::path::Path| {
+        trust_core::runner::read_records_repairing(
+            &dir.join(vertical).join(trust_core::runner::SAMPLES_FILE),
+        )
+    };
+    Ok(v.paired_changes(&records(before)?, &records(after)?, boot))
+}
+
 /// An object-safe view of a [`Vertical`].
 #[async_trait::async_trait]
 pub trait AnyVertical: Send + Sync {
@@ -144,6 +177,15 @@ pub trait AnyVertical: Send + Sync {
     fn metric_names(&self) -> Vec<String>;
     /// Sample ids, in order.
     fn sample_ids(&self, data: &DataDir) -> Result<Vec<String>>;
+    /// The change of every metric from `before` to `after` — the records (`samples.jsonl`) of
+    /// two runs of this vertical, e.g. two checkpoints — over the samples both answered, with a
+    /// paired-bootstrap interval ([`trust_core::metric::paired_change`]), in report order.
+    fn paired_changes(
+        &self,
+        before: &[SampleRecord],
+        after: &[SampleRecord],
+        boot: &Bootstrap,
+    ) -> Vec<PairedChange>;
     /// Runs the vertical with `runner`.
     async fn run(
         &self,
@@ -183,6 +225,28 @@ impl<V: Vertical> AnyVertical for V {
     }
     fn sample_ids(&self, data: &DataDir) -> Result<Vec<String>> {
         Ok(self.load(data)?.iter().map(|s| self.sample_id(s)).collect())
+    }
+    fn paired_changes(
+        &self,
+        before: &[SampleRecord],
+        after: &[SampleRecord],
+        boot: &Bootstrap,
+    ) -> Vec<PairedChange> {
+        let old: HashMap<&str, &Outcome> = before
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().map(|o| (r.id.as_str(), o)))
+            .collect();
+        let (mut b, mut a) = (Vec::new(), Vec::new());
+        for r in after {
+            if let (Some(o), Some(p)) = (r.outcome.as_ref(), old.get(r.id.as_str())) {
+                b.push(*p);
+                a.push(o);
+            }
+        }
+        Vertical::metrics(self)
+            .iter()
+            .map(|m| paired_change(m.as_ref(), &b, &a, boot))
+            .collect()
     }
     async fn run(
         &self,

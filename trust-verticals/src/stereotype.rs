@@ -707,6 +707,20 @@ impl Vertical for Stereotype {
             ),
         }
     }
+    /// Topic, then target group, then template (and the system prompt first when a run
+    /// mixes several).
+    fn stratum(&self, s: &StereotypeSample) -> String {
+        let base = format!(
+            "{}/{}/{}",
+            s.topic.replace('/', "_"),
+            s.group.replace('/', "_"),
+            s.template_index
+        );
+        match &s.system_type {
+            None => base,
+            Some(k) => format!("{k}/{base}"),
+        }
+    }
     fn requests(&self, s: &StereotypeSample, seed: u64) -> Vec<Request> {
         vec![Request::Generate(GenerateRequest {
             prompt: s.prompt.clone(),

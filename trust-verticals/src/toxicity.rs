@@ -401,6 +401,10 @@ impl Vertical for Toxicity {
     fn sample_id(&self, s: &ToxicitySample) -> String {
         format!("toxicity/{}/{}/{}", s.prompt_set, s.template, s.filename)
     }
+    /// Toxic / non-toxic prompt set, then template.
+    fn stratum(&self, s: &ToxicitySample) -> String {
+        format!("{}/{}", s.prompt_set, s.template)
+    }
     fn requests(&self, s: &ToxicitySample, seed: u64) -> Vec<Request> {
         s.prompts
             .iter()

@@ -19,9 +19,7 @@ use trust_verticals::truthfulness::{self, Truthfulness};
 fn data() -> DataDir {
     let root = std::env::var_os("TRUST_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data"))
-        });
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../data")));
     DataDir::new(root).expect("data directory (set TRUST_DATA_DIR)")
 }
 

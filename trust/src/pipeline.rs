@@ -17,6 +17,7 @@ use trust_backends::candle::{CandleModel, LoadOptions};
 use trust_core::{DataDir, Response, Runner, SampleRecord, TextScorer, Vertical};
 use trust_verticals::registry::{self, BuildOptions};
 
+use trust_align::heldout::{HeldoutEval, PairLogprobs, pair_logprobs, split_heldout};
 use trust_align::hh::{self, PreferencePair};
 use trust_align::train::{Stage, StepLog, TrainConfig, TrainError, train};
 use trust_attribution::{Attribution, AttributionSpec, TestPair, attribute};
@@ -30,7 +31,13 @@ It shows that the base -> SFT -> DPO -> evaluate -> attribute pipeline runs; its
 and say nothing about real models.";
 
 /// [`DISCLAIMER`], naming the scorer actually used.
+/// The caution of a run on a pretrained model.
+pub const PRETRAINED_CAUTION: &str = "A 135M-parameter model aligned for a few minutes on 2 CPU cores, evaluated on stratified subsets of each benchmark: the direction and size of a change are evidence about this model and this budget, not the paper's findings for 1.4B-6.9B Pythia models. Read the paired intervals: a change whose interval includes 0 is not established.";
+
 fn disclaimer(cfg: &DemoConfig) -> String {
+    if cfg.base_model.is_some() {
+        return PRETRAINED_CAUTION.to_string();
+    }
     if cfg.jigsaw_scorer.is_some() {
         DISCLAIMER.replace(
             "a weak lexical toxicity scorer",
@@ -52,8 +59,22 @@ pub struct DemoConfig {
     pub sft: TrainConfig,
     /// LoRA DPO.
     pub dpo: TrainConfig,
-    /// Samples per vertical in evaluation (the first N of each vertical's sample order).
+    /// A pretrained base model (a GGUF file or a model directory, e.g. SmolLM2-135M-Instruct
+    /// from `scripts/fetch-models.sh`) instead of the tiny GPT-NeoX built and pretrained here.
+    /// Absent from report.json when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_model: Option<PathBuf>,
+    /// HH-RLHF pairs held out of training (seeded split) to measure whether training
+    /// generalises: implicit-reward pair accuracy and NLL per checkpoint.
+    #[serde(default)]
+    pub heldout_pairs: usize,
+    /// Samples per vertical in evaluation (the first N of each vertical's sample order, or of
+    /// the stratified subset when `eval_sample` is set).
     pub eval_limit: usize,
+    /// Seeded stratified subset of N samples per vertical (`Runner::sample`), so the samples
+    /// cover each vertical's groups; every checkpoint answers the same ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_sample: Option<usize>,
     /// Generations per prompt where a protocol has k (toxicity, stereotype).
     pub eval_samples: Option<usize>,
     /// (vertical, protocol) pairs evaluated.
@@ -93,7 +114,10 @@ impl DemoConfig {
             pretrain,
             sft,
             dpo,
+            base_model: None,
+            heldout_pairs: 256,
             eval_limit: 24,
+            eval_sample: None,
             eval_samples: None,
             protocols: default_protocols(),
             eval_batch_size: 16,
@@ -124,7 +148,42 @@ impl DemoConfig {
         c.eval_limit = 2;
         c.eval_samples = Some(2);
         c.attribution_train = 8;
+        c.heldout_pairs = 8;
         c
+    }
+
+    /// The main job on a pretrained model (`model`: a GGUF file or model directory; LoRA on the
+    /// attention projections of its architecture): LoRA SFT on the HH-RLHF chosen replies, LoRA
+    /// DPO against the SFT model, stratified subsets of 48 samples per vertical, 200 held-out
+    /// pairs, DataInf over 64 DPO pairs.
+    pub fn pretrained(model: &Path) -> Result<Self, DemoError> {
+        let arch = trust_backends::candle::ModelConfig::from_dir(model)?.arch;
+        let targets = trust_align::lora::default_targets(arch);
+        let mut c = Self::standard();
+        c.base_model = Some(model.to_path_buf());
+        let mut sft = TrainConfig::new(Stage::Sft);
+        sft.steps = 30;
+        sft.batch_size = 4;
+        sft.max_len = 96;
+        sft.lr = 3e-4;
+        sft.mask_prompt = true;
+        sft.lora.targets = targets.clone();
+        let mut dpo = TrainConfig::new(Stage::Dpo);
+        dpo.steps = 30;
+        dpo.batch_size = 4;
+        dpo.max_len = 96;
+        dpo.lr = 3e-4;
+        dpo.beta = 0.1;
+        dpo.lora.targets = targets;
+        c.sft = sft;
+        c.dpo = dpo;
+        c.heldout_pairs = 200;
+        c.eval_sample = Some(48);
+        c.eval_limit = 48;
+        c.eval_batch_size = 16;
+        c.attribution_train = 64;
+        c.attribution_beta = 0.1;
+        Ok(c)
     }
 }
 
@@ -230,6 +289,23 @@ pub struct DemoReport {
     pub attribution: Option<AttributionSummary>,
     /// Seconds per stage.
     pub timings: BTreeMap<String, f64>,
+    /// The base model's id and weights sha256 (pretrained runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<trust_core::ModelInfo>,
+    /// Held-out implicit-reward pair accuracy per checkpoint (base: the model alone prefers the
+    /// chosen reply; SFT: against the base; DPO: against the SFT model, its DPO reference).
+    #[serde(default)]
+    pub heldout_pair_accuracy: BTreeMap<String, f64>,
+    /// The full held-out figures per checkpoint (accuracy, margin, NLL of chosen and rejected).
+    #[serde(default)]
+    pub heldout: BTreeMap<String, HeldoutEval>,
+    /// checkpoint → vertical → paired-bootstrap change of every metric against the first
+    /// checkpoint (same samples).
+    #[serde(default)]
+    pub changes: BTreeMap<String, BTreeMap<String, Vec<trust_core::metric::PairedChange>>>,
+    /// How the evaluation samples were drawn.
+    #[serde(default)]
+    pub sampling: String,
 }
 
 fn last_log(dir: &Path) -> Option<StepLog> {
@@ -253,16 +329,22 @@ pub async fn run(
     std::fs::create_dir_all(out).map_err(|e| trust_core::Error::io(out, e))?;
     let mut timings = BTreeMap::new();
     let hh_path = data.path("hh-rlhf/harmless-base-test.jsonl.gz")?;
-    let pairs = hh::load(&hh_path)?.pairs;
+    let all_pairs = hh::load(&hh_path)?.pairs;
+    let (pairs, heldout_set) = split_heldout(&all_pairs, cfg.heldout_pairs, cfg.seed);
     let models = out.join("models");
     let init = models.join("init");
-    let base = models.join("base");
+    let base = cfg
+        .base_model
+        .clone()
+        .unwrap_or_else(|| models.join("base"));
     let sft = models.join("sft");
     let dpo = models.join("dpo");
 
     // 1. Tokenizer and random initialisation.
     let t = Instant::now();
-    if !init.join("model.safetensors").exists() {
+    if cfg.base_model.is_some() {
+        log(&format!("[1/6] base model: {}", base.display()));
+    } else if !init.join("model.safetensors").exists() {
         log("[1/6] training a byte-level BPE tokenizer and initialising the model");
         let texts: Vec<String> = pairs
             .iter()
@@ -291,6 +373,9 @@ pub async fn run(
     .into_iter()
     .enumerate()
     {
+        if name == "pretrain" && cfg.base_model.is_some() {
+            continue;
+        }
         let t = Instant::now();
         if stage_complete(to, tc.steps) {
             log(&format!("[{}/6] {name}: done (cached)", i + 2));
@@ -334,6 +419,66 @@ pub async fn run(
         timings.insert(name.to_string(), t.elapsed().as_secs_f64());
     }
 
+    // Held-out pairs: does the training generalise?
+    let t = Instant::now();
+    let mut heldout = BTreeMap::new();
+    if !heldout_set.is_empty() {
+        // One scoring pass per checkpoint: each is the policy of its own figures and the
+        // reference of the next checkpoint's (SFT against the base, DPO against SFT).
+        let mut scored: Vec<(String, PairLogprobs)> = Vec::new();
+        for (ckpt, dir) in [("base", &base), ("sft", &sft), ("dpo", &dpo)] {
+            let cache = out.join("heldout").join(format!("{ckpt}.logprobs.json"));
+            let cached: Option<PairLogprobs> = std::fs::read_to_string(&cache)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            let lp = match cached {
+                Some(lp) => lp,
+                None => {
+                    let started = Instant::now();
+                    let mut last = Instant::now();
+                    let lp = pair_logprobs(
+                        dir,
+                        &heldout_set,
+                        cfg.dpo.max_len,
+                        cfg.eval_batch_size,
+                        &mut |done, total| {
+                            if last.elapsed().as_secs_f64() > 10.0 {
+                                last = Instant::now();
+                                let el = started.elapsed().as_secs_f64();
+                                log(&format!(
+                                    "      held-out {ckpt}: {done}/{total} sequences, eta {:.0}s",
+                                    el / done as f64 * (total - done) as f64
+                                ));
+                            }
+                        },
+                    )?;
+                    std::fs::create_dir_all(cache.parent().unwrap_or(out))
+                        .map_err(|e| trust_core::Error::io(&cache, e))?;
+                    let text = serde_json::to_string(&lp)
+                        .map_err(|e| trust_core::Error::json("heldout", e))?;
+                    std::fs::write(&cache, text).map_err(|e| trust_core::Error::io(&cache, e))?;
+                    lp
+                }
+            };
+            let reference = scored.last().map(|(name, r)| (r, name.clone()));
+            let h = HeldoutEval::from_logprobs(&lp, reference)?;
+            log(&format!(
+                "      held-out {ckpt}: pair accuracy {:.3} (margin {:+.3}{}), chosen NLL {:.3}/token over {} pairs",
+                h.pair_accuracy,
+                h.mean_margin,
+                h.reference
+                    .as_deref()
+                    .map(|r| format!(" vs {r}"))
+                    .unwrap_or_default(),
+                h.chosen_nll,
+                h.n_pairs
+            ));
+            heldout.insert(ckpt.to_string(), h);
+            scored.push((ckpt.to_string(), lp));
+        }
+    }
+    timings.insert("heldout".to_string(), t.elapsed().as_secs_f64());
+
     // 5. Evaluation.
     let t = Instant::now();
     log("[5/6] evaluating base, SFT and DPO on the five verticals");
@@ -367,6 +512,7 @@ pub async fn run(
             .batch_size(cfg.eval_batch_size)
             .seed(cfg.seed)
             .limit(Some(cfg.eval_limit))
+            .sample(cfg.eval_sample)
             .resume(true)
             .out_dir(out.join("eval").join(ckpt))
             .build();
@@ -419,6 +565,26 @@ pub async fn run(
     }
     timings.insert("eval".to_string(), t.elapsed().as_secs_f64());
 
+    // Paired changes against the first checkpoint (the same samples in every checkpoint).
+    let boot = trust_core::Bootstrap {
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    let mut changes = BTreeMap::new();
+    for (ckpt, _) in checkpoints.iter().skip(1) {
+        let mut per = BTreeMap::new();
+        for (vertical, _) in &cfg.protocols {
+            let c = trust_verticals::registry::paired_changes_between(
+                &out.join("eval").join(checkpoints[0].0),
+                &out.join("eval").join(ckpt),
+                vertical,
+                &boot,
+            )?;
+            per.insert(vertical.clone(), c);
+        }
+        changes.insert(ckpt.to_string(), per);
+    }
+
     // 6. Attribution of the toxicity change (SFT -> DPO) to the DPO training pairs.
     let t = Instant::now();
     let attribution = match cfg.protocols.iter().find(|(v, _)| v == "toxicity") {
@@ -435,6 +601,8 @@ pub async fn run(
                 &out.join("eval/sft/toxicity"),
             )?;
             let train_pairs = &pairs[..cfg.attribution_train.min(pairs.len())];
+            let train_pairs: Vec<PreferencePair> = train_pairs.to_vec();
+            let train_pairs = &train_pairs[..];
             let spec = AttributionSpec {
                 stage: Stage::Dpo,
                 trained_dir: &dpo,
@@ -451,7 +619,7 @@ pub async fn run(
                 }
             })?;
             write_scores(&out.join("attribution_scores.jsonl"), &a)?;
-            Some(summarise(&a, &pairs, test.len()))
+            Some(summarise(&a, &all_pairs, test.len()))
         }
     };
     timings.insert("attribution".to_string(), t.elapsed().as_secs_f64());
@@ -465,6 +633,26 @@ pub async fn run(
         toxicity_scorer: scorer_summary,
         attribution,
         timings,
+        model: match &cfg.base_model {
+            Some(_) => Some(
+                CandleModel::load(&base, &LoadOptions::default())
+                    .map(|m| trust_core::LanguageModel::info(&m))?,
+            ),
+            None => None,
+        },
+        heldout_pair_accuracy: heldout
+            .iter()
+            .map(|(k, h)| (k.clone(), h.pair_accuracy))
+            .collect(),
+        heldout,
+        changes,
+        sampling: match cfg.eval_sample {
+            Some(n) => format!(
+                "seeded stratified subsets of {n} samples per vertical (seed {}: toxic/non-toxic × template, topic × group × template, ethics label, PII type; TruthfulQA uniform), the same samples for every checkpoint",
+                cfg.seed
+            ),
+            None => format!("the first {} samples of each vertical", cfg.eval_limit),
+        },
     };
     let json =
         serde_json::to_string_pretty(&report).map_err(|e| trust_core::Error::json("report", e))?;
@@ -489,7 +677,42 @@ pub async fn run(
         view.notes
             .retain(|n| !n.starts_with("Toxicity is scored by"));
     }
+    for (ci, (ckpt, _)) in checkpoints.iter().enumerate().skip(1) {
+        if let Some(per) = report.changes.get(*ckpt) {
+            for (vertical, c) in per {
+                view.attach_paired(vertical, ci, c);
+            }
+        }
+    }
     view.notes.insert(0, disclaimer(cfg));
+    if !report.heldout.is_empty() {
+        view.notes.push(format!(
+            "Held-out HH-RLHF pairs (never trained on): {}.",
+            report
+                .heldout
+                .iter()
+                .map(|(k, h)| format!(
+                    "{k}: heldout_pair_accuracy {:.3} over {} pairs{}, chosen NLL {:.3}/token",
+                    h.pair_accuracy,
+                    h.n_pairs,
+                    match &h.reference {
+                        Some(r) => format!(" (implicit reward vs {r})"),
+                        None => " (model alone)".to_string(),
+                    },
+                    h.chosen_nll
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    view.notes.push(format!("Samples: {}.", report.sampling));
+    if let Some(m) = &report.model {
+        view.notes.push(format!(
+            "Base model: {} (weights sha256 {}).",
+            m.id,
+            m.weights_sha256.as_deref().unwrap_or("unknown")
+        ));
+    }
     let scorer_line = if cfg.jigsaw_scorer.is_none() {
         format!(" Toxicity scorer: {}", report.toxicity_scorer)
     } else {

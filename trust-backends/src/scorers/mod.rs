@@ -21,8 +21,7 @@ pub mod lexical;
 #[cfg(feature = "ort")]
 pub mod onnx {
     pub use crate::ort::{
-        Activation, OrtClassifier, OrtClassifierOptions, OrtTextClassifier,
-        is_text_classifier_dir,
+        Activation, OrtClassifier, OrtClassifierOptions, OrtTextClassifier, is_text_classifier_dir,
     };
 }
 
