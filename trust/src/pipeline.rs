@@ -153,12 +153,16 @@ impl DemoConfig {
     }
 
     /// The main job on a pretrained model (`model`: a GGUF file or model directory; LoRA on the
-    /// attention projections of its architecture): LoRA SFT on the HH-RLHF chosen replies, LoRA
+    /// attention projections of the last third of its blocks): LoRA SFT on the HH-RLHF chosen replies, LoRA
     /// DPO against the SFT model, stratified subsets of 48 samples per vertical, 200 held-out
     /// pairs, DataInf over 64 DPO pairs.
     pub fn pretrained(model: &Path) -> Result<Self, DemoError> {
-        let arch = trust_backends::candle::ModelConfig::from_dir(model)?.arch;
-        let targets = trust_align::lora::default_targets(arch);
+        let mc = trust_backends::candle::ModelConfig::from_dir(model)?;
+        let targets = trust_align::lora::default_targets(mc.arch);
+        // LoRA on the last third of the blocks: backpropagation stops at the first adapted
+        // block, so a step costs a forward pass plus a third of a backward pass.
+        let n = mc.num_hidden_layers;
+        let layers: Vec<usize> = (n - n.div_ceil(3)..n).collect();
         let mut c = Self::standard();
         c.base_model = Some(model.to_path_buf());
         let mut sft = TrainConfig::new(Stage::Sft);
@@ -168,13 +172,15 @@ impl DemoConfig {
         sft.lr = 3e-4;
         sft.mask_prompt = true;
         sft.lora.targets = targets.clone();
+        sft.lora.layers = Some(layers.clone());
         let mut dpo = TrainConfig::new(Stage::Dpo);
-        dpo.steps = 30;
+        dpo.steps = 40;
         dpo.batch_size = 4;
         dpo.max_len = 96;
-        dpo.lr = 3e-4;
+        dpo.lr = 5e-4;
         dpo.beta = 0.1;
         dpo.lora.targets = targets;
+        dpo.lora.layers = Some(layers);
         c.sft = sft;
         c.dpo = dpo;
         c.heldout_pairs = 200;
