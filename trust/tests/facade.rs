@@ -82,3 +82,34 @@ fn the_pipeline_is_a_library_api() {
         "one protocol per vertical"
     );
 }
+
+#[cfg(feature = "attribution")]
+#[test]
+fn the_pretrained_pipeline_adapts_the_last_third_of_the_blocks() {
+    use trust::backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
+    let dir = tempfile::tempdir().unwrap();
+    let shape = NeoxShape {
+        vocab_size: 300,
+        hidden_size: 16,
+        num_layers: 6,
+        num_heads: 2,
+        intermediate_size: 32,
+        max_positions: 64,
+        rotary_pct: 0.25,
+    };
+    let texts = ["Human: hi\n\nAssistant: hello there".to_string()];
+    let tok = train_tokenizer(texts.iter(), shape.vocab_size).unwrap();
+    let weights = shape.init_weights(0, &candle_core::Device::Cpu).unwrap();
+    write_model_dir(dir.path(), &shape.config_json(), &tok, &weights).unwrap();
+    let c = trust::pipeline::DemoConfig::pretrained(dir.path()).unwrap();
+    assert_eq!(c.base_model.as_deref(), Some(dir.path()));
+    assert_eq!(c.sft.lora.layers, Some(vec![4, 5]));
+    assert_eq!(c.dpo.lora.layers, Some(vec![4, 5]));
+    assert_eq!(
+        c.dpo.lora.targets,
+        ["attention.query_key_value", "attention.dense"]
+    );
+    assert_eq!(c.eval_sample, Some(48));
+    assert!(c.heldout_pairs >= 200);
+    assert!(trust::pipeline::DemoConfig::pretrained(&dir.path().join("missing")).is_err());
+}
