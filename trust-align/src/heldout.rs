@@ -15,14 +15,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CausalLm, ModelConfig};
 
 use crate::hh::PreferencePair;
 use crate::train::{
-    Encoded, Stage, TrainConfig, TrainError, batch_logprob, encode_pairs, load_weights,
+    Encoded, Stage, TrainConfig, TrainError, batch_logprob, encode_pairs, load_frozen,
 };
 
 /// Held-out figures of one model.
@@ -43,14 +42,6 @@ pub struct HeldoutEval {
     /// The reference model the margins are taken against, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-}
-
-fn load_model(dir: &Path, device: &Device) -> Result<CausalLm, TrainError> {
-    let config = ModelConfig::from_dir(dir)?;
-    Ok(CausalLm::from_var_builder(
-        &config,
-        VarBuilder::from_tensors(load_weights(dir, device)?, DType::F32, device),
-    )?)
 }
 
 fn logprobs(
@@ -112,7 +103,7 @@ pub fn pair_logprobs(
     let seqs: Vec<&Encoded> = enc.iter().flat_map(|p| [&p.chosen, &p.rejected]).collect();
     let total = seqs.len();
     let mut done = 0usize;
-    let model = load_model(model_dir, &device)?;
+    let model = load_frozen(model_dir, &device)?;
     let lp = logprobs(&model, &seqs, batch_size, &device, &mut |n| {
         done += n;
         on_progress(done, total);

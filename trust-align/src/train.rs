@@ -229,6 +229,16 @@ pub fn load_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tenso
     Ok(out)
 }
 
+/// A model loaded for inference only (a DPO reference, a held-out scorer): config and f32
+/// weights from `dir` (safetensors directory or GGUF), nothing trainable.
+pub fn load_frozen(dir: &Path, device: &Device) -> Result<CausalLm, TrainError> {
+    let config = ModelConfig::from_dir(dir)?;
+    Ok(CausalLm::from_var_builder(
+        &config,
+        VarBuilder::from_tensors(load_weights(dir, device)?, DType::F32, device),
+    )?)
+}
+
 /// The trainable parameters.
 enum Params {
     /// Every weight is a variable.
@@ -556,13 +566,7 @@ pub fn train(
         )?,
     };
     let reference = match (cfg.stage, reference_dir) {
-        (Stage::Dpo, Some(dir)) => {
-            let rc = ModelConfig::from_dir(dir)?;
-            Some(CausalLm::from_var_builder(
-                &rc,
-                VarBuilder::from_tensors(load_weights(dir, &device)?, DType::F32, &device),
-            )?)
-        }
+        (Stage::Dpo, Some(dir)) => Some(load_frozen(dir, &device)?),
         (Stage::Dpo, None) => {
             return Err(TrainError::Invalid(
                 "DPO needs a reference model (--ref)".into(),

@@ -31,7 +31,6 @@ use crate::{
     lora_from_finetune, mean_gradient, normalize_signwise,
 };
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CausalLm, ModelConfig};
 
@@ -53,6 +52,20 @@ pub struct TestPair {
     pub preferred: String,
     /// The continuation that should become less likely (DPO only).
     pub dispreferred: String,
+}
+
+/// Test pairs in the training-pair shape the encoders take (index = position in `test`,
+/// chosen = preferred, rejected = dispreferred).
+fn as_preference_pairs(test: &[TestPair]) -> Vec<PreferencePair> {
+    test.iter()
+        .enumerate()
+        .map(|(i, t)| PreferencePair {
+            index: i,
+            prompt: t.prompt.clone(),
+            chosen: t.preferred.clone(),
+            rejected: t.dispreferred.clone(),
+        })
+        .collect()
 }
 
 /// What to attribute.
@@ -105,13 +118,7 @@ pub fn attribute(
     let tok = trust_backends::candle::loader::load_tokenizer(spec.base_dir, config.vocab_size)?;
     let eos = config.eos_token_ids.first().copied();
     let reference = match spec.reference_dir {
-        Some(dir) => {
-            let rc = ModelConfig::from_dir(dir)?;
-            Some(CausalLm::from_var_builder(
-                &rc,
-                VarBuilder::from_tensors(load_weights(dir, &device)?, DType::F32, &device),
-            )?)
-        }
+        Some(dir) => Some(trust_align::train::load_frozen(dir, &device)?),
         None if spec.stage == Stage::Dpo => {
             return Err(TrainError::Invalid(
                 "DPO attribution needs the reference model".into(),
@@ -134,17 +141,7 @@ pub fn attribute(
     .map_err(|e| TrainError::Invalid(e.to_string()))?;
 
     let (train_enc, _) = encode_pairs(&tok, train, &tc, eos);
-    let test_as_pairs: Vec<PreferencePair> = test
-        .iter()
-        .enumerate()
-        .map(|(i, t)| PreferencePair {
-            index: i,
-            prompt: t.prompt.clone(),
-            chosen: t.preferred.clone(),
-            rejected: t.dispreferred.clone(),
-        })
-        .collect();
-    let (test_enc, _) = encode_pairs(&tok, &test_as_pairs, &tc, eos);
+    let (test_enc, _) = encode_pairs(&tok, &as_preference_pairs(test), &tc, eos);
     if train_enc.is_empty() || test_enc.is_empty() {
         return Err(TrainError::Invalid(
             "no encodable training or test pair".into(),
@@ -607,11 +604,7 @@ impl AttributionModel {
             AttrStage::Dpo => {
                 let dir = opts.reference_dir.as_deref().unwrap_or(&opts.base_dir);
                 fingerprint.push_str(&format!(" ref={}", model_fingerprint(dir)?));
-                let rc = ModelConfig::from_dir(dir)?;
-                Some(CausalLm::from_var_builder(
-                    &rc,
-                    VarBuilder::from_tensors(load_weights(dir, &device)?, DType::F32, &device),
-                )?)
+                Some(trust_align::train::load_frozen(dir, &device)?)
             }
             _ => None,
         };
@@ -975,17 +968,7 @@ pub fn run_attribution(
 ) -> Result<AttributionRun, TrainError> {
     let model = AttributionModel::load(opts)?;
     let (train_enc, skipped_train) = model.encode(train);
-    let test_pairs: Vec<PreferencePair> = test
-        .iter()
-        .enumerate()
-        .map(|(i, t)| PreferencePair {
-            index: i,
-            prompt: t.prompt.clone(),
-            chosen: t.preferred.clone(),
-            rejected: t.dispreferred.clone(),
-        })
-        .collect();
-    let (test_enc, skipped_test) = model.encode(&test_pairs);
+    let (test_enc, skipped_test) = model.encode(&as_preference_pairs(test));
     if train_enc.is_empty() {
         return Err(TrainError::Invalid(format!(
             "no encodable training pair ({skipped_train} skipped)"

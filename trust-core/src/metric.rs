@@ -71,12 +71,7 @@ pub fn evaluate(metric: &dyn Metric, outcomes: &[&Outcome], boot: &Bootstrap) ->
                 stats.push(v);
             }
         }
-        if !stats.is_empty() {
-            stats.sort_by(f64::total_cmp);
-            let alpha = (1.0 - boot.confidence) / 2.0;
-            ci_low = Some(quantile(&stats, alpha));
-            ci_high = Some(quantile(&stats, 1.0 - alpha));
-        }
+        (ci_low, ci_high) = percentile_interval(stats, boot.confidence);
     }
     MetricValue {
         name,
@@ -145,12 +140,7 @@ pub fn paired_change(
                 stats.push(y - x);
             }
         }
-        if !stats.is_empty() {
-            stats.sort_by(f64::total_cmp);
-            let alpha = (1.0 - boot.confidence) / 2.0;
-            ci_low = Some(quantile(&stats, alpha));
-            ci_high = Some(quantile(&stats, 1.0 - alpha));
-        }
+        (ci_low, ci_high) = percentile_interval(stats, boot.confidence);
     }
     let significant = matches!((ci_low, ci_high), (Some(l), Some(h)) if l > 0.0 || h < 0.0);
     PairedChange {
@@ -163,6 +153,19 @@ pub fn paired_change(
         n_paired: n,
         significant,
     }
+}
+
+/// The central `confidence` percentile interval of bootstrap statistics (`None`s when empty).
+fn percentile_interval(mut stats: Vec<f64>, confidence: f64) -> (Option<f64>, Option<f64>) {
+    if stats.is_empty() {
+        return (None, None);
+    }
+    stats.sort_by(f64::total_cmp);
+    let alpha = (1.0 - confidence) / 2.0;
+    (
+        Some(quantile(&stats, alpha)),
+        Some(quantile(&stats, 1.0 - alpha)),
+    )
 }
 
 /// Linear-interpolation quantile of sorted data (NumPy's default, "linear").

@@ -506,6 +506,7 @@ pub async fn run(
     };
     let mut results = BTreeMap::new();
     let checkpoints = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
+    let mut base_info = None;
     for (ckpt, dir) in checkpoints {
         let model = CandleModel::load(
             dir,
@@ -514,6 +515,9 @@ pub async fn run(
                 ..Default::default()
             },
         )?;
+        if ckpt == "base" {
+            base_info = Some(trust_core::LanguageModel::info(&model));
+        }
         let runner = Runner::builder()
             .batch_size(cfg.eval_batch_size)
             .seed(cfg.seed)
@@ -639,13 +643,7 @@ pub async fn run(
         toxicity_scorer: scorer_summary,
         attribution,
         timings,
-        model: match &cfg.base_model {
-            Some(_) => Some(
-                CandleModel::load(&base, &LoadOptions::default())
-                    .map(|m| trust_core::LanguageModel::info(&m))?,
-            ),
-            None => None,
-        },
+        model: base_info.filter(|_| cfg.base_model.is_some()),
         heldout_pair_accuracy: heldout
             .iter()
             .map(|(k, h)| (k.clone(), h.pair_accuracy))
