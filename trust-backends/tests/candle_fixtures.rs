@@ -1132,3 +1132,66 @@ fn generation_shared_passes_equal_solo_runs() {
         }
     }
 }
+
+/// `forward_prefix(k)` then `forward_hidden_from(k)` is `forward_hidden`, bit for bit, at every
+/// split point, with right padding in the batch (the frozen-prefix sharing of training and
+/// held-out scoring relies on it).
+#[test]
+fn forward_prefix_then_from_equals_forward_hidden() {
+    for name in ALL {
+        let m = load(name, 1);
+        let lm = m.model();
+        let n_layers = lm.config().num_hidden_layers;
+        let dev = Device::Cpu;
+        let cs = cases(name);
+        let a = ids(&cs[0]["prompt_ids"]);
+        let b: Vec<u32> = a.iter().take(a.len().div_ceil(2).max(1)).copied().collect();
+        let t = a.len();
+        let mut flat = a.clone();
+        flat.extend(b.iter().copied().chain(std::iter::repeat_n(0, t - b.len())));
+        let mask: Vec<f32> = (0..2 * t)
+            .map(|i| if i < t || i - t < b.len() { 1.0 } else { 0.0 })
+            .collect();
+        let input = Tensor::from_vec(flat, (2, t), &dev).unwrap();
+        let mask = Tensor::from_vec(mask, (2, t), &dev).unwrap();
+        let whole = lm
+            .forward_hidden(&input, Some(&mask), None, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for k in 0..=n_layers {
+            let h = lm.forward_prefix(&input, Some(&mask), k).unwrap();
+            assert_eq!(h.dims3().unwrap(), (2, t, lm.config().hidden_size));
+            let got = lm
+                .forward_hidden_from(&h, Some(&mask), k)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // Padding positions are irrelevant; the real ones must be identical.
+            for (i, (g, w)) in got.iter().zip(&whole).enumerate() {
+                let pos = i / lm.config().hidden_size;
+                let real = pos < t || pos - t < b.len();
+                if real {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "{name}: split at {k}, element {i}"
+                    );
+                }
+            }
+        }
+        assert!(
+            lm.forward_prefix(&input, Some(&mask), n_layers + 1)
+                .is_err()
+        );
+        let h = lm.forward_prefix(&input, Some(&mask), 0).unwrap();
+        assert!(
+            lm.forward_hidden_from(&h, Some(&mask), n_layers + 1)
+                .is_err()
+        );
+    }
+}

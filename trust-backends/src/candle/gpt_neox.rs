@@ -100,13 +100,31 @@ impl GptNeoX {
     /// `ids` `[N]` of `segs`: norms, projections and the MLP run on all rows at once, attention
     /// per segment ([`Segments::attend`]).
     pub(crate) fn forward_segments(&self, ids: &Tensor, segs: &mut Segments) -> Result<Tensor> {
+        let x = self.embed(ids)?;
+        let x = self.forward_blocks(x, 0..self.layers.len(), segs)?;
+        self.final_norm(&x)
+    }
+
+    /// The embeddings of `ids` `[N]`: the input of block 0.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         use candle_core::Module;
-        let n = ids.dim(0)?;
+        self.embed_in.forward(ids)
+    }
+
+    /// Blocks `layers` on the packed rows `x` `[N, hidden]` (the input of block
+    /// `layers.start`), without the final norm.
+    pub(crate) fn forward_blocks(
+        &self,
+        mut x: Tensor,
+        layers: std::ops::Range<usize>,
+        segs: &mut Segments,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
         let nh = self.cfg.num_attention_heads;
         let hs = self.cfg.head_dim;
         let scale = 1.0 / (hs as f64).sqrt();
-        let mut x = self.embed_in.forward(ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for i in layers {
+            let layer = &self.layers[i];
             let ln1 = layer.input_layernorm.forward(&x)?;
             let qkv = layer
                 .query_key_value
@@ -132,7 +150,12 @@ impl GptNeoX {
                 (a + m)?
             };
         }
-        self.final_layer_norm.forward(&x)
+        Ok(x)
+    }
+
+    /// The final norm (after the last block).
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.final_layer_norm.forward(x)
     }
 
     /// Output projection.

@@ -123,13 +123,31 @@ impl Llama {
     /// Final hidden states `[N, hidden]` (after the final RMSNorm) of the packed token rows
     /// `ids` `[N]` of `segs` (see `GptNeoX::forward_segments`).
     pub(crate) fn forward_segments(&self, ids: &Tensor, segs: &mut Segments) -> Result<Tensor> {
-        let n = ids.dim(0)?;
+        let x = self.embed_tokens.forward(ids)?;
+        let x = self.forward_blocks(x, 0..self.layers.len(), segs)?;
+        self.final_norm(&x)
+    }
+
+    /// The embeddings of `ids` `[N]`: the input of block 0.
+    pub(crate) fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Blocks `layers` on the packed rows `x` `[N, hidden]` (the input of block
+    /// `layers.start`), without the final norm.
+    pub(crate) fn forward_blocks(
+        &self,
+        mut x: Tensor,
+        layers: std::ops::Range<usize>,
+        segs: &mut Segments,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
         let nh = self.cfg.num_attention_heads;
         let kvh = self.cfg.num_key_value_heads;
         let hd = self.cfg.head_dim;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut x = self.embed_tokens.forward(ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
+        for i in layers {
+            let layer = &self.layers[i];
             let y = layer.input_layernorm.forward(&x)?;
             let q = layer.q_proj.forward(&y)?.reshape((n, nh, hd))?;
             let k = layer.k_proj.forward(&y)?.reshape((n, kvh, hd))?;
@@ -141,7 +159,12 @@ impl Llama {
             let u = layer.up_proj.forward(&y)?;
             x = (x + layer.down_proj.forward(&(g * u)?)?)?;
         }
-        self.norm.forward(&x)
+        Ok(x)
+    }
+
+    /// The final norm (after the last block).
+    pub(crate) fn final_norm(&self, x: &Tensor) -> Result<Tensor> {
+        self.norm.forward(x)
     }
 
     /// Output projection.

@@ -163,6 +163,103 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let (key_mask, positions) =
+            self.mask_and_positions(b, t, past, attention_mask, position_ids)?;
+        self.forward_hidden_with(input_ids, &key_mask, &positions, cache)
+    }
+
+    /// The hidden states `[b, t, hidden]` entering block `layers` of `input_ids` `[b, t]`: the
+    /// first `layers` decoder blocks applied to the embeddings (`layers = 0`: the embeddings
+    /// themselves), no final norm, no cache. `attention_mask` as in [`Self::forward`].
+    ///
+    /// With [`Self::forward_hidden_from`] this splits [`Self::forward_hidden`] in two, with
+    /// bit-identical results: models that share their first blocks (a base model and LoRA
+    /// fine-tunes of its later blocks, a DPO policy and its reference) compute that *frozen
+    /// prefix* once for all of them.
+    pub fn forward_prefix(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layers: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        let n_layers = self.config.num_hidden_layers;
+        if layers > n_layers {
+            candle_core::bail!("forward_prefix: {layers} blocks asked, the model has {n_layers}");
+        }
+        let (key_mask, positions) = self.mask_and_positions(b, t, 0, attention_mask, None)?;
+        self.check_positions(&positions)?;
+        let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
+        let mut segs = layers::Segments {
+            segs: vec![layers::Segment::new(b, t, &key_mask, None, None)?],
+            cos,
+            sin,
+            extra: 0,
+        };
+        let ids = input_ids.flatten_all()?;
+        let x = match &self.arch {
+            Arch::GptNeoX(m) => m.embed(&ids)?,
+            Arch::Llama(m) => m.embed(&ids)?,
+        };
+        let x = match &self.arch {
+            Arch::GptNeoX(m) => m.forward_blocks(x, 0..layers, &mut segs)?,
+            Arch::Llama(m) => m.forward_blocks(x, 0..layers, &mut segs)?,
+        };
+        x.reshape((b, t, ()))
+    }
+
+    /// The final hidden states `[b, t, hidden]` (after the final norm, as
+    /// [`Self::forward_hidden`] returns them) from `hidden` `[b, t, hidden]`, the states entering
+    /// block `start` (from [`Self::forward_prefix`] of a model whose first `start` blocks equal
+    /// this one's). No cache.
+    pub fn forward_hidden_from(
+        &self,
+        hidden: &Tensor,
+        attention_mask: Option<&Tensor>,
+        start: usize,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, h) = hidden.dims3()?;
+        let n_layers = self.config.num_hidden_layers;
+        if start > n_layers {
+            candle_core::bail!(
+                "forward_hidden_from: block {start} asked, the model has {n_layers}"
+            );
+        }
+        if h != self.config.hidden_size {
+            candle_core::bail!(
+                "forward_hidden_from: hidden size {h}, the model has {}",
+                self.config.hidden_size
+            );
+        }
+        let (key_mask, positions) = self.mask_and_positions(b, t, 0, attention_mask, None)?;
+        self.check_positions(&positions)?;
+        let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
+        let mut segs = layers::Segments {
+            segs: vec![layers::Segment::new(b, t, &key_mask, None, None)?],
+            cos,
+            sin,
+            extra: 0,
+        };
+        let x = hidden.reshape((b * t, h))?;
+        let x = match &self.arch {
+            Arch::GptNeoX(m) => {
+                m.final_norm(&m.forward_blocks(x, start..n_layers, &mut segs)?)?
+            }
+            Arch::Llama(m) => m.final_norm(&m.forward_blocks(x, start..n_layers, &mut segs)?)?,
+        };
+        x.reshape((b, t, ()))
+    }
+
+    /// Per-row key masks (1 = attend) over `past + t` keys and the position ids `[b, t]` of
+    /// [`Self::forward_hidden`].
+    fn mask_and_positions(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        attention_mask: Option<&Tensor>,
+        position_ids: Option<&Tensor>,
+    ) -> candle_core::Result<(Vec<Vec<u32>>, Tensor)> {
         let key_mask: Vec<Vec<u32>> = match attention_mask {
             Some(m) => {
                 let dims = m.dims2()?;
@@ -197,7 +294,7 @@ impl CausalLm {
                 Tensor::from_vec(pos, (b, t), &self.device)?
             }
         };
-        self.forward_hidden_with(input_ids, &key_mask, &positions, cache)
+        Ok((key_mask, positions))
     }
 
     pub(crate) fn forward_hidden_with(
