@@ -15,13 +15,15 @@
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CausalLm, ModelConfig};
 
 use crate::hh::PreferencePair;
 use crate::train::{
-    Encoded, Stage, TrainConfig, TrainError, batch_logprob, encode_pairs, load_frozen,
+    Encoded, ScoredBatch, Stage, TrainConfig, TrainError, encode_pairs, load_weights,
+    shared_prefix_layers,
 };
 
 /// Held-out figures of one model.
@@ -42,22 +44,6 @@ pub struct HeldoutEval {
     /// The reference model the margins are taken against, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-}
-
-fn logprobs(
-    model: &CausalLm,
-    seqs: &[&Encoded],
-    batch_size: usize,
-    device: &Device,
-    on_batch: &mut dyn FnMut(usize),
-) -> Result<Vec<f64>, TrainError> {
-    let mut out = Vec::with_capacity(seqs.len());
-    for chunk in seqs.chunks(batch_size.max(1)) {
-        let lp = batch_logprob(model, chunk, device)?.to_vec1::<f32>()?;
-        out.extend(lp.into_iter().map(f64::from));
-        on_batch(chunk.len());
-    }
-    Ok(out)
 }
 
 /// Summed response log-probabilities of held-out pairs under one model, and the response
@@ -88,9 +74,29 @@ pub fn pair_logprobs(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<PairLogprobs, TrainError> {
+    let mut all = pair_logprobs_many(&[model_dir], pairs, max_len, batch_size, on_progress)?;
+    Ok(all.remove(0))
+}
+
+/// [`pair_logprobs`] for several models at once (same tokenizer and shape: checkpoints of one
+/// base model). The leading blocks whose weights are bit-identical in every model (with the
+/// embeddings) run once per batch and the models continue from the same hidden states
+/// ([`CausalLm::forward_prefix`]): for a base model and LoRA fine-tunes of its last third,
+/// three checkpoints cost 1 + 2/3 forward passes instead of 3, with the same results (tested).
+/// `on_progress(done, total)` counts sequences over all models.
+pub fn pair_logprobs_many(
+    model_dirs: &[&Path],
+    pairs: &[PreferencePair],
+    max_len: usize,
+    batch_size: usize,
+    on_progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<PairLogprobs>, TrainError> {
+    let Some(first) = model_dirs.first() else {
+        return Ok(Vec::new());
+    };
     let device = Device::Cpu;
-    let config = ModelConfig::from_dir(model_dir)?;
-    let tok = trust_backends::candle::loader::load_tokenizer(model_dir, config.vocab_size)?;
+    let config = ModelConfig::from_dir(first)?;
+    let tok = trust_backends::candle::loader::load_tokenizer(first, config.vocab_size)?;
     let eos = config.eos_token_ids.first().copied();
     let mut cfg = TrainConfig::new(Stage::Dpo);
     cfg.max_len = max_len;
@@ -100,23 +106,69 @@ pub fn pair_logprobs(
             "no held-out pair could be encoded ({n_skipped} skipped)"
         )));
     }
+    // Load every model, and find the blocks they all share.
+    let n_layers = config.num_hidden_layers;
+    let mut prefix = n_layers;
+    let mut models = Vec::with_capacity(model_dirs.len());
+    let mut first_weights = None;
+    for dir in model_dirs {
+        let c = ModelConfig::from_dir(dir)?;
+        if c.num_hidden_layers != n_layers
+            || c.hidden_size != config.hidden_size
+            || c.vocab_size != config.vocab_size
+        {
+            return Err(TrainError::Invalid(format!(
+                "{}: not a checkpoint of {} (other shape)",
+                dir.display(),
+                first.display()
+            )));
+        }
+        let w = load_weights(dir, &device)?;
+        match &first_weights {
+            None => first_weights = Some(w.clone()),
+            Some(f) => prefix = prefix.min(shared_prefix_layers(f, &w, n_layers)?),
+        }
+        models.push(CausalLm::from_var_builder(
+            &c,
+            VarBuilder::from_tensors(w, DType::F32, &device),
+        )?);
+    }
+    drop(first_weights);
+    if models.len() == 1 {
+        prefix = 0;
+    }
     let seqs: Vec<&Encoded> = enc.iter().flat_map(|p| [&p.chosen, &p.rejected]).collect();
-    let total = seqs.len();
+    let total = seqs.len() * models.len();
     let mut done = 0usize;
-    let model = load_frozen(model_dir, &device)?;
-    let lp = logprobs(&model, &seqs, batch_size, &device, &mut |n| {
-        done += n;
-        on_progress(done, total);
-    })?;
+    let mut lps: Vec<Vec<f64>> = vec![Vec::with_capacity(seqs.len()); models.len()];
+    for chunk in seqs.chunks(batch_size.max(1)) {
+        let sb = ScoredBatch::new(chunk, &device)?;
+        let h0 = (prefix > 0)
+            .then(|| models[0].forward_prefix(&sb.ids, Some(&sb.mask), prefix))
+            .transpose()?;
+        for (m, out) in models.iter().zip(lps.iter_mut()) {
+            let hidden = match &h0 {
+                Some(h0) => m.forward_hidden_from(h0, Some(&sb.mask), prefix)?,
+                None => m.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?,
+            };
+            let lp = sb.logprob(m, &hidden)?.to_vec1::<f32>()?;
+            out.extend(lp.into_iter().map(f64::from));
+            done += chunk.len();
+            on_progress(done, total);
+        }
+    }
     let tokens = |e: &Encoded| e.targets.iter().filter(|&&t| t > 0.0).count();
-    Ok(PairLogprobs {
-        index: enc.iter().map(|p| p.index).collect(),
-        chosen: lp.iter().step_by(2).copied().collect(),
-        rejected: lp.iter().skip(1).step_by(2).copied().collect(),
-        chosen_tokens: enc.iter().map(|p| tokens(&p.chosen)).collect(),
-        rejected_tokens: enc.iter().map(|p| tokens(&p.rejected)).collect(),
-        n_skipped,
-    })
+    Ok(lps
+        .into_iter()
+        .map(|lp| PairLogprobs {
+            index: enc.iter().map(|p| p.index).collect(),
+            chosen: lp.iter().step_by(2).copied().collect(),
+            rejected: lp.iter().skip(1).step_by(2).copied().collect(),
+            chosen_tokens: enc.iter().map(|p| tokens(&p.chosen)).collect(),
+            rejected_tokens: enc.iter().map(|p| tokens(&p.rejected)).collect(),
+            n_skipped,
+        })
+        .collect())
 }
 
 impl HeldoutEval {
@@ -170,14 +222,11 @@ pub fn evaluate_pairs(
     batch_size: usize,
     on_progress: &mut dyn FnMut(usize, usize),
 ) -> Result<HeldoutEval, TrainError> {
-    let policy = pair_logprobs(model_dir, pairs, max_len, batch_size, on_progress)?;
-    let reference = match reference_dir {
-        Some(dir) => Some((
-            pair_logprobs(dir, pairs, max_len, batch_size, on_progress)?,
-            dir.display().to_string(),
-        )),
-        None => None,
-    };
+    let mut dirs = vec![model_dir];
+    dirs.extend(reference_dir);
+    let mut lps = pair_logprobs_many(&dirs, pairs, max_len, batch_size, on_progress)?;
+    let policy = lps.remove(0);
+    let reference = reference_dir.map(|dir| (lps.remove(0), dir.display().to_string()));
     HeldoutEval::from_logprobs(&policy, reference.as_ref().map(|(r, n)| (r, n.clone())))
 }
 

@@ -68,6 +68,20 @@ pub fn default_targets(arch: trust_backends::candle::Architecture) -> Vec<String
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// The MLP projections of a model family (`mlp.dense_h_to_4h`, `mlp.dense_4h_to_h` for
+/// GPT-NeoX; `mlp.{gate,up,down}_proj` for Llama and Qwen2), added to [`default_targets`] by the
+/// main job on a pretrained model.
+pub fn mlp_targets(arch: trust_backends::candle::Architecture) -> Vec<String> {
+    use trust_backends::candle::Architecture;
+    let names: &[&str] = match arch {
+        Architecture::GptNeoX => &["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+        Architecture::Llama | Architecture::Qwen2 => {
+            &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+        }
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
 /// The block index in a name like `gpt_neox.layers.3.attention.dense`.
 pub fn layer_index(name: &str) -> Option<usize> {
     let mut parts = name.split('.');

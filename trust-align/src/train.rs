@@ -315,6 +315,30 @@ impl Trainee {
         }
     }
 
+    /// The frozen base weights the adapters apply to (Hugging Face names).
+    pub fn base_weights(&self) -> &HashMap<String, Tensor> {
+        &self.base
+    }
+
+    /// Leading decoder blocks no trainable variable reaches (0 for full-parameter training):
+    /// blocks before the first adapted one.
+    pub fn frozen_layers(&self) -> usize {
+        match &self.params {
+            Params::Full(_) => 0,
+            Params::Lora(a) => {
+                let n = self.config.num_hidden_layers;
+                a.modules
+                    .iter()
+                    // A module outside the blocks (none of the default targets): nothing
+                    // is frozen.
+                    .map(|m| crate::lora::layer_index(&m.module).unwrap_or(0))
+                    .min()
+                    .unwrap_or(n)
+                    .min(n)
+            }
+        }
+    }
+
     /// The LoRA adapters, if this is a LoRA trainee.
     pub fn adapters(&self) -> Option<&LoraAdapters> {
         match &self.params {
@@ -386,15 +410,149 @@ impl Trainee {
     }
 }
 
+/// A right-padded batch (see [`collate`]) with the positions that score a target: the
+/// logits at position `j − 1` of a row score its token `j`, so only those hidden states need
+/// the (vocabulary-wide) output layer.
+#[derive(Debug, Clone)]
+pub struct ScoredBatch {
+    /// Token ids `[b, t]` (u32).
+    pub ids: Tensor,
+    /// Attention mask `[b, t]` (f32, 1 = real token).
+    pub mask: Tensor,
+    /// Flat index `row * t + j − 1` of every scored position, row-major: `[n]` (u32).
+    select: Tensor,
+    /// The token each selected position predicts: `[n, 1]` (u32).
+    next: Tensor,
+    /// Row membership weighted by the target weight: `[b, n]` (f32).
+    rows: Tensor,
+    /// Sum of the target weights (scored tokens).
+    pub n_targets: f64,
+}
+
+impl ScoredBatch {
+    /// Collates `batch` (right padding) and lists its scored positions.
+    pub fn new(batch: &[&Encoded], device: &Device) -> candle_core::Result<Self> {
+        let (ids, mask, _) = collate(batch, device)?;
+        let t = ids.dim(1)?;
+        let (mut select, mut next, mut owner, mut weight) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (r, e) in batch.iter().enumerate() {
+            for j in 1..e.ids.len() {
+                let w = e.targets.get(j).copied().unwrap_or(0.0);
+                if w != 0.0 {
+                    select.push((r * t + j - 1) as u32);
+                    next.push(e.ids[j]);
+                    owner.push(r);
+                    weight.push(w);
+                }
+            }
+        }
+        let n = select.len();
+        let b = batch.len();
+        let mut rows = vec![0f32; b * n];
+        for (k, (&r, &w)) in owner.iter().zip(&weight).enumerate() {
+            rows[r * n + k] = w;
+        }
+        Ok(ScoredBatch {
+            ids,
+            mask,
+            select: Tensor::from_vec(select, n, device)?,
+            next: Tensor::from_vec(next, (n, 1), device)?,
+            rows: Tensor::from_vec(rows, (b, n), device)?,
+            n_targets: weight.iter().map(|&w| f64::from(w)).sum(),
+        })
+    }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> usize {
+        self.rows.dims()[0]
+    }
+
+    /// Weighted sum of the target log-probs of each row, `[b]`, from the final hidden states
+    /// `[b, t, hidden]` of `model` ([`CausalLm::forward_hidden`]): only the scored positions go
+    /// through the output layer and the log-softmax (the same value as the full-logits
+    /// [`losses::sequence_logprob`] up to float rounding). Differentiable.
+    pub fn logprob(&self, model: &CausalLm, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let b = self.rows();
+        let n = self.select.dim(0)?;
+        if n == 0 {
+            return Tensor::zeros(b, DType::F32, hidden.device());
+        }
+        let (hb, t, h) = hidden.dims3()?;
+        let picked = hidden.reshape((hb * t, h))?.index_select(&self.select, 0)?;
+        let lp = candle_nn::ops::log_softmax(
+            &model.lm_head(&picked)?.to_dtype(DType::F32)?,
+            candle_core::D::Minus1,
+        )?
+        .gather(&self.next, 1)?;
+        self.rows.matmul(&lp)?.squeeze(1)
+    }
+}
+
 /// Sum of target log-probs per sequence under `model`: `[b]`.
 pub fn batch_logprob(
     model: &CausalLm,
     batch: &[&Encoded],
     device: &Device,
 ) -> candle_core::Result<Tensor> {
-    let (ids, mask, targets) = collate(batch, device)?;
-    let logits = model.forward(&ids, Some(&mask), None, None)?;
-    losses::sequence_logprob(&logits, &ids, &targets)
+    let sb = ScoredBatch::new(batch, device)?;
+    let hidden = model.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?;
+    sb.logprob(model, &hidden)
+}
+
+/// The part of a forward pass that no trainable variable reaches, computed once per batch and
+/// shared (see [`CausalLm::forward_prefix`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrozenPrefix {
+    /// Leading decoder blocks (with the embeddings) whose weights are constants of the
+    /// trainee: their output has no gradient, so it is computed once without building a graph
+    /// through them. 0 = none.
+    pub layers: usize,
+    /// The reference model's embeddings and first `layers` blocks are the trainee's (the DPO
+    /// reference is the model the trainee starts from), so the reference continues from the
+    /// same hidden states instead of recomputing them.
+    pub reference_shares: bool,
+}
+
+/// The leading decoder blocks of two weight maps (Hugging Face names) that are bit-identical,
+/// embeddings included (0 when the embeddings differ or a tensor is missing on one side).
+pub fn shared_prefix_layers(
+    a: &HashMap<String, Tensor>,
+    b: &HashMap<String, Tensor>,
+    num_layers: usize,
+) -> candle_core::Result<usize> {
+    let block_of = crate::lora::layer_index;
+    let same = |x: &Tensor, y: &Tensor| -> candle_core::Result<bool> {
+        if x.dims() != y.dims() || x.dtype() != y.dtype() {
+            return Ok(false);
+        }
+        Ok(x.eq(y)?
+            .to_dtype(DType::F32)?
+            .min_all()?
+            .to_scalar::<f32>()?
+            == 1.0)
+    };
+    // Outside the blocks, the prefix reads only the input embeddings.
+    let mut first_diff = num_layers;
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for name in names {
+        let block = block_of(name);
+        let embedding =
+            block.is_none() && (name.contains("embed_in") || name.contains("embed_tokens"));
+        if (block.is_none() && !embedding) || block.is_some_and(|i| i >= first_diff) {
+            continue;
+        }
+        let equal = match (a.get(name), b.get(name)) {
+            (Some(x), Some(y)) => same(x, y)?,
+            _ => false,
+        };
+        match (equal, block) {
+            (true, _) => {}
+            (false, Some(i)) => first_diff = i,
+            (false, None) => return Ok(0),
+        }
+    }
+    Ok(first_diff)
 }
 
 /// Loss of one micro-batch, plus (for DPO) the implicit reward margins.
@@ -406,12 +564,48 @@ pub fn batch_loss(
     beta: f64,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    batch_loss_with(
+        stage,
+        model,
+        reference,
+        FrozenPrefix::default(),
+        batch,
+        beta,
+        device,
+    )
+}
+
+/// [`batch_loss`] with the frozen prefix computed once (`prefix`): the same loss and gradients
+/// up to float rounding, at the cost of the trainable blocks only (and, when the reference
+/// shares the prefix, of its remaining blocks only).
+pub fn batch_loss_with(
+    stage: Stage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    prefix: FrozenPrefix,
+    batch: &[&PairEncoded],
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let k = prefix.layers;
+    let hidden_of = |m: &CausalLm, sb: &ScoredBatch, h0: Option<&Tensor>| match h0 {
+        Some(h0) => m.forward_hidden_from(h0, Some(&sb.mask), k),
+        None => m.forward_hidden(&sb.ids, Some(&sb.mask), None, None),
+    };
     match stage {
         Stage::Pretrain | Stage::Sft => {
             let seqs: Vec<&Encoded> = batch.iter().map(|p| &p.sft).collect();
-            let (ids, mask, targets) = collate(&seqs, device)?;
-            let logits = model.forward(&ids, Some(&mask), None, None)?;
-            Ok((losses::sft_loss(&logits, &ids, &targets)?, None))
+            let sb = ScoredBatch::new(&seqs, device)?;
+            let h0 = (k > 0)
+                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
+                .transpose()?
+                .map(|h| h.detach());
+            let hidden = hidden_of(model, &sb, h0.as_ref())?;
+            if sb.n_targets == 0.0 {
+                candle_core::bail!("no scored token in the batch");
+            }
+            let loss = (sb.logprob(model, &hidden)?.sum_all()?.neg()? / sb.n_targets)?;
+            Ok((loss, None))
         }
         Stage::Dpo => {
             let reference = reference
@@ -420,8 +614,18 @@ pub fn batch_loss(
                 .iter()
                 .flat_map(|p| [&p.chosen, &p.rejected])
                 .collect();
-            let pol = batch_logprob(model, &seqs, device)?;
-            let rf = batch_logprob(reference, &seqs, device)?.detach();
+            let sb = ScoredBatch::new(&seqs, device)?;
+            let h0 = (k > 0)
+                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
+                .transpose()?
+                .map(|h| h.detach());
+            let pol = sb.logprob(model, &hidden_of(model, &sb, h0.as_ref())?)?;
+            let ref_hidden = if prefix.reference_shares {
+                hidden_of(reference, &sb, h0.as_ref())?
+            } else {
+                reference.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?
+            };
+            let rf = sb.logprob(reference, &ref_hidden.detach())?.detach();
             let n = batch.len();
             let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
                 let idx = Tensor::from_vec(
@@ -565,8 +769,26 @@ pub fn train(
             device.clone(),
         )?,
     };
+    // The blocks before the first adapted one are constants: computed once per batch, and
+    // shared with the reference when its first blocks are the same weights.
+    let mut prefix = FrozenPrefix {
+        layers: trainee.frozen_layers(),
+        reference_shares: false,
+    };
     let reference = match (cfg.stage, reference_dir) {
-        (Stage::Dpo, Some(dir)) => Some(load_frozen(dir, &device)?),
+        (Stage::Dpo, Some(dir)) => {
+            let ref_config = ModelConfig::from_dir(dir)?;
+            let weights = load_weights(dir, &device)?;
+            prefix.reference_shares = prefix.layers > 0
+                && ref_config.num_hidden_layers == config.num_hidden_layers
+                && ref_config.hidden_size == config.hidden_size
+                && shared_prefix_layers(&trainee.base, &weights, config.num_hidden_layers)?
+                    >= prefix.layers;
+            Some(CausalLm::from_var_builder(
+                &ref_config,
+                VarBuilder::from_tensors(weights, DType::F32, &device),
+            )?)
+        }
         (Stage::Dpo, None) => {
             return Err(TrainError::Invalid(
                 "DPO needs a reference model (--ref)".into(),
@@ -622,10 +844,11 @@ pub fn train(
         for k in 0..cfg.grad_accum {
             let idx = batch_indices(data.len(), cfg.seed, step, k, cfg);
             let batch: Vec<&PairEncoded> = idx.iter().map(|&i| &data[i]).collect();
-            let (loss, m) = batch_loss(
+            let (loss, m) = batch_loss_with(
                 cfg.stage,
                 &model,
                 reference.as_ref(),
+                prefix,
                 &batch,
                 cfg.beta,
                 &device,
@@ -717,7 +940,33 @@ pub fn example_gradients(
     beta: f64,
     device: &Device,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
-    let (loss, _) = batch_loss(stage, model, reference, &[example], beta, device)?;
+    example_gradients_with(
+        stage,
+        model,
+        reference,
+        FrozenPrefix::default(),
+        vars,
+        example,
+        beta,
+        device,
+    )
+}
+
+/// [`example_gradients`] through [`batch_loss_with`] (the frozen prefix computed once and, when
+/// `prefix.reference_shares`, shared with the reference): the same gradients up to float
+/// rounding.
+#[allow(clippy::too_many_arguments)]
+pub fn example_gradients_with(
+    stage: Stage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    prefix: FrozenPrefix,
+    vars: &[Var],
+    example: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let (loss, _) = batch_loss_with(stage, model, reference, prefix, &[example], beta, device)?;
     let grads = loss.backward()?;
     vars.iter()
         .map(|v| match grads.get(v.as_tensor()) {

@@ -251,8 +251,8 @@ fn heldout_accuracy_rises_with_dpo_and_is_zero_against_itself() {
     assert_eq!(same.mean_margin, 0.0);
     assert_eq!(
         ticks.last(),
-        Some(&(12, 12)),
-        "chosen + rejected, per model"
+        Some(&(24, 24)),
+        "chosen + rejected, of both models"
     );
     assert_eq!(ticks.len(), 6, "3 batches of 4 sequences, per model");
     assert!(same.chosen_nll > 0.0 && same.chosen_nll.is_finite());
@@ -271,4 +271,146 @@ fn heldout_accuracy_rises_with_dpo_and_is_zero_against_itself() {
     let alone = evaluate_pairs(&dpo, None, heldout, 48, 4, &mut |_, _| {}).unwrap();
     assert!(alone.reference.is_none());
     assert_eq!(alone.chosen_nll, after.chosen_nll);
+}
+
+/// The frozen prefix (blocks before the first adapted one, computed once and shared with the
+/// reference) changes neither the loss nor the gradients; the scored-positions-only output
+/// layer gives the full-logits log-probs.
+#[test]
+fn frozen_prefix_and_scored_positions_change_nothing() {
+    use trust_align::lora::LoraConfig;
+    use trust_align::train::{
+        FrozenPrefix, ScoredBatch, Trainee, batch_loss, batch_loss_with, encode_pairs,
+        load_weights, shared_prefix_layers,
+    };
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base");
+    tiny_model(&base);
+    let dev = Device::Cpu;
+    let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
+    let tok = trust_backends::candle::loader::load_tokenizer(&base, config.vocab_size).unwrap();
+    let weights = load_weights(&base, &dev).unwrap();
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 2.0,
+        targets: vec!["attention.query_key_value".into(), "attention.dense".into()],
+        layers: Some(vec![1]),
+    };
+    let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 5, dev.clone()).unwrap();
+    assert_eq!(trainee.frozen_layers(), 1);
+    for m in &trainee.adapters().unwrap().modules {
+        let b = candle_core::Tensor::randn(0f32, 0.5, m.b.as_tensor().dims(), &dev).unwrap();
+        m.b.set(&b).unwrap();
+    }
+    let merged = trainee.weights().unwrap();
+    assert_eq!(shared_prefix_layers(&weights, &merged, 2).unwrap(), 1);
+    assert_eq!(shared_prefix_layers(&weights, &weights, 2).unwrap(), 2);
+    let reference = trust_backends::candle::CausalLm::from_var_builder(
+        &config,
+        candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
+    )
+    .unwrap();
+    let vars = trainee.vars();
+    let data = pairs();
+    for stage in [Stage::Sft, Stage::Dpo] {
+        let (enc, _) = encode_pairs(&tok, &data[..5], &cfg(stage, 1), Some(0));
+        let batch: Vec<_> = enc.iter().collect();
+        let model = trainee.model().unwrap();
+        let (l0, m0) = batch_loss(stage, &model, Some(&reference), &batch, 0.5, &dev).unwrap();
+        let prefix = FrozenPrefix {
+            layers: 1,
+            reference_shares: true,
+        };
+        let (l1, m1) =
+            batch_loss_with(stage, &model, Some(&reference), prefix, &batch, 0.5, &dev).unwrap();
+        let (a, b) = (
+            l0.to_scalar::<f32>().unwrap(),
+            l1.to_scalar::<f32>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs().max(1.0),
+            "{stage:?}: {a} vs {b}"
+        );
+        if let (Some(m0), Some(m1)) = (m0, m1) {
+            let (m0, m1) = (m0.to_vec1::<f32>().unwrap(), m1.to_vec1::<f32>().unwrap());
+            assert_eq!(m0.len(), 5);
+            for (x, y) in m0.iter().zip(&m1) {
+                assert!((x - y).abs() <= 1e-5, "{stage:?} margins {m0:?} vs {m1:?}");
+            }
+            assert!(
+                m0.iter().any(|&x| x.abs() > 1e-3),
+                "margins are not trivially 0"
+            );
+        }
+        let (g0, g1) = (l0.backward().unwrap(), l1.backward().unwrap());
+        for v in &vars {
+            let x = g0
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let y = g1
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{stage:?}: zero gradient");
+            for (p, q) in x.iter().zip(&y) {
+                assert!(
+                    (p - q).abs() <= 1e-5 * scale,
+                    "{stage:?}: gradient {p} vs {q}"
+                );
+            }
+        }
+        // The scored-positions-only log-probs against the full logits.
+        let seqs: Vec<_> = enc.iter().map(|p| &p.chosen).collect();
+        let (ids, mask, targets) = trust_align::train::collate(&seqs, &dev).unwrap();
+        let full = trust_align::losses::sequence_logprob(
+            &reference.forward(&ids, Some(&mask), None, None).unwrap(),
+            &ids,
+            &targets,
+        )
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        let sb = ScoredBatch::new(&seqs, &dev).unwrap();
+        let hidden = reference
+            .forward_hidden(&sb.ids, Some(&sb.mask), None, None)
+            .unwrap();
+        let got = sb
+            .logprob(&reference, &hidden)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (x, y) in full.iter().zip(&got) {
+            assert!((x - y).abs() <= 1e-4, "{full:?} vs {got:?}");
+        }
+    }
+}
+
+/// Several checkpoints scored together (sharing the blocks they have in common) give exactly
+/// what each gives alone.
+#[test]
+fn heldout_scoring_of_several_checkpoints_equals_one_at_a_time() {
+    use trust_align::heldout::{pair_logprobs, pair_logprobs_many};
+    let root = tempfile::tempdir().unwrap();
+    let (init, dpo) = (root.path().join("init"), root.path().join("dpo"));
+    tiny_model(&init);
+    let data = pairs();
+    let mut c = cfg(Stage::Dpo, 3);
+    c.lr = 2e-2;
+    c.lora.targets = vec!["attention.query_key_value".into()];
+    c.lora.layers = Some(vec![1]);
+    train(&c, &init, Some(&init), &data[..18], &dpo, &mut |_| {}).unwrap();
+    let held = &data[18..];
+    let many = pair_logprobs_many(&[&init, &dpo], held, 48, 4, &mut |_, _| {}).unwrap();
+    let a = pair_logprobs(&init, held, 48, 4, &mut |_, _| {}).unwrap();
+    let b = pair_logprobs(&dpo, held, 48, 4, &mut |_, _| {}).unwrap();
+    assert_eq!(many, vec![a.clone(), b.clone()]);
+    assert_ne!(a.chosen, b.chosen, "training changed the model");
 }

@@ -38,8 +38,8 @@ use trust_align::hh::PreferencePair;
 use trust_align::lora::{LoraAdapters, LoraConfig};
 use trust_align::reward::RewardHead;
 use trust_align::train::{
-    Encoded, PairEncoded, Stage, TrainConfig, TrainError, Trainee, encode, encode_pairs,
-    example_gradients, load_lora_trainee, load_weights,
+    Encoded, FrozenPrefix, PairEncoded, Stage, TrainConfig, TrainError, Trainee, encode,
+    encode_pairs, load_lora_trainee, load_weights,
 };
 
 /// A test-side pair: the loss is low when the model prefers `preferred` to `dispreferred` (DPO)
@@ -117,8 +117,29 @@ pub fn attribute(
     let config = ModelConfig::from_dir(spec.base_dir)?;
     let tok = trust_backends::candle::loader::load_tokenizer(spec.base_dir, config.vocab_size)?;
     let eos = config.eos_token_ids.first().copied();
+    // The blocks before the first adapted one run once per example and, when the reference
+    // has the same weights there (the usual reference = the trained model's base), are shared.
+    let mut prefix = FrozenPrefix {
+        layers: trainee.frozen_layers(),
+        reference_shares: false,
+    };
     let reference = match spec.reference_dir {
-        Some(dir) => Some(trust_align::train::load_frozen(dir, &device)?),
+        Some(dir) => {
+            let ref_config = ModelConfig::from_dir(dir)?;
+            let w = load_weights(dir, &device)?;
+            prefix.reference_shares = prefix.layers > 0
+                && ref_config.num_hidden_layers == config.num_hidden_layers
+                && ref_config.hidden_size == config.hidden_size
+                && trust_align::train::shared_prefix_layers(
+                    trainee.base_weights(),
+                    &w,
+                    config.num_hidden_layers,
+                )? >= prefix.layers;
+            Some(CausalLm::from_var_builder(
+                &ref_config,
+                candle_nn::VarBuilder::from_tensors(w, DType::F32, &device),
+            )?)
+        }
         None if spec.stage == Stage::Dpo => {
             return Err(TrainError::Invalid(
                 "DPO attribution needs the reference model".into(),
@@ -153,10 +174,11 @@ pub fn attribute(
         |enc: &[trust_align::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
             let mut store = InMemoryGradients::new(layout.clone());
             for e in enc {
-                let g = example_gradients(
+                let g = trust_align::train::example_gradients_with(
                     spec.stage,
                     &model,
                     reference.as_ref(),
+                    prefix,
                     &vars,
                     e,
                     spec.beta,
@@ -515,6 +537,7 @@ pub struct AttributionModel {
     trainee: Trainee,
     model: CausalLm,
     reference: Option<CausalLm>,
+    prefix: FrozenPrefix,
     head: Option<RewardHead>,
     vars: Vec<Var>,
     layout: LayerLayout,
@@ -600,11 +623,34 @@ impl AttributionModel {
             model_fingerprint(&opts.model_dir)?,
             model_fingerprint(&opts.base_dir)?
         );
+        // DPO: the blocks before the first adapted one are shared by the policy and, when its
+        // weights there are the policy's base weights (the usual reference = the model the
+        // policy was trained from), by the reference.
+        let mut prefix = FrozenPrefix::default();
         let reference = match opts.stage {
             AttrStage::Dpo => {
                 let dir = opts.reference_dir.as_deref().unwrap_or(&opts.base_dir);
                 fingerprint.push_str(&format!(" ref={}", model_fingerprint(dir)?));
-                Some(trust_align::train::load_frozen(dir, &device)?)
+                let ref_config = ModelConfig::from_dir(dir)?;
+                let w = load_weights(dir, &device)?;
+                let k = trainee.frozen_layers();
+                if k > 0
+                    && ref_config.num_hidden_layers == config.num_hidden_layers
+                    && ref_config.hidden_size == config.hidden_size
+                {
+                    prefix = FrozenPrefix {
+                        layers: k,
+                        reference_shares: trust_align::train::shared_prefix_layers(
+                            trainee.base_weights(),
+                            &w,
+                            config.num_hidden_layers,
+                        )? >= k,
+                    };
+                }
+                Some(CausalLm::from_var_builder(
+                    &ref_config,
+                    candle_nn::VarBuilder::from_tensors(w, DType::F32, &device),
+                )?)
             }
             _ => None,
         };
@@ -640,6 +686,7 @@ impl AttributionModel {
             trainee,
             model,
             reference,
+            prefix,
             head,
             vars,
             layout,
@@ -657,6 +704,12 @@ impl AttributionModel {
     /// The per-example gradient layout: one layer per attributed tensor.
     pub fn layout(&self) -> &LayerLayout {
         &self.layout
+    }
+
+    /// The blocks computed once per sequence and shared with the DPO reference (see
+    /// [`stage_loss_with`]); the default (none) for the other stages.
+    pub fn frozen_prefix(&self) -> FrozenPrefix {
+        self.prefix
     }
 
     /// How the adapters were obtained.
@@ -730,10 +783,11 @@ impl AttributionModel {
     /// Gradients of the stage loss of one example w.r.t. the attributed tensors, one flattened
     /// vector per layout layer (batch 1; see [`stage_gradients`]).
     pub fn gradients(&self, example: &PairEncoded) -> Result<Vec<Vec<f32>>, TrainError> {
-        Ok(stage_gradients(
+        Ok(stage_gradients_with(
             self.stage,
             &self.model,
             self.reference.as_ref(),
+            self.prefix,
             self.head.as_ref(),
             &self.vars,
             example,
@@ -793,6 +847,18 @@ pub fn target_logprob(
     e: &Encoded,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    let ids = Tensor::from_vec(e.ids.clone(), (1, e.ids.len()), device)?;
+    let hidden = model.forward_hidden(&ids, None, None, None)?;
+    logprob_of_hidden(model, &hidden, e, device)
+}
+
+/// [`target_logprob`] from the final hidden states `[1, t, hidden]` of `e`.
+fn logprob_of_hidden(
+    model: &CausalLm,
+    hidden: &Tensor,
+    e: &Encoded,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let t = e.ids.len();
     let pos: Vec<u32> = (1..t)
         .filter(|&j| e.targets.get(j).is_some_and(|&x| x > 0.0))
@@ -803,8 +869,7 @@ pub fn target_logprob(
     }
     let next: Vec<u32> = pos.iter().map(|&p| e.ids[p as usize + 1]).collect();
     let k = pos.len();
-    let ids = Tensor::from_vec(e.ids.clone(), (1, t), device)?;
-    let hidden = model.forward_hidden(&ids, None, None, None)?.squeeze(0)?;
+    let hidden = hidden.squeeze(0)?;
     let h = hidden.index_select(&Tensor::from_vec(pos, k, device)?, 0)?;
     let lp = candle_nn::ops::log_softmax(
         &model.lm_head(&h)?.to_dtype(DType::F32)?,
@@ -829,6 +894,63 @@ pub fn stage_loss(
     beta: f64,
     device: &Device,
 ) -> candle_core::Result<Tensor> {
+    stage_loss_with(
+        stage,
+        model,
+        reference,
+        FrozenPrefix::default(),
+        head,
+        e,
+        beta,
+        device,
+    )
+}
+
+/// [`stage_loss`] with the frozen prefix of the DPO policy computed once per sequence and
+/// shared with the reference when `prefix.reference_shares` (see
+/// [`trust_align::train::FrozenPrefix`]): the same loss and gradients up to float rounding,
+/// for two trunk passes instead of four. `prefix.layers` must not exceed the first block any
+/// attributed variable (or any adapter, for sharing) touches.
+#[allow(clippy::too_many_arguments)]
+pub fn stage_loss_with(
+    stage: AttrStage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    prefix: FrozenPrefix,
+    head: Option<&RewardHead>,
+    e: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    if stage == AttrStage::Dpo && prefix.layers > 0 {
+        let reference = reference
+            .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
+        let k = prefix.layers;
+        let mut lps = Vec::with_capacity(4);
+        for enc in [&e.chosen, &e.rejected] {
+            let ids = Tensor::from_vec(enc.ids.clone(), (1, enc.ids.len()), device)?;
+            let h0 = model.forward_prefix(&ids, None, k)?.detach();
+            let pol = logprob_of_hidden(
+                model,
+                &model.forward_hidden_from(&h0, None, k)?,
+                enc,
+                device,
+            )?;
+            let rf = if prefix.reference_shares {
+                logprob_of_hidden(
+                    reference,
+                    &reference.forward_hidden_from(&h0, None, k)?,
+                    enc,
+                    device,
+                )?
+            } else {
+                target_logprob(reference, enc, device)?
+            };
+            lps.push((pol, rf.detach()));
+        }
+        let ((pc, rc), (pr, rr)) = (lps[0].clone(), lps[1].clone());
+        return Ok(trust_align::losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?.0);
+    }
     match stage {
         AttrStage::Sft => {
             let n: f32 = e.sft.targets.iter().skip(1).sum();
@@ -867,7 +989,34 @@ pub fn stage_gradients(
     beta: f64,
     device: &Device,
 ) -> candle_core::Result<Vec<Vec<f32>>> {
-    let grads = stage_loss(stage, model, reference, head, e, beta, device)?.backward()?;
+    stage_gradients_with(
+        stage,
+        model,
+        reference,
+        FrozenPrefix::default(),
+        head,
+        vars,
+        e,
+        beta,
+        device,
+    )
+}
+
+/// [`stage_gradients`] through [`stage_loss_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn stage_gradients_with(
+    stage: AttrStage,
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    prefix: FrozenPrefix,
+    head: Option<&RewardHead>,
+    vars: &[Var],
+    e: &PairEncoded,
+    beta: f64,
+    device: &Device,
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let grads =
+        stage_loss_with(stage, model, reference, prefix, head, e, beta, device)?.backward()?;
     vars.iter()
         .map(|v| match grads.get(v.as_tensor()) {
             Some(g) => g.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>(),

@@ -474,6 +474,12 @@ fn fast_stage_gradients_equal_the_training_path() {
         opts.beta = 0.5;
         opts.lora.layers = Some(vec![1]);
         let m = AttributionModel::load(&opts).unwrap();
+        if stage == AttrStage::Dpo {
+            // Only block 1 was fine-tuned: block 0 is computed once per sequence and shared
+            // with the reference (the base), and the gradients below must not change.
+            let p = m.frozen_prefix();
+            assert_eq!((p.layers, p.reference_shares), (1, true));
+        }
         let (enc, _) = m.encode(&pairs(3));
         let model = m.trainee().model().unwrap();
         let train_stage = if stage == AttrStage::Sft {
