@@ -447,8 +447,12 @@ impl KvCache {
                             k.push(std::mem::take(&mut l.k[j * g + h]));
                             v.push(std::mem::take(&mut l.v[j * g + h]));
                         } else {
-                            k.push(l.k[j * g + h].clone());
-                            v.push(l.v[j * g + h].clone());
+                            // A copy keeps the original's spare capacity, so the next
+                            // decoding steps append without reallocating (a plain clone has
+                            // none: every step of a beam search would copy each copied row
+                            // twice).
+                            k.push(copy_with_capacity(&l.k[j * g + h]));
+                            v.push(copy_with_capacity(&l.v[j * g + h]));
                         }
                     }
                 }
@@ -602,6 +606,13 @@ impl<'a> Segment<'a> {
     fn is_fast(&self) -> bool {
         self.t == 1 && self.pack.is_none() && self.cache.as_deref().is_some_and(|c| c.is_flat())
     }
+}
+
+/// A copy of `src` with at least its capacity and room for half its length again.
+fn copy_with_capacity(src: &Vec<f32>) -> Vec<f32> {
+    let mut c = Vec::with_capacity(src.capacity().max(src.len() + src.len() / 2 + 256));
+    c.extend_from_slice(src);
+    c
 }
 
 /// `x` with `extra` copies of its last row (dim 0) appended; unchanged when empty.
