@@ -73,8 +73,9 @@ pub use audit::{
 };
 pub use data::{load_items, load_outputs, load_verdicts, parse_response};
 pub use judge::{
-    JudgeConfig, JudgeRecord, JudgeRun, JudgeStats, LoglikJudgeConfig, ScorerInput,
-    ScorerJudgeConfig, judge_with_loglik, judge_with_model, judge_with_scorer, parse_confidence,
+    FREEFORM_LOGLIK_JUDGE_PROMPT, JudgeConfig, JudgeRecord, JudgeRun, JudgeStats,
+    LoglikJudgeConfig, ScorerInput, ScorerJudgeConfig, judge_with_loglik, judge_with_model,
+    judge_with_scorer, parse_confidence,
 };
 pub use stats::{PairedTTest, paired_t_test, student_t_two_sided_p};
 
