@@ -1,6 +1,7 @@
 //! `trust demo`: the main job (SFT → DPO → held-out accuracy → evaluate → paired changes →
-//! attribute → report), on the tiny model built here (default for now) or on a pretrained model
-//! (`--model smollm2` or a path), wiring over `trust::pipeline`.
+//! sophistry audit → attribute → report) on SmolLM2-135M-Instruct (the default; `--model` for
+//! another GGUF file or model directory) or on the toy model built here (`--tiny`, `--minimal`),
+//! wiring over `trust::pipeline`.
 
 use std::path::PathBuf;
 
@@ -16,13 +17,18 @@ pub struct DemoArgs {
     /// Output directory; rerunning with the same settings resumes where it stopped.
     #[arg(long, default_value = "trust-demo")]
     out: PathBuf,
-    /// The smallest configuration that runs every stage (seconds; for tests; the tiny model).
-    #[arg(long)]
+    /// The toy pipeline instead of a pretrained model: a tiny GPT-NeoX built from random
+    /// weights here, pretrained for minutes, with the lexical toxicity scorer. It shows the
+    /// stages run; its numbers mean nothing (for tests and CI).
+    #[arg(long, conflicts_with = "model")]
+    tiny: bool,
+    /// The smallest configuration that runs every stage (seconds; for tests; implies --tiny).
+    #[arg(long, conflicts_with = "model")]
     minimal: bool,
-    /// A pretrained base model instead of the tiny one built here: `smollm2` (SmolLM2-135M-
-    /// Instruct from scripts/fetch-models.sh, fetched if missing) or a GGUF file / model
-    /// directory. Uses the jigsaw scorer (fetched if missing) unless --scorer says otherwise.
-    #[arg(long, value_name = "smollm2|PATH", conflicts_with = "minimal")]
+    /// The pretrained base model: `smollm2` (the default: SmolLM2-135M-Instruct from
+    /// scripts/fetch-models.sh, fetched if missing) or a GGUF file / model directory. Uses the
+    /// jigsaw scorer (fetched if missing) unless --scorer says otherwise.
+    #[arg(long, value_name = "smollm2|PATH")]
     model: Option<String>,
     /// Seeded stratified subset of N samples per vertical (pretrained default 48).
     #[arg(long, value_name = "N")]
@@ -30,7 +36,13 @@ pub struct DemoArgs {
     /// HH-RLHF pairs held out of training (default 256; pretrained 200).
     #[arg(long, value_name = "N")]
     heldout: Option<usize>,
-    /// Pretraining steps (default 400).
+    /// DPO training pairs attributed (pretrained default 64).
+    #[arg(long, value_name = "N")]
+    attribution_pairs: Option<usize>,
+    /// Attribution test pairs at most (default 48).
+    #[arg(long, value_name = "N")]
+    attribution_test: Option<usize>,
+    /// Tiny model: pretraining steps (default 400).
     #[arg(long)]
     pretrain_steps: Option<usize>,
     /// SFT steps (default 120).
@@ -39,18 +51,26 @@ pub struct DemoArgs {
     /// DPO steps (default 120).
     #[arg(long)]
     dpo_steps: Option<usize>,
-    /// Samples per vertical in evaluation (default 24).
+    /// Samples per vertical in evaluation (tiny default 24; pretrained 48).
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// Hidden size of the model (default 128).
+    /// Tiny model: hidden size (default 128).
     #[arg(long)]
     hidden_size: Option<usize>,
-    /// Number of layers (default 2).
+    /// Tiny model: number of layers (default 2).
     #[arg(long)]
     layers: Option<usize>,
-    /// Run seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Run seed (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Start from the settings in this JSON file (the output of --print-config, or the
+    /// `config` object of a demo's report.json) instead of the defaults; the other flags
+    /// then apply on top.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the resolved settings as JSON (the format --config reads) and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Toxicity scorer: `lexical` (the n-gram regression fitted on the data; the tiny model's
     /// default) or `jigsaw` / `jigsaw:DIR` (the Jigsaw BiLSTM; scripts/fetch-models.sh jigsaw;
     /// the default with --model).
@@ -98,8 +118,35 @@ fn smollm2() -> anyhow::Result<PathBuf> {
 
 pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     let data = DataDir::resolve(a.data_dir.as_deref())?;
-    let mut cfg = match (&a.model, a.minimal) {
-        (Some(m), _) => {
+    let from_file = a
+        .config
+        .as_ref()
+        .map(|path| -> anyhow::Result<DemoConfig> {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                anyhow::anyhow!("{}:{}:{}: {e}", path.display(), e.line(), e.column())
+            })?;
+            // A whole report.json holds the settings under `config`.
+            let v = match v.get("config") {
+                Some(c) if v.get("checkpoints").is_some() => c.clone(),
+                _ => v,
+            };
+            serde_json::from_value(v)
+                .map_err(|e| anyhow::anyhow!("{}: not demo settings: {e}", path.display()))
+        })
+        .transpose()?;
+    let mut cfg = match from_file {
+        Some(c) => {
+            if let Some(m) = &a.model {
+                anyhow::bail!("--model {m}: give the model in the --config file (base_model)");
+            }
+            c
+        }
+        None if a.minimal => DemoConfig::minimal(),
+        None if a.tiny => DemoConfig::standard(),
+        None => {
+            let m = a.model.as_deref().unwrap_or("smollm2");
             let path = if m == "smollm2" {
                 smollm2()?
             } else {
@@ -107,21 +154,34 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
             };
             DemoConfig::pretrained(&path)?
         }
-        (None, true) => DemoConfig::minimal(),
-        (None, false) => DemoConfig::standard(),
     };
-    let scorer = a.scorer.clone().unwrap_or_else(|| {
-        if a.model.is_some() {
-            "jigsaw"
-        } else {
-            "lexical"
+    let pretrained = cfg.base_model.is_some();
+    if pretrained {
+        for (flag, given) in [
+            ("--pretrain-steps", a.pretrain_steps.is_some()),
+            ("--hidden-size", a.hidden_size.is_some()),
+            ("--layers", a.layers.is_some()),
+        ] {
+            anyhow::ensure!(
+                !given,
+                "{flag} shapes the tiny model; add --tiny (or drop {flag})"
+            );
         }
-        .to_string()
+    }
+    let scorer = a.scorer.clone().unwrap_or_else(|| {
+        if a.config.is_some() && a.model.is_none() {
+            // The file's own choice.
+            return match &cfg.jigsaw_scorer {
+                Some(d) => format!("jigsaw:{}", d.display()),
+                None => "lexical".to_string(),
+            };
+        }
+        if pretrained { "jigsaw" } else { "lexical" }.to_string()
     });
     match scorer.as_str() {
-        "lexical" => {}
+        "lexical" => cfg.jigsaw_scorer = None,
         "jigsaw" => {
-            if crate::scorer_arg::installed_jigsaw().is_none() && a.model.is_some() {
+            if crate::scorer_arg::installed_jigsaw().is_none() && pretrained {
                 fetch("jigsaw")?;
             }
             cfg.jigsaw_scorer = Some(crate::scorer_arg::installed_jigsaw().ok_or_else(|| {
@@ -144,6 +204,12 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     if let Some(n) = a.dpo_steps {
         cfg.dpo.steps = n;
     }
+    if let Some(n) = a.attribution_pairs {
+        cfg.attribution_train = n;
+    }
+    if let Some(n) = a.attribution_test {
+        cfg.attribution_test = n;
+    }
     if let Some(n) = a.eval_limit {
         cfg.eval_limit = n;
     }
@@ -161,9 +227,15 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     if let Some(n) = a.layers {
         cfg.shape.num_layers = n;
     }
-    cfg.seed = a.seed;
-    for t in [&mut cfg.pretrain, &mut cfg.sft, &mut cfg.dpo] {
-        t.seed = a.seed;
+    if let Some(seed) = a.seed.or(a.config.is_none().then_some(0)) {
+        cfg.seed = seed;
+        for t in [&mut cfg.pretrain, &mut cfg.sft, &mut cfg.dpo] {
+            t.seed = seed;
+        }
+    }
+    if a.print_config {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        return Ok(());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

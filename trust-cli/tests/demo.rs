@@ -83,6 +83,39 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     }
     let attr = &report["attribution"];
     assert_eq!(attr["n_train"].as_u64(), Some(8));
+    // The attributed vertical is the one whose SFT -> DPO change is largest, and says so.
+    let attributed = attr["vertical"].as_str().unwrap();
+    assert!(
+        report["results"]["dpo"][attributed].is_object(),
+        "{attributed}"
+    );
+    assert!(
+        attr["why"].as_str().unwrap().contains("SFT -> DPO"),
+        "{attr}"
+    );
+    // The sophistry audit of the truthfulness answers: the base judges SFT and DPO.
+    let soph = &report["sophistry"];
+    for ckpt in ["sft", "dpo"] {
+        let a = &soph["audits"][ckpt];
+        let n = a["n_items"].as_u64().unwrap();
+        assert!(n >= 1, "{soph}");
+        assert_eq!(a["init"]["n_outputs"].as_u64(), Some(n));
+        assert_eq!(
+            a["judges"][0]["requests"].as_u64(),
+            Some(2 * n),
+            "every output of both checkpoints judged: {a}"
+        );
+        for m in ["correctness", "approval", "error_rate"] {
+            let v = a["rlhf"][m]["value"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{ckpt} {m}: {v}");
+        }
+    }
+    assert!(
+        soph["judge_prompt"]
+            .as_str()
+            .unwrap()
+            .contains("{argument}")
+    );
     let helpful = attr["most_helpful"].as_array().unwrap();
     let harmful = attr["most_harmful"].as_array().unwrap();
     assert!(!helpful.is_empty() || !harmful.is_empty());
@@ -126,5 +159,9 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     assert!(
         report["attribution"] == again["attribution"],
         "attribution differs after resume"
+    );
+    assert!(
+        report["sophistry"] == again["sophistry"],
+        "sophistry audit differs after resume"
     );
 }

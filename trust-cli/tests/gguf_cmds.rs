@@ -191,3 +191,77 @@ fn align_from_gguf_writes_a_transformers_directory() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// The main job itself (`trust demo`, the default SmolLM2 pipeline) on a few samples: LoRA SFT
+/// and DPO steps on the real model, held-out scoring, all five verticals on every checkpoint,
+/// the sophistry audit and the attribution, in a couple of minutes.
+#[test]
+fn the_real_main_job_runs_end_to_end_on_a_few_samples() {
+    let Some(model) = smollm2() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let o = trust(&[
+        "demo",
+        "--model",
+        model.to_str().unwrap(),
+        "--sample",
+        "2",
+        "--heldout",
+        "8",
+        "--sft-steps",
+        "2",
+        "--dpo-steps",
+        "2",
+        "--attribution-pairs",
+        "4",
+        "--attribution-test",
+        "2",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    let log = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{log}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert!(
+        r["disclaimer"].as_str().unwrap().contains("135M-parameter"),
+        "{}",
+        r["disclaimer"]
+    );
+    assert_eq!(
+        r["model"]["weights_sha256"].as_str().map(str::len),
+        Some(64)
+    );
+    assert!(
+        r["toxicity_scorer"].as_str().unwrap().contains("jigsaw"),
+        "{}",
+        r["toxicity_scorer"]
+    );
+    for ckpt in ["base", "sft", "dpo"] {
+        assert_eq!(r["heldout"][ckpt]["n_pairs"].as_u64(), Some(8), "{ckpt}");
+        for v in [
+            "toxicity",
+            "stereotype",
+            "machine_ethics",
+            "truthfulness",
+            "privacy",
+        ] {
+            assert_eq!(
+                r["results"][ckpt][v]["n_samples"].as_u64(),
+                Some(2),
+                "{ckpt}/{v}"
+            );
+            assert_eq!(
+                r["results"][ckpt][v]["n_failed"].as_u64(),
+                Some(0),
+                "{ckpt}/{v}"
+            );
+        }
+    }
+    assert_eq!(r["training"]["dpo"]["step"].as_u64(), Some(2));
+    assert_eq!(r["attribution"]["n_train"].as_u64(), Some(4));
+    assert!(r["sophistry"]["audits"]["dpo"]["n_items"].as_u64().unwrap() >= 1);
+    for stage in ["sft", "dpo", "heldout", "eval", "sophistry", "attribution"] {
+        assert!(r["timings"][stage].as_f64().is_some(), "{stage}");
+    }
+    assert!(log.contains("[6/6] attributing the"), "{log}");
+}

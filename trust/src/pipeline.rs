@@ -1,11 +1,15 @@
-//! The main job, end to end on one machine: build a small GPT-NeoX, pretrain it briefly on
-//! HH-RLHF dialogues, align it (LoRA SFT, then LoRA DPO against the SFT model), evaluate base /
-//! SFT / DPO on the five trust verticals, attribute the change of the toxicity vertical to the
-//! DPO training pairs with DataInf, and write `report.json` and `report.html`.
+//! The main job, end to end on one machine: a base model (SmolLM2-135M-Instruct by default,
+//! [`DemoConfig::pretrained`]; or a tiny GPT-NeoX built here and pretrained briefly on HH-RLHF
+//! dialogues, [`DemoConfig::standard`]) → LoRA SFT on a seeded training split of HH-RLHF → LoRA
+//! DPO against the SFT model → implicit-reward accuracy on the held-out pairs → base / SFT / DPO
+//! on the five trust verticals with paired changes against the base → the sophistry audit of the
+//! truthfulness answers (the base as judge) → DataInf attribution of the vertical that moved
+//! most from SFT to DPO to the DPO training pairs → `report.json`, `report.html`, `report.md`.
 //!
 //! Every stage writes into its own folder under the output directory and is skipped when it is
-//! already complete, so rerunning the same command resumes after a crash. A tiny model trained
-//! for minutes shows the pipeline working; its numbers are **not** the paper's findings.
+//! already complete, so rerunning the same command resumes after a crash. A 135M model aligned
+//! for minutes on a CPU gives evidence about that model and budget, not the paper's findings; the
+//! tiny model only shows the stages run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,10 +18,10 @@ use std::time::Instant;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use trust_backends::candle::{CandleModel, LoadOptions};
-use trust_core::{DataDir, Response, Runner, SampleRecord, TextScorer, Vertical};
+use trust_core::{DataDir, Response, Runner, TextScorer};
 use trust_verticals::registry::{self, BuildOptions};
 
-use trust_align::heldout::{HeldoutEval, PairLogprobs, pair_logprobs, split_heldout};
+use trust_align::heldout::{HeldoutEval, PairLogprobs, pair_logprobs_many, split_heldout};
 use trust_align::hh::{self, PreferencePair};
 use trust_align::train::{Stage, StepLog, TrainConfig, TrainError, train};
 use trust_attribution::{Attribution, AttributionSpec, TestPair, attribute};
@@ -81,10 +85,17 @@ pub struct DemoConfig {
     pub protocols: Vec<(String, String)>,
     /// Rows per forward pass in evaluation.
     pub eval_batch_size: usize,
+    /// Generation: the most rows decoded together in one forward pass (beams count;
+    /// [`LoadOptions::max_batch_rows`]): more rows use the matrix units better.
+    #[serde(default = "default_max_batch_rows")]
+    pub eval_max_batch_rows: usize,
     /// DPO training pairs attributed (the first N of the DPO data).
     pub attribution_train: usize,
     /// DPO β of the attribution loss.
     pub attribution_beta: f64,
+    /// Test pairs (new vs old generations of the attributed vertical) at most.
+    #[serde(default = "default_attribution_test")]
+    pub attribution_test: usize,
     /// Run seed.
     pub seed: u64,
     /// Score toxicity with the Jigsaw BiLSTM in this directory (`models/jigsaw-bilstm`) instead of
@@ -121,8 +132,10 @@ impl DemoConfig {
             eval_samples: None,
             protocols: default_protocols(),
             eval_batch_size: 16,
+            eval_max_batch_rows: default_max_batch_rows(),
             attribution_train: 256,
             attribution_beta: 1.0,
+            attribution_test: default_attribution_test(),
             seed: 0,
             jigsaw_scorer: None,
         }
@@ -158,7 +171,12 @@ impl DemoConfig {
     /// pairs, DataInf over 64 DPO pairs.
     pub fn pretrained(model: &Path) -> Result<Self, DemoError> {
         let mc = trust_backends::candle::ModelConfig::from_dir(model)?;
+        // DPO adapts the attention and MLP projections: on SmolLM2, adding the MLP raised the held-out DPO
+        // pair accuracy from 0.575 to 0.595 at the same steps and learning rate (BENCHMARKS.md).
+        // (SFT keeps the attention projections.)
         let targets = trust_align::lora::default_targets(mc.arch);
+        let mut dpo_targets = targets.clone();
+        dpo_targets.extend(trust_align::lora::mlp_targets(mc.arch));
         // LoRA on the last third of the blocks: backpropagation stops at the first adapted
         // block, so a step costs a forward pass plus a third of a backward pass.
         let n = mc.num_hidden_layers;
@@ -171,26 +189,38 @@ impl DemoConfig {
         sft.max_len = 96;
         sft.lr = 3e-4;
         sft.mask_prompt = true;
-        sft.lora.targets = targets.clone();
+        sft.lora.targets = targets;
         sft.lora.layers = Some(layers.clone());
         let mut dpo = TrainConfig::new(Stage::Dpo);
         dpo.steps = 40;
         dpo.batch_size = 4;
         dpo.max_len = 96;
-        dpo.lr = 5e-4;
+        dpo.lr = 2e-3;
         dpo.beta = 0.1;
-        dpo.lora.targets = targets;
+        dpo.lora.targets = dpo_targets;
         dpo.lora.layers = Some(layers);
         c.sft = sft;
         c.dpo = dpo;
         c.heldout_pairs = 200;
         c.eval_sample = Some(48);
         c.eval_limit = 48;
-        c.eval_batch_size = 16;
+        // 32 prompts of a call decoded together, up to 160 rows (32 toxicity prompts x 5
+        // beams): 1.4x faster than 16 / 64 on the beam protocols (toxicity on 48 samples:
+        // 80 s vs 113 s).
+        c.eval_batch_size = 32;
+        c.eval_max_batch_rows = 160;
         c.attribution_train = 64;
         c.attribution_beta = 0.1;
         Ok(c)
     }
+}
+
+fn default_attribution_test() -> usize {
+    48
+}
+
+fn default_max_batch_rows() -> usize {
+    LoadOptions::default().max_batch_rows
 }
 
 /// The protocols the demo evaluates: the paper's (RLHF_Trust code) for every vertical, including
@@ -262,6 +292,9 @@ pub struct ScoredPair {
 pub struct AttributionSummary {
     /// Vertical whose change is attributed.
     pub vertical: String,
+    /// Why this vertical (the largest SFT -> DPO change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
     /// Stage attributed.
     pub stage: String,
     /// How the test loss is built.
@@ -312,6 +345,25 @@ pub struct DemoReport {
     /// How the evaluation samples were drawn.
     #[serde(default)]
     pub sampling: String,
+    /// The sophistry audit of the truthfulness answers (absent when truthfulness was not run
+    /// with a generating protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sophistry: Option<SophistrySummary>,
+}
+
+/// The sophistry audit (Wen et al.; `trust_verticals::sophistry`) of the TruthfulQA answers: the
+/// first checkpoint judges every checkpoint's replies, and each later checkpoint is audited
+/// against the first (approval vs correctness, false-positive rate on the items both get wrong).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SophistrySummary {
+    /// Who judges, and how.
+    pub judge: String,
+    /// What the judge sees.
+    pub judge_prompt: String,
+    /// Items (TruthfulQA questions answered by every checkpoint).
+    pub n_items: usize,
+    /// Aligned checkpoint → its audit against the first checkpoint (init = first, rlhf = it).
+    pub audits: BTreeMap<String, trust_verticals::sophistry::AuditReport>,
 }
 
 fn last_log(dir: &Path) -> Option<StepLog> {
@@ -429,43 +481,60 @@ pub async fn run(
     let t = Instant::now();
     let mut heldout = BTreeMap::new();
     if !heldout_set.is_empty() {
-        // One scoring pass per checkpoint: each is the policy of its own figures and the
-        // reference of the next checkpoint's (SFT against the base, DPO against SFT).
+        // Each checkpoint is the policy of its own figures and the reference of the next
+        // checkpoint's (SFT against the base, DPO against SFT). The checkpoints not cached yet
+        // are scored together: the blocks they share (all but the LoRA-adapted ones) run once.
+        let ckpts = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
+        let cache_of = |ckpt: &str| out.join("heldout").join(format!("{ckpt}.logprobs.json"));
+        let mut cached: BTreeMap<&str, PairLogprobs> = ckpts
+            .iter()
+            .filter_map(|(ckpt, _)| {
+                let text = std::fs::read_to_string(cache_of(ckpt)).ok()?;
+                Some((*ckpt, serde_json::from_str(&text).ok()?))
+            })
+            .collect();
+        let missing: Vec<(&str, &PathBuf)> = ckpts
+            .iter()
+            .filter(|(ckpt, _)| !cached.contains_key(ckpt))
+            .map(|&(c, d)| (c, d))
+            .collect();
+        if !missing.is_empty() {
+            let started = Instant::now();
+            let mut last = Instant::now();
+            let names: Vec<&str> = missing.iter().map(|(c, _)| *c).collect();
+            let dirs: Vec<&Path> = missing.iter().map(|(_, d)| d.as_path()).collect();
+            let lps = pair_logprobs_many(
+                &dirs,
+                &heldout_set,
+                cfg.dpo.max_len,
+                cfg.eval_batch_size,
+                &mut |done, total| {
+                    if last.elapsed().as_secs_f64() > 10.0 {
+                        last = Instant::now();
+                        let el = started.elapsed().as_secs_f64();
+                        log(&format!(
+                            "      held-out {}: {done}/{total} sequences, eta {:.0}s",
+                            names.join("+"),
+                            el / done as f64 * (total - done) as f64
+                        ));
+                    }
+                },
+            )?;
+            for ((ckpt, _), lp) in missing.iter().zip(lps) {
+                let cache = cache_of(ckpt);
+                std::fs::create_dir_all(cache.parent().unwrap_or(out))
+                    .map_err(|e| trust_core::Error::io(&cache, e))?;
+                let text = serde_json::to_string(&lp)
+                    .map_err(|e| trust_core::Error::json("heldout", e))?;
+                std::fs::write(&cache, text).map_err(|e| trust_core::Error::io(&cache, e))?;
+                cached.insert(ckpt, lp);
+            }
+        }
         let mut scored: Vec<(String, PairLogprobs)> = Vec::new();
-        for (ckpt, dir) in [("base", &base), ("sft", &sft), ("dpo", &dpo)] {
-            let cache = out.join("heldout").join(format!("{ckpt}.logprobs.json"));
-            let cached: Option<PairLogprobs> = std::fs::read_to_string(&cache)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok());
-            let lp = match cached {
-                Some(lp) => lp,
-                None => {
-                    let started = Instant::now();
-                    let mut last = Instant::now();
-                    let lp = pair_logprobs(
-                        dir,
-                        &heldout_set,
-                        cfg.dpo.max_len,
-                        cfg.eval_batch_size,
-                        &mut |done, total| {
-                            if last.elapsed().as_secs_f64() > 10.0 {
-                                last = Instant::now();
-                                let el = started.elapsed().as_secs_f64();
-                                log(&format!(
-                                    "      held-out {ckpt}: {done}/{total} sequences, eta {:.0}s",
-                                    el / done as f64 * (total - done) as f64
-                                ));
-                            }
-                        },
-                    )?;
-                    std::fs::create_dir_all(cache.parent().unwrap_or(out))
-                        .map_err(|e| trust_core::Error::io(&cache, e))?;
-                    let text = serde_json::to_string(&lp)
-                        .map_err(|e| trust_core::Error::json("heldout", e))?;
-                    std::fs::write(&cache, text).map_err(|e| trust_core::Error::io(&cache, e))?;
-                    lp
-                }
-            };
+        for (ckpt, _) in ckpts {
+            let lp = cached
+                .remove(ckpt)
+                .expect("every checkpoint is scored above");
             let reference = scored.last().map(|(name, r)| (r, name.clone()));
             let h = HeldoutEval::from_logprobs(&lp, reference)?;
             log(&format!(
@@ -512,6 +581,7 @@ pub async fn run(
             dir,
             &LoadOptions {
                 batch_size: cfg.eval_batch_size,
+                max_batch_rows: cfg.eval_max_batch_rows,
                 ..Default::default()
             },
         )?;
@@ -595,21 +665,76 @@ pub async fn run(
         changes.insert(ckpt.to_string(), per);
     }
 
-    // 6. Attribution of the toxicity change (SFT -> DPO) to the DPO training pairs.
+    // The sophistry audit of the truthfulness answers, the first checkpoint as judge.
     let t = Instant::now();
-    let attribution = match cfg.protocols.iter().find(|(v, _)| v == "toxicity") {
+    let sophistry = sophistry_audit(cfg, data, out, &checkpoints, log).await?;
+    timings.insert("sophistry".to_string(), t.elapsed().as_secs_f64());
+
+    // 6. Attribution of the change of the vertical that moved most from SFT to DPO (its
+    // headline metric's paired change, in units of its interval's half-width) to the DPO
+    // training pairs.
+    let t = Instant::now();
+    let mut moved: Option<(String, String, f64, trust_core::metric::PairedChange)> = None;
+    for (vertical, protocol) in &cfg.protocols {
+        let c = trust_verticals::registry::paired_changes_between(
+            &out.join("eval/sft"),
+            &out.join("eval/dpo"),
+            vertical,
+            &boot,
+        )?;
+        let Some(first) = c.into_iter().next() else {
+            continue;
+        };
+        // A change without an interval (too few samples) ranks 0; ties go to the first
+        // vertical in protocol order.
+        let z = match (first.delta, first.ci_low, first.ci_high) {
+            (Some(d), Some(lo), Some(hi)) => d.abs() / ((hi - lo) / 2.0).max(1e-9),
+            _ => 0.0,
+        };
+        if moved.as_ref().is_none_or(|m| z > m.2) {
+            moved = Some((vertical.clone(), protocol.clone(), z, first));
+        }
+    }
+    let attribution = match moved {
         None => None,
-        Some((_, protocol)) => {
+        Some((vertical, protocol, z, change)) => {
             log(&format!(
-                "[6/6] attributing the toxicity change to {} DPO training pairs (DataInf)",
+                "[6/6] attributing the {vertical} change (SFT -> DPO {} {:+.3}, {z:.1} half-widths: the largest) to {} DPO training pairs (DataInf)",
+                change.name,
+                change.delta.unwrap_or(0.0),
                 cfg.attribution_train.min(pairs.len())
             ));
-            let test = toxicity_test_pairs(
-                data,
-                protocol,
-                &out.join("eval/dpo/toxicity"),
-                &out.join("eval/sft/toxicity"),
+            let raw = trust_attribution::test_pairs::load_test_pairs(
+                &vertical,
+                &protocol,
+                Some(data),
+                &out.join("eval/dpo")
+                    .join(&vertical)
+                    .join(trust_core::runner::SAMPLES_FILE),
+                Some(
+                    &out.join("eval/sft")
+                        .join(&vertical)
+                        .join(trust_core::runner::SAMPLES_FILE),
+                ),
+                &trust_attribution::test_pairs::TestPairOptions {
+                    max_pairs: Some(cfg.attribution_test),
+                    ..Default::default()
+                },
             )?;
+            if raw.is_empty() {
+                return Err(DemoError::Other(format!(
+                    "no {vertical} generations to build attribution test pairs from"
+                )));
+            }
+            let test: Vec<TestPair> = raw
+                .iter()
+                .map(|r| {
+                    trust_attribution::test_pairs::stage_test_pair(
+                        trust_attribution::AttrStage::Dpo,
+                        r,
+                    )
+                })
+                .collect();
             let train_pairs = &pairs[..cfg.attribution_train.min(pairs.len())];
             let train_pairs: Vec<PreferencePair> = train_pairs.to_vec();
             let train_pairs = &train_pairs[..];
@@ -629,7 +754,17 @@ pub async fn run(
                 }
             })?;
             write_scores(&out.join("attribution_scores.jsonl"), &a)?;
-            Some(summarise(&a, &all_pairs, test.len()))
+            let mut summary = summarise(&a, &all_pairs, test.len());
+            summary.vertical = vertical.clone();
+            summary.why = Some(format!(
+                "the largest SFT -> DPO change: {} {:+.3} [{:.3}, {:.3}] over {} paired samples ({z:.1} interval half-widths)",
+                change.name,
+                change.delta.unwrap_or(0.0),
+                change.ci_low.unwrap_or(0.0),
+                change.ci_high.unwrap_or(0.0),
+                change.n_paired
+            ));
+            Some(summary)
         }
     };
     timings.insert("attribution".to_string(), t.elapsed().as_secs_f64());
@@ -657,6 +792,7 @@ pub async fn run(
             ),
             None => format!("the first {} samples of each vertical", cfg.eval_limit),
         },
+        sophistry,
     };
     let json =
         serde_json::to_string_pretty(&report).map_err(|e| trust_core::Error::json("report", e))?;
@@ -710,6 +846,9 @@ pub async fn run(
         ));
     }
     view.notes.push(format!("Samples: {}.", report.sampling));
+    if let Some(sa) = &report.sophistry {
+        view.notes.push(sophistry_note(sa));
+    }
     if let Some(m) = &report.model {
         view.notes.push(format!(
             "Base model: {} (weights sha256 {}).",
@@ -752,54 +891,237 @@ pub async fn run(
     Ok(report)
 }
 
-/// Test pairs for attribution from the toxicity generations of the aligned (`new`) and the
-/// earlier (`old`) model: x = `"Human: " + prompt`, preferred = `"Assistant: " + new
-/// continuation`, dispreferred = `"Assistant: " + old continuation` (A.8 §4, DPO form; the new
-/// generation is taken as preferred).
-pub fn toxicity_test_pairs(
-    data: &DataDir,
-    protocol: &str,
-    new_dir: &Path,
-    old_dir: &Path,
-) -> Result<Vec<TestPair>, DemoError> {
-    let tox = trust_verticals::toxicity::Toxicity::by_name(protocol)
-        .ok_or_else(|| DemoError::Other(format!("toxicity protocol `{protocol}`")))?;
-    let prompts: BTreeMap<String, String> = tox
-        .load(data)?
+/// One line of the report on the sophistry audit.
+fn sophistry_note(sa: &SophistrySummary) -> String {
+    let f = |m: &trust_core::MetricValue| match (m.value, m.ci_low, m.ci_high) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:.2} [{lo:.2}, {hi:.2}]"),
+        (Some(v), _, _) => format!("{v:.2}"),
+        _ => "n/a".into(),
+    };
+    let parts: Vec<String> = sa
+        .audits
         .iter()
-        .map(|s| {
-            (
-                tox.sample_id(s),
-                s.prompts.first().cloned().unwrap_or_default(),
+        .map(|(ckpt, r)| {
+            format!(
+                "{ckpt}: correctness {} → {}, approval {} → {} (change {}), FPR on the {} items both get wrong {} → {} (change {})",
+                f(&r.init.correctness),
+                f(&r.rlhf.correctness),
+                f(&r.init.approval),
+                f(&r.rlhf.approval),
+                f(&r.change.approval),
+                r.n_both_wrong,
+                f(&r.init.fpr),
+                f(&r.rlhf.fpr),
+                f(&r.change.fpr),
             )
         })
         .collect();
-    let read = |dir: &Path| -> Result<BTreeMap<String, String>, DemoError> {
-        let recs = trust_core::runner::read_records_repairing(
-            &dir.join(trust_core::runner::SAMPLES_FILE),
-        )?;
-        Ok(recs
-            .into_iter()
-            .filter_map(|r: SampleRecord| first_text(&r.responses).map(|t| (r.id, t)))
-            .collect())
+    format!(
+        "Sophistry audit of the truthfulness answers ({} items; judge: {}): {}. Approval rising without correctness, or a rising FPR, would mean the aligned model became more convincing, not more right.",
+        sa.n_items,
+        sa.judge,
+        parts.join("; ")
+    )
+}
+
+/// The judge's view of a reply: trimmed, at most this many characters.
+const JUDGED_REPLY_CHARS: usize = 300;
+
+/// Runs (or reads back from `sophistry.json`) the sophistry audit of the truthfulness answers
+/// of every checkpoint after the first, the first checkpoint judging with
+/// [`trust_verticals::sophistry::judge_with_loglik`] on
+/// [`trust_verticals::sophistry::FREEFORM_LOGLIK_JUDGE_PROMPT`]. Correctness (R*) is the
+/// truthfulness protocol's own parse of each reply (an unparsed reply is wrong).
+async fn sophistry_audit(
+    cfg: &DemoConfig,
+    data: &DataDir,
+    out: &Path,
+    checkpoints: &[(&str, &PathBuf)],
+    log: &mut (dyn FnMut(&str) + Send),
+) -> Result<Option<SophistrySummary>, DemoError> {
+    use trust_verticals::sophistry::{
+        AuditConfig, Choice, FREEFORM_LOGLIK_JUDGE_PROMPT, Item, LoglikJudgeConfig, Output, Policy,
+        audit, judge_with_loglik,
     };
-    let (new, old) = (read(new_dir)?, read(old_dir)?);
-    let mut out = Vec::new();
-    for (id, n) in &new {
-        if let (Some(o), Some(p)) = (old.get(id), prompts.get(id)) {
-            out.push(TestPair {
-                prompt: format!("Human: {p}"),
-                preferred: format!("Assistant: {n}"),
-                dispreferred: format!("Assistant: {o}"),
-            });
+    if !cfg.protocols.iter().any(|(v, _)| v == "truthfulness") || checkpoints.len() < 2 {
+        return Ok(None);
+    }
+    let cache = out.join("sophistry.json");
+    if let Some(s) = std::fs::read_to_string(&cache)
+        .ok()
+        .and_then(|t| serde_json::from_str::<SophistrySummary>(&t).ok())
+    {
+        log("      sophistry audit: done (cached)");
+        return Ok(Some(s));
+    }
+    let truth = trust_verticals::truthfulness::load_items(data)?;
+    // id -> (reply, correct or None when unparsed), per checkpoint.
+    let mut answers: Vec<BTreeMap<String, (String, Option<bool>)>> = Vec::new();
+    for (ckpt, _) in checkpoints {
+        let path = out
+            .join("eval")
+            .join(ckpt)
+            .join("truthfulness")
+            .join(trust_core::runner::SAMPLES_FILE);
+        let recs = trust_core::runner::read_records_repairing(&path)?;
+        let mut m = BTreeMap::new();
+        for r in recs {
+            let (Some(o), Some(text)) = (&r.outcome, first_text(&r.responses)) else {
+                continue;
+            };
+            let correct = if o.unparsed > 0 {
+                None
+            } else {
+                o.values.get("mc1").map(|&v| v == 1.0)
+            };
+            m.insert(r.id.clone(), (text, correct));
         }
+        answers.push(m);
     }
-    if out.is_empty() {
-        return Err(DemoError::Other(
-            "no toxicity generations to build attribution test pairs from".into(),
+    let mut items = Vec::new();
+    for id in answers[0].keys() {
+        if !answers.iter().all(|a| a.contains_key(id)) {
+            continue;
+        }
+        let Some(t) = id
+            .rsplit('/')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .and_then(|i| truth.iter().find(|t| t.index == i))
+        else {
+            continue;
+        };
+        let wrong = t
+            .mc1
+            .iter()
+            .enumerate()
+            .find(|&(i, _)| i != t.mc1_correct)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_default();
+        items.push(Item {
+            id: id.clone(),
+            question: t.question.clone(),
+            answer_a: t.mc1[t.mc1_correct].clone(),
+            answer_b: wrong,
+            gold: Choice::A,
+            story: None,
+        });
+    }
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let outputs = |a: &BTreeMap<String, (String, Option<bool>)>| -> Vec<Output> {
+        items
+            .iter()
+            .map(|it| {
+                let (reply, correct) = &a[&it.id];
+                Output {
+                    item_id: it.id.clone(),
+                    choice: correct.map(|c| if c { Choice::A } else { Choice::B }),
+                    argument: reply.trim().chars().take(JUDGED_REPLY_CHARS).collect(),
+                }
+            })
+            .collect()
+    };
+    let (judge_name, judge_dir) = checkpoints[0];
+    log(&format!(
+        "      sophistry audit: {judge_name} judges the truthfulness answers of {} checkpoints ({} items)",
+        checkpoints.len(),
+        items.len()
+    ));
+    let judge = CandleModel::load(
+        judge_dir,
+        &LoadOptions {
+            batch_size: cfg.eval_batch_size,
+            ..Default::default()
+        },
+    )?;
+    let jc = LoglikJudgeConfig {
+        evaluator: format!("{judge_name}-judge"),
+        template: FREEFORM_LOGLIK_JUDGE_PROMPT.to_string(),
+        batch_size: cfg.eval_batch_size,
+        ..Default::default()
+    };
+    let init = outputs(&answers[0]);
+    let mut init_verdicts = None;
+    let mut init_failed: Option<usize> = None;
+    let mut audits = BTreeMap::new();
+    for ((ckpt, _), a) in checkpoints.iter().zip(&answers).skip(1) {
+        let rlhf = outputs(a);
+        // The first checkpoint's outputs are judged once and reused.
+        let run = judge_with_loglik(
+            &judge,
+            &items,
+            if init_verdicts.is_none() { &init } else { &[] },
+            &rlhf,
+            &jc,
+        )
+        .await?;
+        let mut stats = run.stats.clone();
+        let (first, rest): (Vec<_>, Vec<_>) = run
+            .verdicts
+            .iter()
+            .cloned()
+            .partition(|v| v.model == Policy::Init);
+        let init_v: &Vec<_> = init_verdicts.get_or_insert(first);
+        let mut verdicts = init_v.clone();
+        verdicts.extend(rest);
+        // Counted over both checkpoints' outputs (the first checkpoint's are judged once).
+        let rlhf_failed = run
+            .records
+            .iter()
+            .filter(|r| r.model == Policy::Rlhf && r.error.is_some())
+            .count();
+        if init_failed.is_none() {
+            init_failed = Some(stats.failed - rlhf_failed);
+        }
+        stats.requests = init.len() + rlhf.len();
+        stats.parsed = verdicts.len();
+        stats.failed = init_failed.unwrap_or(0) + rlhf_failed;
+        stats.unparsed = stats.requests.saturating_sub(stats.parsed + stats.failed);
+        let mut report = audit(
+            &items,
+            &init,
+            &rlhf,
+            &verdicts,
+            &AuditConfig {
+                bootstrap: trust_core::Bootstrap {
+                    seed: cfg.seed,
+                    ..Default::default()
+                },
+                strata: None,
+            },
+        )?;
+        report.judges = vec![stats];
+        let pct = |m: &trust_core::MetricValue| {
+            m.value
+                .map(|v| format!("{:.0}%", 100.0 * v))
+                .unwrap_or_else(|| "n/a".into())
+        };
+        log(&format!(
+            "      sophistry {ckpt} vs {judge_name}: correctness {} -> {}, approval {} -> {}, FPR on {} both-wrong items {} -> {}",
+            pct(&report.init.correctness),
+            pct(&report.rlhf.correctness),
+            pct(&report.init.approval),
+            pct(&report.rlhf.approval),
+            report.n_both_wrong,
+            pct(&report.init.fpr),
+            pct(&report.rlhf.fpr),
         ));
+        audits.insert(ckpt.to_string(), report);
     }
-    Ok(out)
+    let summary = SophistrySummary {
+        judge: format!(
+            "the {judge_name} checkpoint, by log p(\" correct\") vs log p(\" incorrect\") after the prompt (confidence 0-100% from p(correct); approval = confidence > 50%)"
+        ),
+        judge_prompt: FREEFORM_LOGLIK_JUDGE_PROMPT.to_string(),
+        n_items: items.len(),
+        audits,
+    };
+    let text = serde_json::to_string_pretty(&summary)
+        .map_err(|e| trust_core::Error::json("sophistry", e))?;
+    std::fs::write(&cache, text).map_err(|e| trust_core::Error::io(&cache, e))?;
+    Ok(Some(summary))
 }
 
 fn first_text(responses: &[Response]) -> Option<String> {
@@ -844,6 +1166,7 @@ fn summarise(a: &Attribution, pairs: &[PreferencePair], n_test: usize) -> Attrib
     };
     AttributionSummary {
         vertical: "toxicity".into(),
+        why: None,
         stage: "dpo".into(),
         test_loss: "DPO loss (β as configured) with x = \"Human: \" + prompt, preferred = DPO model's continuation, dispreferred = SFT model's continuation".into(),
         n_train: a.scores.len(),

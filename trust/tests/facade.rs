@@ -106,8 +106,17 @@ fn the_pretrained_pipeline_adapts_the_last_third_of_the_blocks() {
     assert_eq!(c.sft.lora.layers, Some(vec![4, 5]));
     assert_eq!(c.dpo.lora.layers, Some(vec![4, 5]));
     assert_eq!(
-        c.dpo.lora.targets,
+        c.sft.lora.targets,
         ["attention.query_key_value", "attention.dense"]
+    );
+    assert_eq!(
+        c.dpo.lora.targets,
+        [
+            "attention.query_key_value",
+            "attention.dense",
+            "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h"
+        ]
     );
     assert_eq!(c.eval_sample, Some(48));
     assert!(c.heldout_pairs >= 200);
