@@ -830,6 +830,13 @@ mod tests {
         );
         let md = markdown::render(&report);
         assert!(md.contains("paired Δ -0.200 [-0.310, -0.090] *"), "{md}");
+        // The Markdown opens with the same headline table: vertical, metric, change,
+        // significant.
+        let head = md.split("## Headline").nth(1).expect("headline section");
+        assert!(
+            head.contains("| machine_ethics | fnr |") && head.contains("*) | yes |"),
+            "{md}"
+        );
     }
 
     #[test]

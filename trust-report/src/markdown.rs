@@ -1,4 +1,4 @@
-//! The Markdown summary: one table per vertical (headline metrics, value with 95% CI per
+//! The Markdown summary: a headline table over all verticals, one table per vertical (headline metrics, value with 95% CI per
 //! checkpoint, relative change vs the first), PII leakage and the attributed pairs' indices.
 
 use std::fmt::Write;
@@ -69,6 +69,48 @@ fn table(out: &mut String, rows: &[MetricRow], labels: &[String]) {
     out.push('\n');
 }
 
+/// Every vertical's headline metrics in one table (as the HTML report opens): value per
+/// checkpoint, the change against the first with its paired interval, and whether that interval
+/// excludes 0.
+fn headline(out: &mut String, report: &Report, labels: &[String]) {
+    if report.verticals.iter().all(|v| v.headline.is_empty()) {
+        return;
+    }
+    out.push_str("## Headline\n\nChanges are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.\n\n| vertical | metric |");
+    for (i, l) in labels.iter().enumerate() {
+        let _ = write!(out, " {} |", md(l));
+        if i > 0 {
+            let _ = write!(out, " Δ {} vs {} | significant |", md(l), md(&labels[0]));
+        }
+    }
+    out.push_str("\n|---|---|");
+    for i in 0..labels.len() {
+        out.push_str("---:|");
+        if i > 0 {
+            out.push_str("---:|:---:|");
+        }
+    }
+    out.push('\n');
+    for v in &report.verticals {
+        for r in &v.headline {
+            let _ = write!(out, "| {} | {} |", md(&v.vertical), md(&r.name));
+            for (i, c) in r.values.iter().enumerate() {
+                let _ = write!(out, " {} |", cell(c.as_ref()));
+                if i > 0 {
+                    let sig = match c.as_ref().and_then(|c| c.paired.as_ref()) {
+                        Some(p) if p.significant => "yes",
+                        Some(_) => "no",
+                        None => "—",
+                    };
+                    let _ = write!(out, " {} | {sig} |", change(c.as_ref()));
+                }
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+}
+
 /// Renders the summary.
 pub fn render(report: &Report) -> String {
     let labels: Vec<String> = report.checkpoints.iter().map(|c| c.label.clone()).collect();
@@ -88,6 +130,7 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(out, "- **{}**: `{}`", md(&c.label), md(&c.source));
     }
     out.push('\n');
+    headline(&mut out, report, &labels);
     for v in &report.verticals {
         let _ = writeln!(out, "## {}\n", md(&v.vertical));
         for (i, r) in v.runs.iter().enumerate() {
