@@ -315,11 +315,6 @@ impl Trainee {
         }
     }
 
-    /// The frozen base weights the adapters apply to (Hugging Face names).
-    pub fn base_weights(&self) -> &HashMap<String, Tensor> {
-        &self.base
-    }
-
     /// Leading decoder blocks no trainable variable reaches (0 for full-parameter training):
     /// blocks before the first adapted one.
     pub fn frozen_layers(&self) -> usize {
@@ -555,6 +550,29 @@ pub fn shared_prefix_layers(
     Ok(first_diff)
 }
 
+/// Loads the frozen reference model in `dir` and tells whether it shares `layers` leading
+/// blocks (with the embeddings) with `trainee`'s base weights, bit for bit — then it can continue
+/// from the trainee's frozen-prefix hidden states ([`FrozenPrefix::reference_shares`]).
+pub fn load_reference(
+    dir: &Path,
+    trainee: &Trainee,
+    layers: usize,
+    device: &Device,
+) -> Result<(CausalLm, bool), TrainError> {
+    let config = ModelConfig::from_dir(dir)?;
+    let weights = load_weights(dir, device)?;
+    let n = trainee.config.num_hidden_layers;
+    let shares = layers > 0
+        && config.num_hidden_layers == n
+        && config.hidden_size == trainee.config.hidden_size
+        && shared_prefix_layers(&trainee.base, &weights, n)? >= layers;
+    let model = CausalLm::from_var_builder(
+        &config,
+        VarBuilder::from_tensors(weights, DType::F32, device),
+    )?;
+    Ok((model, shares))
+}
+
 /// Loss of one micro-batch, plus (for DPO) the implicit reward margins.
 pub fn batch_loss(
     stage: Stage,
@@ -620,11 +638,8 @@ pub fn batch_loss_with(
                 .transpose()?
                 .map(|h| h.detach());
             let pol = sb.logprob(model, &hidden_of(model, &sb, h0.as_ref())?)?;
-            let ref_hidden = if prefix.reference_shares {
-                hidden_of(reference, &sb, h0.as_ref())?
-            } else {
-                reference.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?
-            };
+            let ref_h0 = h0.as_ref().filter(|_| prefix.reference_shares);
+            let ref_hidden = hidden_of(reference, &sb, ref_h0)?;
             let rf = sb.logprob(reference, &ref_hidden.detach())?.detach();
             let n = batch.len();
             let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
@@ -777,17 +792,9 @@ pub fn train(
     };
     let reference = match (cfg.stage, reference_dir) {
         (Stage::Dpo, Some(dir)) => {
-            let ref_config = ModelConfig::from_dir(dir)?;
-            let weights = load_weights(dir, &device)?;
-            prefix.reference_shares = prefix.layers > 0
-                && ref_config.num_hidden_layers == config.num_hidden_layers
-                && ref_config.hidden_size == config.hidden_size
-                && shared_prefix_layers(&trainee.base, &weights, config.num_hidden_layers)?
-                    >= prefix.layers;
-            Some(CausalLm::from_var_builder(
-                &ref_config,
-                VarBuilder::from_tensors(weights, DType::F32, &device),
-            )?)
+            let (reference, shares) = load_reference(dir, &trainee, prefix.layers, &device)?;
+            prefix.reference_shares = shares;
+            Some(reference)
         }
         (Stage::Dpo, None) => {
             return Err(TrainError::Invalid(

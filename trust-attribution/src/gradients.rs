@@ -125,20 +125,10 @@ pub fn attribute(
     };
     let reference = match spec.reference_dir {
         Some(dir) => {
-            let ref_config = ModelConfig::from_dir(dir)?;
-            let w = load_weights(dir, &device)?;
-            prefix.reference_shares = prefix.layers > 0
-                && ref_config.num_hidden_layers == config.num_hidden_layers
-                && ref_config.hidden_size == config.hidden_size
-                && trust_align::train::shared_prefix_layers(
-                    trainee.base_weights(),
-                    &w,
-                    config.num_hidden_layers,
-                )? >= prefix.layers;
-            Some(CausalLm::from_var_builder(
-                &ref_config,
-                candle_nn::VarBuilder::from_tensors(w, DType::F32, &device),
-            )?)
+            let (reference, shares) =
+                trust_align::train::load_reference(dir, &trainee, prefix.layers, &device)?;
+            prefix.reference_shares = shares;
+            Some(reference)
         }
         None if spec.stage == Stage::Dpo => {
             return Err(TrainError::Invalid(
@@ -631,26 +621,14 @@ impl AttributionModel {
             AttrStage::Dpo => {
                 let dir = opts.reference_dir.as_deref().unwrap_or(&opts.base_dir);
                 fingerprint.push_str(&format!(" ref={}", model_fingerprint(dir)?));
-                let ref_config = ModelConfig::from_dir(dir)?;
-                let w = load_weights(dir, &device)?;
                 let k = trainee.frozen_layers();
-                if k > 0
-                    && ref_config.num_hidden_layers == config.num_hidden_layers
-                    && ref_config.hidden_size == config.hidden_size
-                {
-                    prefix = FrozenPrefix {
-                        layers: k,
-                        reference_shares: trust_align::train::shared_prefix_layers(
-                            trainee.base_weights(),
-                            &w,
-                            config.num_hidden_layers,
-                        )? >= k,
-                    };
-                }
-                Some(CausalLm::from_var_builder(
-                    &ref_config,
-                    candle_nn::VarBuilder::from_tensors(w, DType::F32, &device),
-                )?)
+                let (reference, shares) =
+                    trust_align::train::load_reference(dir, &trainee, k, &device)?;
+                prefix = FrozenPrefix {
+                    layers: k,
+                    reference_shares: shares,
+                };
+                Some(reference)
             }
             _ => None,
         };

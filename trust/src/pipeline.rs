@@ -940,8 +940,8 @@ async fn sophistry_audit(
     log: &mut (dyn FnMut(&str) + Send),
 ) -> Result<Option<SophistrySummary>, DemoError> {
     use trust_verticals::sophistry::{
-        AuditConfig, Choice, FREEFORM_LOGLIK_JUDGE_PROMPT, Item, LoglikJudgeConfig, Output, Policy,
-        audit, judge_with_loglik,
+        AuditConfig, Choice, FREEFORM_LOGLIK_JUDGE_PROMPT, Item, LoglikJudgeConfig, Output, audit,
+        judge_with_loglik,
     };
     if !cfg.protocols.iter().any(|(v, _)| v == "truthfulness") || checkpoints.len() < 2 {
         return Ok(None);
@@ -1043,42 +1043,25 @@ async fn sophistry_audit(
         ..Default::default()
     };
     let init = outputs(&answers[0]);
-    let mut init_verdicts = None;
-    let mut init_failed: Option<usize> = None;
+    // The first checkpoint's outputs are judged once; each audit adds its own checkpoint's.
+    let first = judge_with_loglik(&judge, &items, &init, &[], &jc).await?;
     let mut audits = BTreeMap::new();
     for ((ckpt, _), a) in checkpoints.iter().zip(&answers).skip(1) {
         let rlhf = outputs(a);
-        // The first checkpoint's outputs are judged once and reused.
-        let run = judge_with_loglik(
-            &judge,
-            &items,
-            if init_verdicts.is_none() { &init } else { &[] },
-            &rlhf,
-            &jc,
-        )
-        .await?;
-        let mut stats = run.stats.clone();
-        let (first, rest): (Vec<_>, Vec<_>) = run
+        let run = judge_with_loglik(&judge, &items, &[], &rlhf, &jc).await?;
+        let verdicts: Vec<_> = first
             .verdicts
             .iter()
+            .chain(&run.verdicts)
             .cloned()
-            .partition(|v| v.model == Policy::Init);
-        let init_v: &Vec<_> = init_verdicts.get_or_insert(first);
-        let mut verdicts = init_v.clone();
-        verdicts.extend(rest);
-        // Counted over both checkpoints' outputs (the first checkpoint's are judged once).
-        let rlhf_failed = run
-            .records
-            .iter()
-            .filter(|r| r.model == Policy::Rlhf && r.error.is_some())
-            .count();
-        if init_failed.is_none() {
-            init_failed = Some(stats.failed - rlhf_failed);
-        }
-        stats.requests = init.len() + rlhf.len();
-        stats.parsed = verdicts.len();
-        stats.failed = init_failed.unwrap_or(0) + rlhf_failed;
-        stats.unparsed = stats.requests.saturating_sub(stats.parsed + stats.failed);
+            .collect();
+        let stats = trust_verticals::sophistry::JudgeStats {
+            requests: first.stats.requests + run.stats.requests,
+            parsed: first.stats.parsed + run.stats.parsed,
+            unparsed: first.stats.unparsed + run.stats.unparsed,
+            failed: first.stats.failed + run.stats.failed,
+            ..run.stats
+        };
         let mut report = audit(
             &items,
             &init,

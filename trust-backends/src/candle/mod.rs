@@ -187,25 +187,12 @@ impl CausalLm {
         if layers > n_layers {
             candle_core::bail!("forward_prefix: {layers} blocks asked, the model has {n_layers}");
         }
-        let (key_mask, positions) = self.mask_and_positions(b, t, 0, attention_mask, None)?;
-        self.check_positions(&positions)?;
-        let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
-        let mut segs = layers::Segments {
-            segs: vec![layers::Segment::new(b, t, &key_mask, None, None)?],
-            cos,
-            sin,
-            extra: 0,
-        };
         let ids = input_ids.flatten_all()?;
         let x = match &self.arch {
             Arch::GptNeoX(m) => m.embed(&ids)?,
             Arch::Llama(m) => m.embed(&ids)?,
         };
-        let x = match &self.arch {
-            Arch::GptNeoX(m) => m.forward_blocks(x, 0..layers, &mut segs)?,
-            Arch::Llama(m) => m.forward_blocks(x, 0..layers, &mut segs)?,
-        };
-        x.reshape((b, t, ()))
+        self.blocks_uncached(x, b, t, attention_mask, 0..layers, false)
     }
 
     /// The final hidden states `[b, t, hidden]` (after the final norm, as
@@ -231,6 +218,22 @@ impl CausalLm {
                 self.config.hidden_size
             );
         }
+        let x = hidden.reshape((b * t, h))?;
+        self.blocks_uncached(x, b, t, attention_mask, start..n_layers, true)
+    }
+
+    /// Blocks `layers` on `x` `[b * t, hidden]` without a cache (and the final norm when
+    /// `final_norm`), positions and masks from `attention_mask` as in [`Self::forward`]:
+    /// `[b, t, hidden]`.
+    fn blocks_uncached(
+        &self,
+        x: Tensor,
+        b: usize,
+        t: usize,
+        attention_mask: Option<&Tensor>,
+        layers: std::ops::Range<usize>,
+        final_norm: bool,
+    ) -> candle_core::Result<Tensor> {
         let (key_mask, positions) = self.mask_and_positions(b, t, 0, attention_mask, None)?;
         self.check_positions(&positions)?;
         let (cos, sin) = self.rope().gather_flat(&positions.flatten_all()?)?;
@@ -240,12 +243,15 @@ impl CausalLm {
             sin,
             extra: 0,
         };
-        let x = hidden.reshape((b * t, h))?;
         let x = match &self.arch {
             Arch::GptNeoX(m) => {
-                m.final_norm(&m.forward_blocks(x, start..n_layers, &mut segs)?)?
+                let x = m.forward_blocks(x, layers, &mut segs)?;
+                if final_norm { m.final_norm(&x)? } else { x }
             }
-            Arch::Llama(m) => m.final_norm(&m.forward_blocks(x, start..n_layers, &mut segs)?)?,
+            Arch::Llama(m) => {
+                let x = m.forward_blocks(x, layers, &mut segs)?;
+                if final_norm { m.final_norm(&x)? } else { x }
+            }
         };
         x.reshape((b, t, ()))
     }
