@@ -2,8 +2,9 @@
 //!
 //! Preference alignment in candle — training only: HH-RLHF pairs ([`hh`]), LoRA adapters
 //! ([`lora`]), differentiable losses ([`losses`]: SFT cross-entropy, DPO), the reward model
-//! ([`reward`]: a scalar `v_head`, Bradley–Terry), the optimiser ([`optim`]) and the seeded,
-//! resumable training loop ([`train`]) behind `trust align`.
+//! ([`reward`]: a scalar `v_head`, Bradley–Terry), the optimiser ([`optim`]), the seeded,
+//! resumable training loop ([`train`]: pretraining, SFT, DPO, reward model) and PPO against a
+//! reward model ([`ppo`], trlX's formulation) behind `trust align`.
 //!
 //! The rest of the pipeline lives beside it: attribution of a trained model's behaviour to its
 //! training pairs in `trust-attribution`, the end-to-end run (align → evaluate → attribute →
@@ -16,5 +17,6 @@ pub mod hh;
 pub mod lora;
 pub mod losses;
 pub mod optim;
+pub mod ppo;
 pub mod reward;
 pub mod train;

@@ -80,7 +80,17 @@ impl RewardHead {
         })
     }
 
-    /// A seeded random head, N(0, 1/hidden) entries, no bias (tests and demos only).
+    /// The head as checkpoint tensors (`v_head.weight`, and `v_head.bias` when present).
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(V_HEAD_WEIGHT.to_string(), self.weight.as_tensor().detach())];
+        if let Some(b) = &self.bias {
+            out.push((V_HEAD_BIAS.to_string(), b.detach()));
+        }
+        out
+    }
+
+    /// A seeded random head, N(0, 1/hidden) entries, no bias: the start of reward-model
+    /// training (and a stand-in head for tests).
     pub fn init(hidden: usize, seed: u64, device: &Device) -> Result<Self, TrainError> {
         let mut rng = SplitMix64::new(derive_seed(seed, V_HEAD_WEIGHT));
         let sd = 1.0 / (hidden as f64).sqrt();
@@ -102,8 +112,28 @@ impl RewardHead {
         batch: &[&Encoded],
         device: &Device,
     ) -> candle_core::Result<Tensor> {
+        self.rewards_with(model, batch, 0, device)
+    }
+
+    /// [`Self::rewards`] with the first `frozen_layers` decoder blocks (and the embeddings)
+    /// computed once without an autograd graph ([`CausalLm::forward_prefix`]): the same values,
+    /// for a model whose trainable tensors all lie in later blocks.
+    pub fn rewards_with(
+        &self,
+        model: &CausalLm,
+        batch: &[&Encoded],
+        frozen_layers: usize,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         let (ids, mask, _) = collate(batch, device)?;
-        let hidden = model.forward_hidden(&ids, Some(&mask), None, None)?;
+        let hidden = if frozen_layers > 0 {
+            let h0 = model
+                .forward_prefix(&ids, Some(&mask), frozen_layers)?
+                .detach();
+            model.forward_hidden_from(&h0, Some(&mask), frozen_layers)?
+        } else {
+            model.forward_hidden(&ids, Some(&mask), None, None)?
+        };
         let (b, t, h) = hidden.dims3()?;
         let last: Vec<u32> = batch
             .iter()
@@ -138,6 +168,32 @@ pub fn rm_loss(
     losses::bradley_terry_loss(&rw, &rl)
 }
 
+/// The Bradley–Terry loss of a batch of pairs and each pair's reward margin `r(x, y_w) −
+/// r(x, y_l)` `[b]`: chosen and rejected sequences go through one forward pass (rows `2i`,
+/// `2i + 1`), its first `frozen_layers` blocks without an autograd graph (see
+/// [`RewardHead::rewards_with`]). The same loss as [`rm_loss`] up to float rounding.
+pub fn rm_batch_loss_with(
+    model: &CausalLm,
+    head: &RewardHead,
+    frozen_layers: usize,
+    batch: &[&PairEncoded],
+    device: &Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let seqs: Vec<&Encoded> = batch
+        .iter()
+        .flat_map(|p| [&p.chosen, &p.rejected])
+        .collect();
+    let r = head.rewards_with(model, &seqs, frozen_layers, device)?;
+    let n = batch.len();
+    let pick = |off: usize| -> candle_core::Result<Tensor> {
+        let idx: Vec<u32> = (0..n).map(|i| (2 * i + off) as u32).collect();
+        r.index_select(&Tensor::from_vec(idx, n, device)?, 0)
+    };
+    let (rw, rl) = (pick(0)?, pick(1)?);
+    let loss = losses::bradley_terry_loss(&rw, &rl)?;
+    Ok((loss, (rw - rl)?))
+}
+
 /// Per-example gradients of the Bradley–Terry loss w.r.t. `vars` (batch 1), each flattened
 /// row-major; a variable the loss does not reach gets zeros. Include `head.weight` in `vars` to
 /// attribute through a trainable head.
@@ -156,4 +212,116 @@ pub fn rm_example_gradients(
             None => Ok(vec![0.0; v.as_tensor().elem_count()]),
         })
         .collect()
+}
+
+/// Held-out figures of a reward model: does it rank pairs it never saw?
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RewardEval {
+    /// Pairs scored.
+    pub n_pairs: usize,
+    /// Pairs that could not be encoded (skipped).
+    pub n_skipped: usize,
+    /// Share of pairs with `r(chosen) > r(rejected)` (a tie counts as wrong).
+    pub pair_accuracy: f64,
+    /// Mean `r(chosen) − r(rejected)`.
+    pub mean_margin: f64,
+}
+
+/// A reward model loaded from a directory: the causal LM and its `v_head`.
+pub struct RewardModel {
+    /// The transformer.
+    pub model: CausalLm,
+    /// The scalar head.
+    pub head: RewardHead,
+    /// Its tokenizer.
+    pub tokenizer: tokenizers::Tokenizer,
+    /// End-of-sequence id appended to responses, as in training.
+    pub eos: Option<u32>,
+}
+
+impl RewardModel {
+    /// Loads `dir` (a directory written by `trust align --stage rm`, or any model directory
+    /// whose safetensors hold `v_head.weight`).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        let config = trust_backends::candle::ModelConfig::from_dir(dir)?;
+        let weights = crate::train::load_weights(dir, device)?;
+        let head = RewardHead::from_weights(&weights, config.hidden_size, dir)?;
+        let tokenizer = trust_backends::candle::loader::load_tokenizer(dir, config.vocab_size)?;
+        let eos = config.eos_token_ids.first().copied();
+        let model = CausalLm::from_var_builder(
+            &config,
+            candle_nn::VarBuilder::from_tensors(weights, DType::F32, device),
+        )?;
+        Ok(RewardModel {
+            model,
+            head,
+            tokenizer,
+            eos,
+        })
+    }
+
+    /// Rewards of token sequences (each the prompt followed by the response, EOS included as
+    /// in training), `batch_size` sequences per forward pass.
+    pub fn score_ids(
+        &self,
+        seqs: &[Vec<u32>],
+        batch_size: usize,
+        device: &Device,
+    ) -> candle_core::Result<Vec<f32>> {
+        let enc: Vec<Encoded> = seqs
+            .iter()
+            .map(|ids| Encoded {
+                ids: ids.clone(),
+                targets: vec![0.0; ids.len()],
+            })
+            .collect();
+        let mut out = Vec::with_capacity(enc.len());
+        for chunk in enc.chunks(batch_size.max(1)) {
+            let refs: Vec<&Encoded> = chunk.iter().collect();
+            out.extend(self.head.rewards(&self.model, &refs, device)?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// Scores held-out `pairs` (prompt + reply + EOS, at most `max_len` tokens, encoded as
+    /// training encodes them). `on_progress(done, total)` counts pairs.
+    pub fn evaluate_pairs(
+        &self,
+        pairs: &[crate::hh::PreferencePair],
+        max_len: usize,
+        batch_size: usize,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<RewardEval, TrainError> {
+        let device = self.model_device();
+        let mut cfg = crate::train::TrainConfig::new(crate::train::Stage::Rm);
+        cfg.max_len = max_len;
+        let (enc, n_skipped) = crate::train::encode_pairs(&self.tokenizer, pairs, &cfg, self.eos);
+        if enc.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "no held-out pair could be encoded ({n_skipped} skipped)"
+            )));
+        }
+        let (mut wins, mut margin_sum) = (0usize, 0.0f64);
+        let per = (batch_size / 2).max(1);
+        for (k, chunk) in enc.chunks(per).enumerate() {
+            let refs: Vec<&PairEncoded> = chunk.iter().collect();
+            let (_, m) = rm_batch_loss_with(&self.model, &self.head, 0, &refs, &device)?;
+            for m in m.to_vec1::<f32>()? {
+                wins += usize::from(m > 0.0);
+                margin_sum += f64::from(m);
+            }
+            on_progress((k * per + chunk.len()).min(enc.len()), enc.len());
+        }
+        let n = enc.len();
+        Ok(RewardEval {
+            n_pairs: n,
+            n_skipped,
+            pair_accuracy: wins as f64 / n as f64,
+            mean_margin: margin_sum / n as f64,
+        })
+    }
+
+    fn model_device(&self) -> Device {
+        self.head.weight.as_tensor().device().clone()
+    }
 }

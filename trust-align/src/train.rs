@@ -1,4 +1,5 @@
-//! Training: brief full-parameter pretraining, LoRA SFT and LoRA DPO on a [`CausalLm`].
+//! Training: brief full-parameter pretraining, LoRA SFT, LoRA DPO and reward models on a
+//! [`CausalLm`] (PPO, which needs rollouts, is [`crate::ppo`]).
 //!
 //! Seeded and resumable: the example order of every step is a function of (seed, step), and a
 //! checkpoint holds the trainable parameters, the AdamW moments and the step, so a run resumed
@@ -6,7 +7,8 @@
 //!
 //! Output directory layout (an HF model directory, loadable by `trust_backends::candle`):
 //! `config.json`, `tokenizer.json`, `model.safetensors` (merged weights), `adapter/` (LoRA
-//! adapters, PEFT layout), `train_log.jsonl` (one line per optimiser step), `checkpoint/`.
+//! adapters, PEFT layout), `train_log.jsonl` (one line per optimiser step), `checkpoint/`. A
+//! reward model's `model.safetensors` also holds its head `v_head.weight` (`[1, hidden]`).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,6 +25,7 @@ use crate::hh::PreferencePair;
 use crate::lora::{LoraAdapters, LoraConfig};
 use crate::losses;
 use crate::optim::AdamW;
+use crate::reward::{RewardHead, V_HEAD_WEIGHT};
 
 /// Errors of training.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +68,10 @@ pub enum Stage {
     Sft,
     /// LoRA DPO against a frozen reference model.
     Dpo,
+    /// Reward model: the causal LM (LoRA, or every weight with [`TrainConfig::full`]) plus a
+    /// trained scalar head `v_head` on the final hidden state of the last token, Bradley–Terry
+    /// loss on (chosen, rejected) (see [`crate::reward`]).
+    Rm,
 }
 
 /// Training settings.
@@ -94,6 +101,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Save a checkpoint every this many steps (0 = only at the end).
     pub checkpoint_every: usize,
+    /// Reward model: train every weight instead of LoRA adapters (the head is always trained).
+    #[serde(default)]
+    pub full: bool,
 }
 
 impl TrainConfig {
@@ -108,6 +118,7 @@ impl TrainConfig {
                 Stage::Pretrain => 3e-3,
                 Stage::Sft => 2e-3,
                 Stage::Dpo => 1e-3,
+                Stage::Rm => 1e-3,
             },
             weight_decay: 0.0,
             max_len: 128,
@@ -121,6 +132,7 @@ impl TrainConfig {
             },
             seed: 0,
             checkpoint_every: 0,
+            full: false,
         }
     }
 }
@@ -334,6 +346,30 @@ impl Trainee {
         }
     }
 
+    /// The weights the trainee started from (for LoRA: the frozen base under the adapters).
+    pub fn base_weights(&self) -> &HashMap<String, Tensor> {
+        &self.base
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The model with the current weights as constants (no autograd graph to the variables):
+    /// for generation and scoring.
+    pub fn frozen_model(&self) -> candle_core::Result<CausalLm> {
+        let w: HashMap<String, Tensor> = self
+            .weights()?
+            .into_iter()
+            .map(|(k, v)| (k, v.detach()))
+            .collect();
+        CausalLm::from_var_builder(
+            &self.config,
+            VarBuilder::from_tensors(w, DType::F32, &self.device),
+        )
+    }
+
     /// The LoRA adapters, if this is a LoRA trainee.
     pub fn adapters(&self) -> Option<&LoraAdapters> {
         match &self.params {
@@ -361,7 +397,7 @@ impl Trainee {
         )
     }
 
-    fn save_params(&self, path: &Path) -> candle_core::Result<()> {
+    pub(crate) fn save_params(&self, path: &Path) -> candle_core::Result<()> {
         let map: HashMap<String, Tensor> = match &self.params {
             Params::Full(v) => v
                 .iter()
@@ -381,7 +417,7 @@ impl Trainee {
         candle_core::safetensors::save(&map, path)
     }
 
-    fn load_params(&self, path: &Path) -> candle_core::Result<()> {
+    pub(crate) fn load_params(&self, path: &Path) -> candle_core::Result<()> {
         let map = candle_core::safetensors::load(path, &self.device)?;
         let get = |k: &str| {
             map.get(k).cloned().ok_or_else(|| {
@@ -456,6 +492,18 @@ impl ScoredBatch {
             rows: Tensor::from_vec(rows, (b, n), device)?,
             n_targets: weight.iter().map(|&w| f64::from(w)).sum(),
         })
+    }
+
+    /// The final hidden states at the scored positions, `[n, hidden]` in row-major order of
+    /// (row, position): entry `k` predicts [`Self::next_ids`]`[k]`.
+    pub fn picked(&self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        let (hb, t, h) = hidden.dims3()?;
+        hidden.reshape((hb * t, h))?.index_select(&self.select, 0)
+    }
+
+    /// The token each scored position predicts, `[n, 1]` (u32).
+    pub fn next_ids(&self) -> &Tensor {
+        &self.next
     }
 
     /// Rows in the batch.
@@ -625,6 +673,9 @@ pub fn batch_loss_with(
             let loss = (sb.logprob(model, &hidden)?.sum_all()?.neg()? / sb.n_targets)?;
             Ok((loss, None))
         }
+        Stage::Rm => candle_core::bail!(
+            "the reward-model loss needs its head: use reward::rm_batch_loss_with"
+        ),
         Stage::Dpo => {
             let reference = reference
                 .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
@@ -685,7 +736,7 @@ pub fn encode_pairs(
     let score_prompt = match cfg.stage {
         Stage::Pretrain => true,
         Stage::Sft => !cfg.mask_prompt,
-        Stage::Dpo => false,
+        Stage::Dpo | Stage::Rm => false,
     };
     let mut out = Vec::new();
     let mut skipped = 0;
@@ -776,7 +827,8 @@ pub fn train(
     let base = load_weights(model_dir, &device)?;
     let trainee = match cfg.stage {
         Stage::Pretrain => Trainee::full(config.clone(), base, device.clone())?,
-        Stage::Sft | Stage::Dpo => Trainee::lora(
+        Stage::Rm if cfg.full => Trainee::full(config.clone(), base, device.clone())?,
+        Stage::Sft | Stage::Dpo | Stage::Rm => Trainee::lora(
             config.clone(),
             base,
             cfg.lora.clone(),
@@ -803,7 +855,19 @@ pub fn train(
         }
         _ => None,
     };
-    let vars = trainee.vars();
+    // The reward model's scalar head, trained with the transformer.
+    let head = match cfg.stage {
+        Stage::Rm => {
+            let mut h = RewardHead::init(config.hidden_size, cfg.seed, &device)?;
+            h.trainable = true;
+            Some(h)
+        }
+        _ => None,
+    };
+    let mut vars = trainee.vars();
+    if let Some(h) = &head {
+        vars.push(h.weight.clone());
+    }
     let mut opt = AdamW::new(&vars, cfg.lr, cfg.weight_decay)?;
 
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
@@ -829,6 +893,14 @@ pub fn train(
             )));
         }
         trainee.load_params(&ckpt.join("params.safetensors"))?;
+        if let Some(h) = &head {
+            let p = ckpt.join("head.safetensors");
+            let map = candle_core::safetensors::load(&p, &device)?;
+            let w = map.get(V_HEAD_WEIGHT).ok_or_else(|| {
+                TrainError::Invalid(format!("{}: missing `{V_HEAD_WEIGHT}`", p.display()))
+            })?;
+            h.weight.set(w)?;
+        }
         opt.load(&ckpt.join("optim.safetensors"), old.step, &device)?;
         start = old.step;
         if let Ok(text) = std::fs::read_to_string(&log_path) {
@@ -851,15 +923,22 @@ pub fn train(
         for k in 0..cfg.grad_accum {
             let idx = batch_indices(data.len(), cfg.seed, step, k, cfg);
             let batch: Vec<&PairEncoded> = idx.iter().map(|&i| &data[i]).collect();
-            let (loss, m) = batch_loss_with(
-                cfg.stage,
-                &model,
-                reference.as_ref(),
-                prefix,
-                &batch,
-                cfg.beta,
-                &device,
-            )?;
+            let (loss, m) = match &head {
+                Some(h) => {
+                    let (loss, m) =
+                        crate::reward::rm_batch_loss_with(&model, h, prefix.layers, &batch, &device)?;
+                    (loss, Some(m))
+                }
+                None => batch_loss_with(
+                    cfg.stage,
+                    &model,
+                    reference.as_ref(),
+                    prefix,
+                    &batch,
+                    cfg.beta,
+                    &device,
+                )?,
+            };
             loss_sum += loss.to_scalar::<f32>()? as f64;
             if let Some(m) = m {
                 margins.extend(m.to_vec1::<f32>()?);
@@ -892,6 +971,7 @@ pub fn train(
         if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
             save_checkpoint(
                 &trainee,
+                head.as_ref(),
                 &opt,
                 &CheckpointState {
                     step: step + 1,
@@ -903,11 +983,14 @@ pub fn train(
     }
 
     // Final model directory.
-    let weights = trainee
+    let mut weights = trainee
         .weights()?
         .into_iter()
         .map(|(k, v)| (k, v.detach()))
         .collect::<HashMap<_, _>>();
+    if let Some(h) = &head {
+        weights.extend(h.tensors());
+    }
     candle_core::safetensors::save(&weights, out_dir.join("model.safetensors"))?;
     trust_backends::candle::loader::write_hf_companions(model_dir, out_dir)?;
     if let Some(a) = trainee.adapters() {
@@ -918,6 +1001,7 @@ pub fn train(
 
 fn save_checkpoint(
     trainee: &Trainee,
+    head: Option<&RewardHead>,
     opt: &AdamW,
     state: &CheckpointState,
     dir: &Path,
@@ -926,6 +1010,10 @@ fn save_checkpoint(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     trainee.save_params(&tmp.join("params.safetensors"))?;
+    if let Some(h) = head {
+        let map: HashMap<String, Tensor> = h.tensors().into_iter().collect();
+        candle_core::safetensors::save(&map, tmp.join("head.safetensors"))?;
+    }
     opt.save(&tmp.join("optim.safetensors"))?;
     let p = tmp.join("state.json");
     std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))?;
