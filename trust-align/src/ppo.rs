@@ -155,10 +155,12 @@ impl PpoConfig {
             return bad("PPO epochs, max new tokens and max prompt length must be positive");
         }
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
-        if !finite_pos(self.temperature) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        let non_neg = |x: f64| x.is_finite() && x >= 0.0;
+        let sampling_ok = finite_pos(self.temperature) && self.top_p > 0.0 && self.top_p <= 1.0;
+        if !sampling_ok {
             return bad("temperature must be > 0 and top-p in (0, 1]");
         }
-        if !finite_pos(self.lr) || !(self.init_kl_coef.is_finite() && self.init_kl_coef >= 0.0) {
+        if !(finite_pos(self.lr) && non_neg(self.init_kl_coef)) {
             return bad("learning rate must be > 0 and the KL coefficient ≥ 0");
         }
         if self.target_kl.is_some_and(|t| !finite_pos(t)) || !finite_pos(self.horizon) {
@@ -167,11 +169,11 @@ impl PpoConfig {
         if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lam) {
             return bad("γ and λ must lie in [0, 1]");
         }
-        if !finite_pos(self.cliprange)
-            || !finite_pos(self.cliprange_value)
-            || !finite_pos(self.cliprange_reward)
-            || !(self.vf_coef.is_finite() && self.vf_coef >= 0.0)
-        {
+        let clips_ok = finite_pos(self.cliprange)
+            && finite_pos(self.cliprange_value)
+            && finite_pos(self.cliprange_reward)
+            && non_neg(self.vf_coef);
+        if !clips_ok {
             return bad("clip ranges must be > 0 and the value coefficient ≥ 0");
         }
         Ok(())
@@ -463,7 +465,8 @@ fn token_outputs(
     entropy: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
     let picked = sb.picked(hidden)?;
-    let lsm = candle_nn::ops::log_softmax(&model.lm_head(&picked)?.to_dtype(DType::F32)?, D::Minus1)?;
+    let lsm =
+        candle_nn::ops::log_softmax(&model.lm_head(&picked)?.to_dtype(DType::F32)?, D::Minus1)?;
     let lp = lsm.gather(sb.next_ids(), 1)?.squeeze(1)?;
     let ent = if entropy {
         Some((lsm.exp()? * &lsm)?.sum(1)?.neg()?)
@@ -505,7 +508,8 @@ pub fn step_prompts(n: usize, seed: u64, step: usize, batch: usize) -> Vec<usize
             let epoch = c / n;
             if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
                 let mut perm: Vec<usize> = (0..n).collect();
-                SplitMix64::new(derive_seed(seed, &format!("ppo/epoch/{epoch}"))).shuffle(&mut perm);
+                SplitMix64::new(derive_seed(seed, &format!("ppo/epoch/{epoch}")))
+                    .shuffle(&mut perm);
                 cached = Some((epoch, perm));
             }
             cached.as_ref().expect("just set").1[c % n]
@@ -761,7 +765,13 @@ pub fn train_ppo(
         let h0 = (k > 0)
             .then(|| policy.forward_prefix(&sb.ids, Some(&sb.mask), k))
             .transpose()?;
-        let (lp, v, ent) = token_outputs(&policy, &head, &sb, &hidden_of(&policy, &sb, h0.as_ref(), k)?, true)?;
+        let (lp, v, ent) = token_outputs(
+            &policy,
+            &head,
+            &sb,
+            &hidden_of(&policy, &sb, h0.as_ref(), k)?,
+            true,
+        )?;
         let ref_hidden = hidden_of(&reference, &sb, h0.as_ref(), k)?;
         let ref_lp = {
             let picked = sb.picked(&ref_hidden)?;
@@ -835,8 +845,11 @@ pub fn train_ppo(
         let mut updates = 0usize;
         for epoch in 0..cfg.ppo_epochs {
             let mut order: Vec<usize> = (0..rollouts.len()).collect();
-            SplitMix64::new(derive_seed(cfg.seed, &format!("ppo/minibatch/{step}/{epoch}")))
-                .shuffle(&mut order);
+            SplitMix64::new(derive_seed(
+                cfg.seed,
+                &format!("ppo/minibatch/{step}/{epoch}"),
+            ))
+            .shuffle(&mut order);
             for mb in order.chunks(cfg.minibatch_size) {
                 let model = trainee.model()?;
                 let batch: Vec<&Rollout> = mb.iter().map(|&i| &rollouts[i]).collect();
@@ -962,7 +975,10 @@ mod tests {
     #[test]
     fn token_rewards_penalise_kl_and_add_the_clipped_score_last() {
         let r = token_rewards(&[-1.0, -2.0], &[-1.5, -1.0], 3.0, 0.1, 10.0);
-        assert!(close(r[0], -0.05, 1e-12) && close(r[1], 3.1, 1e-12), "{r:?}");
+        assert!(
+            close(r[0], -0.05, 1e-12) && close(r[1], 3.1, 1e-12),
+            "{r:?}"
+        );
         // The score is clipped to ±cliprange_reward (trlX `cliprange_reward`).
         let r = token_rewards(&[0.0], &[0.0], -25.0, 0.1, 10.0);
         assert_eq!(r, vec![-10.0]);
@@ -1009,10 +1025,7 @@ mod tests {
         assert!(close(c.value, 0.05 * 1.00016, 1e-15), "{}", c.value);
         c.update(5.4, 100); // error −0.1: × (1 − 0.1·100/10000)
         assert!(close(c.value, 0.05 * 1.00016 * 0.999, 1e-15));
-        let mut fixed = KlController {
-            target: None,
-            ..c
-        };
+        let mut fixed = KlController { target: None, ..c };
         fixed.update(100.0, 100);
         assert_eq!(fixed.value, c.value);
     }

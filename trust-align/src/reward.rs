@@ -241,7 +241,12 @@ pub struct RewardModel {
 
 impl RewardModel {
     /// Loads `dir` (a directory written by `trust align --stage rm`, or any model directory
-    /// whose safetensors hold `v_head.weight`).
+    /// whose safetensors hold `v_head.weight`) on the CPU.
+    pub fn load_cpu(dir: &Path) -> Result<Self, TrainError> {
+        Self::load(dir, &Device::Cpu)
+    }
+
+    /// [`Self::load_cpu`] onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, TrainError> {
         let config = trust_backends::candle::ModelConfig::from_dir(dir)?;
         let weights = crate::train::load_weights(dir, device)?;
@@ -278,7 +283,11 @@ impl RewardModel {
         let mut out = Vec::with_capacity(enc.len());
         for chunk in enc.chunks(batch_size.max(1)) {
             let refs: Vec<&Encoded> = chunk.iter().collect();
-            out.extend(self.head.rewards(&self.model, &refs, device)?.to_vec1::<f32>()?);
+            out.extend(
+                self.head
+                    .rewards(&self.model, &refs, device)?
+                    .to_vec1::<f32>()?,
+            );
         }
         Ok(out)
     }

@@ -925,8 +925,13 @@ pub fn train(
             let batch: Vec<&PairEncoded> = idx.iter().map(|&i| &data[i]).collect();
             let (loss, m) = match &head {
                 Some(h) => {
-                    let (loss, m) =
-                        crate::reward::rm_batch_loss_with(&model, h, prefix.layers, &batch, &device)?;
+                    let (loss, m) = crate::reward::rm_batch_loss_with(
+                        &model,
+                        h,
+                        prefix.layers,
+                        &batch,
+                        &device,
+                    )?;
                     (loss, Some(m))
                 }
                 None => batch_loss_with(

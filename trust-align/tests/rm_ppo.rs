@@ -153,7 +153,10 @@ fn ppo_raises_the_reward_with_bounded_kl_and_resumes_exactly() {
     assert!(logs[0].mean_kl.abs() < 1e-4, "{:?}", logs[0]);
     let max_kl = logs.iter().map(|l| l.mean_kl).fold(f64::MIN, f64::max);
     assert!(max_kl < 20.0, "KL ran away: {logs:?}");
-    assert!(logs.iter().all(|l| l.entropy > 0.0 && l.vf_loss.is_finite()));
+    assert!(
+        logs.iter()
+            .all(|l| l.entropy > 0.0 && l.vf_loss.is_finite())
+    );
     assert!(out.join("value_head.safetensors").exists());
     assert!(out.join("adapter/adapter_config.json").exists());
     // The policy loads as a model.

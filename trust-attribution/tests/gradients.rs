@@ -195,6 +195,55 @@ fn rm_gradients_match_finite_differences() {
     );
 }
 
+/// A reward model trained by `trust align --stage rm` (LoRA adapters + a trained `v_head`) is
+/// attributed through its own adapters, and the attributed loss is the reward model's
+/// Bradley–Terry loss on the merged weights.
+#[test]
+fn a_trained_reward_model_is_attributed_through_its_adapters() {
+    use trust_align::train::{Stage, TrainConfig, train};
+    let root = tempfile::tempdir().unwrap();
+    let (base, _ft) = models(root.path());
+    let rm_dir = root.path().join("rm");
+    let cfg = TrainConfig {
+        steps: 4,
+        batch_size: 4,
+        max_len: 48,
+        lr: 5e-3,
+        ..TrainConfig::new(Stage::Rm)
+    };
+    train(&cfg, &base, None, &pairs(16), &rm_dir, &mut |_| {}).unwrap();
+    let mut opts = AttributeOptions::new(AttrStage::Rm, &rm_dir, &base);
+    opts.max_len = 48;
+    let m = AttributionModel::load(&opts).unwrap();
+    assert!(
+        matches!(m.source(), AdapterSource::Trained),
+        "{:?}",
+        m.source()
+    );
+    let names = m.layout().names().to_vec();
+    assert_eq!(
+        names.len(),
+        2 * 2 * 2,
+        "query_key_value and dense of 2 blocks, A and B: {names:?}"
+    );
+    let (enc, _) = m.encode(&pairs(3));
+    let rm = trust_align::reward::RewardModel::load_cpu(&rm_dir).unwrap();
+    for ex in &enc {
+        let (want, _) =
+            trust_align::reward::rm_batch_loss_with(&rm.model, &rm.head, 0, &[ex], &Device::Cpu)
+                .unwrap();
+        let want = f64::from(want.to_scalar::<f32>().unwrap());
+        let got = m.loss(ex).unwrap();
+        assert!(
+            (got - want).abs() < 1e-4,
+            "attributed loss {got} vs reward model {want}"
+        );
+        let g = m.gradients(ex).unwrap();
+        assert!(g.iter().flatten().all(|x| x.is_finite()));
+        assert!(g.iter().flatten().any(|&x| x != 0.0));
+    }
+}
+
 /// Without a `v_head` the rm stage is a clear error (unless a test head is requested).
 #[test]
 fn rm_without_head_is_an_error_naming_the_directory() {

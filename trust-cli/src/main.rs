@@ -41,7 +41,8 @@ enum Command {
     /// Generate text with a local model (JSONL in: prompt; default stop: never).
     #[cfg(feature = "candle")]
     Generate(model_cmds::GenerateArgs),
-    /// Align a model: full-parameter pretraining, LoRA SFT or LoRA DPO on preference pairs.
+    /// Align a model: full-parameter pretraining, LoRA SFT, LoRA DPO, a reward model or PPO
+    /// against a reward model, on preference pairs.
     #[cfg(feature = "candle")]
     Align(align_cmd::AlignArgs),
     /// The main job: build a small model, pretrain, SFT, DPO, evaluate all five verticals,

@@ -39,4 +39,3 @@ pub fn tiny_model(dir: &Path) {
     let weights = shape.init_weights(0, &Device::Cpu).unwrap();
     write_model_dir(dir, &shape.config_json(), &tok, &weights).unwrap();
 }
-

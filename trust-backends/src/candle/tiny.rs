@@ -179,6 +179,19 @@ pub fn write_model_dir(
     Ok(())
 }
 
+/// A random-weight model of `shape` with a tokenizer trained on `texts`, written to `dir` as a
+/// Hugging Face directory (CPU, f32): a fixture for tests and examples in one call.
+pub fn write_random_model<S: AsRef<str> + Send>(
+    dir: &Path,
+    shape: &NeoxShape,
+    texts: impl Iterator<Item = S> + Send,
+    seed: u64,
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let tok = train_tokenizer(texts, shape.vocab_size)?;
+    let weights = shape.init_weights(seed, &Device::Cpu)?;
+    write_model_dir(dir, &shape.config_json(), &tok, &weights)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
