@@ -1,5 +1,5 @@
-//! `trust demo`: the main job (SFT → DPO → held-out accuracy → evaluate → paired changes →
-//! sophistry audit → attribute → report) on SmolLM2-135M-Instruct (the default; `--model` for
+//! `trust demo`: the main job (SFT → DPO, and SFT → reward model → PPO → held-out accuracy →
+//! evaluate → paired changes → sophistry audit → attribute → report) on SmolLM2-135M-Instruct (the default; `--model` for
 //! another GGUF file or model directory) or on the toy model built here (`--tiny`, `--minimal`),
 //! wiring over `trust::pipeline`.
 
@@ -51,6 +51,15 @@ pub struct DemoArgs {
     /// DPO steps (default 120).
     #[arg(long)]
     dpo_steps: Option<usize>,
+    /// Reward-model steps of the PPO branch (tiny default 60; pretrained 40).
+    #[arg(long)]
+    rm_steps: Option<usize>,
+    /// PPO steps (tiny default 12; pretrained 8).
+    #[arg(long)]
+    ppo_steps: Option<usize>,
+    /// Leave out the PPO branch (reward model, PPO, its evaluation and attribution).
+    #[arg(long, conflicts_with_all = ["rm_steps", "ppo_steps"])]
+    no_ppo: bool,
     /// Samples per vertical in evaluation (tiny default 24; pretrained 48).
     #[arg(long)]
     eval_limit: Option<usize>,
@@ -204,6 +213,22 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
     if let Some(n) = a.dpo_steps {
         cfg.dpo.steps = n;
     }
+    if a.no_ppo {
+        cfg.rm = None;
+        cfg.ppo = None;
+    }
+    if let Some(n) = a.rm_steps {
+        cfg.rm
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("--rm-steps: this configuration has no PPO branch"))?
+            .steps = n;
+    }
+    if let Some(n) = a.ppo_steps {
+        cfg.ppo
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("--ppo-steps: this configuration has no PPO branch"))?
+            .steps = n;
+    }
     if let Some(n) = a.attribution_pairs {
         cfg.attribution_train = n;
     }
@@ -231,6 +256,12 @@ pub fn run_cmd(a: DemoArgs) -> anyhow::Result<()> {
         cfg.seed = seed;
         for t in [&mut cfg.pretrain, &mut cfg.sft, &mut cfg.dpo] {
             t.seed = seed;
+        }
+        if let Some(rm) = &mut cfg.rm {
+            rm.seed = seed;
+        }
+        if let Some(ppo) = &mut cfg.ppo {
+            ppo.seed = seed;
         }
     }
     if a.print_config {

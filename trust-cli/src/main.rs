@@ -45,8 +45,9 @@ enum Command {
     /// against a reward model, on preference pairs.
     #[cfg(feature = "candle")]
     Align(align_cmd::AlignArgs),
-    /// The main job: build a small model, pretrain, SFT, DPO, evaluate all five verticals,
-    /// attribute the toxicity change to the DPO pairs, and write report.json + report.html.
+    /// The main job: SmolLM2-135M-Instruct (or --tiny) → LoRA SFT → DPO, and SFT → reward model →
+    /// PPO; held-out accuracy; all five verticals on every checkpoint; the sophistry audit; the
+    /// attribution of the largest changes to the training pairs; report.json / html / md.
     #[cfg(feature = "candle")]
     Demo(demo_cmd::DemoArgs),
     /// Attribute a vertical's change to the training pairs (DataInf over LoRA gradients of the

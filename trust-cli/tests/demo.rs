@@ -1,5 +1,5 @@
 //! The main job at its minimal size: every stage runs, the report holds all five verticals for
-//! base/SFT/DPO plus an attribution, and a rerun resumes (cached stages) with identical results.
+//! base/SFT/DPO/PPO plus the DPO and PPO attributions, and a rerun resumes (cached stages) with identical results.
 
 use std::process::Command;
 
@@ -33,7 +33,11 @@ fn minimal_demo_runs_every_stage_and_resumes() {
             .unwrap()
             .contains("not the paper's findings")
     );
-    for ckpt in ["base", "sft", "dpo"] {
+    assert_eq!(
+        report["checkpoints"],
+        serde_json::json!(["base", "sft", "dpo", "ppo"])
+    );
+    for ckpt in ["base", "sft", "dpo", "ppo"] {
         let r = &report["results"][ckpt];
         for v in [
             "toxicity",
@@ -53,11 +57,31 @@ fn minimal_demo_runs_every_stage_and_resumes() {
             );
         }
     }
-    for stage in ["pretrain", "sft", "dpo"] {
+    for stage in ["pretrain", "sft", "dpo", "rm"] {
         assert!(report["training"][stage]["step"].as_u64().unwrap() >= 1);
     }
+    // The PPO branch: the reward model ranks the held-out pairs, PPO logged its last step.
+    let rm = &report["reward_model"];
+    assert_eq!(rm["n_pairs"].as_u64(), Some(8), "{rm}");
+    assert!((0.0..=1.0).contains(&rm["pair_accuracy"].as_f64().unwrap()));
+    let ppo = &report["ppo_training"];
+    assert_eq!(ppo["step"].as_u64(), Some(2), "{ppo}");
+    for k in ["mean_score", "mean_kl", "entropy", "vf_loss"] {
+        assert!(ppo[k].as_f64().is_some_and(f64::is_finite), "{k}: {ppo}");
+    }
+    assert_eq!(report["heldout"]["ppo"]["reference"].as_str(), Some("sft"));
+    let pa = &report["ppo_attribution"];
+    assert_eq!(pa["stage"].as_str(), Some("rm"), "{pa}");
+    assert!(pa["why"].as_str().unwrap().contains("SFT -> PPO"), "{pa}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("attribution_ppo_scores.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        8
+    );
     // Held-out pairs (never trained on) are scored for every checkpoint, against its reference.
-    for ckpt in ["base", "sft", "dpo"] {
+    for ckpt in ["base", "sft", "dpo", "ppo"] {
         let acc = report["heldout_pair_accuracy"][ckpt].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{ckpt}: {acc}");
         assert_eq!(report["heldout"][ckpt]["n_pairs"].as_u64(), Some(8));
@@ -66,7 +90,7 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     assert_eq!(report["heldout"]["dpo"]["reference"].as_str(), Some("sft"));
     assert!(report["heldout"]["base"]["reference"].is_null());
     // Paired changes against the base for every vertical, with intervals bracketing the change.
-    for ckpt in ["sft", "dpo"] {
+    for ckpt in ["sft", "dpo", "ppo"] {
         for v in ["toxicity", "machine_ethics", "privacy"] {
             let cs = report["changes"][ckpt][v].as_array().unwrap();
             assert!(!cs.is_empty(), "{ckpt}/{v}");
@@ -95,7 +119,7 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     );
     // The sophistry audit of the truthfulness answers: the base judges SFT and DPO.
     let soph = &report["sophistry"];
-    for ckpt in ["sft", "dpo"] {
+    for ckpt in ["sft", "dpo", "ppo"] {
         let a = &soph["audits"][ckpt];
         let n = a["n_items"].as_u64().unwrap();
         assert!(n >= 1, "{soph}");
@@ -138,14 +162,17 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     assert!(
         std::fs::read_to_string(out.path().join("report.md"))
             .unwrap()
-            .contains("base vs sft vs dpo")
+            .contains("base vs sft vs dpo vs ppo")
     );
     assert!(first_log.contains("[2/6] pretrain: 4 steps"));
 
     // Rerun: every training stage is cached and the results are identical.
     let second_log = run();
     assert!(
-        second_log.contains("pretrain: done (cached)") && second_log.contains("dpo: done (cached)"),
+        second_log.contains("pretrain: done (cached)")
+            && second_log.contains("dpo: done (cached)")
+            && second_log.contains("rm: done (cached)")
+            && second_log.contains("ppo: done (cached)"),
         "{second_log}"
     );
     let again: serde_json::Value =
@@ -163,5 +190,10 @@ fn minimal_demo_runs_every_stage_and_resumes() {
     assert!(
         report["sophistry"] == again["sophistry"],
         "sophistry audit differs after resume"
+    );
+    assert!(
+        report["ppo_attribution"] == again["ppo_attribution"]
+            && report["reward_model"] == again["reward_model"],
+        "PPO branch differs after resume"
     );
 }

@@ -193,8 +193,8 @@ fn align_from_gguf_writes_a_transformers_directory() {
 }
 
 /// The main job itself (`trust demo`, the default SmolLM2 pipeline) on a few samples: LoRA SFT
-/// and DPO steps on the real model, held-out scoring, all five verticals on every checkpoint,
-/// the sophistry audit and the attribution, in a couple of minutes.
+/// and DPO steps, reward-model and PPO steps on the real model, held-out scoring, all five
+/// verticals on every checkpoint, the sophistry audit and both attributions, in a few minutes.
 #[test]
 fn the_real_main_job_runs_end_to_end_on_a_few_samples() {
     let Some(model) = smollm2() else { return };
@@ -211,6 +211,10 @@ fn the_real_main_job_runs_end_to_end_on_a_few_samples() {
         "2",
         "--dpo-steps",
         "2",
+        "--rm-steps",
+        "2",
+        "--ppo-steps",
+        "1",
         "--attribution-pairs",
         "4",
         "--attribution-test",
@@ -236,7 +240,7 @@ fn the_real_main_job_runs_end_to_end_on_a_few_samples() {
         "{}",
         r["toxicity_scorer"]
     );
-    for ckpt in ["base", "sft", "dpo"] {
+    for ckpt in ["base", "sft", "dpo", "ppo"] {
         assert_eq!(r["heldout"][ckpt]["n_pairs"].as_u64(), Some(8), "{ckpt}");
         for v in [
             "toxicity",
@@ -258,9 +262,21 @@ fn the_real_main_job_runs_end_to_end_on_a_few_samples() {
         }
     }
     assert_eq!(r["training"]["dpo"]["step"].as_u64(), Some(2));
+    assert_eq!(r["training"]["rm"]["step"].as_u64(), Some(2));
+    assert_eq!(r["ppo_training"]["step"].as_u64(), Some(1));
+    assert_eq!(r["reward_model"]["n_pairs"].as_u64(), Some(8));
     assert_eq!(r["attribution"]["n_train"].as_u64(), Some(4));
     assert!(r["sophistry"]["audits"]["dpo"]["n_items"].as_u64().unwrap() >= 1);
-    for stage in ["sft", "dpo", "heldout", "eval", "sophistry", "attribution"] {
+    for stage in [
+        "sft",
+        "dpo",
+        "rm",
+        "ppo",
+        "heldout",
+        "eval",
+        "sophistry",
+        "attribution",
+    ] {
         assert!(r["timings"][stage].as_f64().is_some(), "{stage}");
     }
     assert!(log.contains("[6/6] attributing the"), "{log}");

@@ -1,10 +1,13 @@
 //! The main job, end to end on one machine: a base model (SmolLM2-135M-Instruct by default,
 //! [`DemoConfig::pretrained`]; or a tiny GPT-NeoX built here and pretrained briefly on HH-RLHF
 //! dialogues, [`DemoConfig::standard`]) → LoRA SFT on a seeded training split of HH-RLHF → LoRA
-//! DPO against the SFT model → implicit-reward accuracy on the held-out pairs → base / SFT / DPO
-//! on the five trust verticals with paired changes against the base → the sophistry audit of the
-//! truthfulness answers (the base as judge) → DataInf attribution of the vertical that moved
-//! most from SFT to DPO to the DPO training pairs → `report.json`, `report.html`, `report.md`.
+//! DPO against the SFT model; beside it, a reward model trained from the SFT model and PPO from
+//! the SFT model against it (the paper's SFT → PPO branch) → implicit-reward accuracy on the
+//! held-out pairs (and the reward model's) → base / SFT / DPO / PPO on the five trust verticals
+//! with paired changes against the base → the sophistry audit of the truthfulness answers (the
+//! base as judge) → DataInf attribution of the vertical that moved most from SFT to DPO to the
+//! DPO training pairs, and of the one that moved most from SFT to PPO through the reward model
+//! (as the paper attributes PPO) → `report.json`, `report.html`, `report.md`.
 //!
 //! Every stage writes into its own folder under the output directory and is skipped when it is
 //! already complete, so rerunning the same command resumes after a crash. A 135M model aligned
@@ -23,6 +26,8 @@ use trust_verticals::registry::{self, BuildOptions};
 
 use trust_align::heldout::{HeldoutEval, PairLogprobs, pair_logprobs_many, split_heldout};
 use trust_align::hh::{self, PreferencePair};
+use trust_align::ppo::{PpoConfig, PpoRun, PpoStepLog, train_ppo};
+use trust_align::reward::{RewardEval, RewardModel};
 use trust_align::train::{Stage, StepLog, TrainConfig, TrainError, train};
 use trust_attribution::{Attribution, AttributionSpec, TestPair, attribute};
 use trust_backends::candle::tiny::{NeoxShape, train_tokenizer, write_model_dir};
@@ -31,7 +36,7 @@ use trust_backends::scorers::LexicalToxicity;
 /// The statement every demo report carries.
 pub const DISCLAIMER: &str = "This report comes from a tiny GPT-NeoX model built from random weights and trained for minutes \
 on 2,312 HH-RLHF test-split dialogues, evaluated on a few samples per vertical with a weak lexical toxicity scorer. \
-It shows that the base -> SFT -> DPO -> evaluate -> attribute pipeline runs; its numbers are not the paper's findings \
+It shows that the base -> SFT -> DPO (and SFT -> reward model -> PPO) -> evaluate -> attribute pipeline runs; its numbers are not the paper's findings \
 and say nothing about real models.";
 
 /// [`DISCLAIMER`], naming the scorer actually used.
@@ -63,6 +68,13 @@ pub struct DemoConfig {
     pub sft: TrainConfig,
     /// LoRA DPO.
     pub dpo: TrainConfig,
+    /// The reward model of the PPO branch, trained from the SFT model on the training split
+    /// (absent, with `ppo`: no PPO branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rm: Option<TrainConfig>,
+    /// PPO from the SFT model (policy and KL reference) against the reward model `rm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo: Option<PpoConfig>,
     /// A pretrained base model (a GGUF file or a model directory, e.g. SmolLM2-135M-Instruct
     /// from `scripts/fetch-models.sh`) instead of the tiny GPT-NeoX built and pretrained here.
     /// Absent from report.json when unset.
@@ -120,11 +132,27 @@ impl DemoConfig {
         dpo.batch_size = 8;
         dpo.max_len = 128;
         dpo.beta = 0.1;
+        let mut rm = TrainConfig::new(Stage::Rm);
+        rm.steps = 60;
+        rm.batch_size = 8;
+        rm.max_len = 128;
+        let ppo = PpoConfig {
+            steps: 12,
+            rollout_batch: 8,
+            minibatch_size: 4,
+            ppo_epochs: 2,
+            max_new_tokens: 24,
+            max_prompt_len: 96,
+            lr: 1e-3,
+            ..PpoConfig::default()
+        };
         DemoConfig {
             shape: NeoxShape::demo(),
             pretrain,
             sft,
             dpo,
+            rm: Some(rm),
+            ppo: Some(ppo),
             base_model: None,
             heldout_pairs: 256,
             eval_limit: 24,
@@ -157,6 +185,19 @@ impl DemoConfig {
             t.steps = steps;
             t.batch_size = 4;
             t.max_len = 64;
+        }
+        if let Some(rm) = &mut c.rm {
+            rm.steps = 3;
+            rm.batch_size = 4;
+            rm.max_len = 64;
+        }
+        if let Some(ppo) = &mut c.ppo {
+            ppo.steps = 2;
+            ppo.rollout_batch = 4;
+            ppo.minibatch_size = 2;
+            ppo.ppo_epochs = 1;
+            ppo.max_new_tokens = 6;
+            ppo.max_prompt_len = 48;
         }
         c.eval_limit = 2;
         c.eval_samples = Some(2);
@@ -199,8 +240,30 @@ impl DemoConfig {
         dpo.beta = 0.1;
         dpo.lora.targets = dpo_targets;
         dpo.lora.layers = Some(layers);
+        let mut rm = TrainConfig::new(Stage::Rm);
+        rm.steps = 40;
+        rm.batch_size = 4;
+        rm.max_len = 96;
+        // Held-out reward accuracy of 40 steps of 4 pairs from the SFT model (BENCHMARKS.md):
+        // lr 3e-4 0.520, 1e-3 0.500, 3e-3 0.540 (8 pairs, last 6 blocks, 64 tokens: 0.460).
+        rm.lr = 3e-3;
+        rm.lora = dpo.lora.clone();
+        // A short PPO run: 8 steps of 8 rollouts ≈ 20 s a step on 2 cores (BENCHMARKS.md).
+        let ppo = PpoConfig {
+            steps: 8,
+            rollout_batch: 8,
+            minibatch_size: 4,
+            ppo_epochs: 2,
+            max_new_tokens: 32,
+            max_prompt_len: 64,
+            lr: 1e-3,
+            lora: dpo.lora.clone(),
+            ..PpoConfig::default()
+        };
         c.sft = sft;
         c.dpo = dpo;
+        c.rm = Some(rm);
+        c.ppo = Some(ppo);
         c.heldout_pairs = 200;
         c.eval_sample = Some(48);
         c.eval_limit = 48;
@@ -349,6 +412,17 @@ pub struct DemoReport {
     /// with a generating protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sophistry: Option<SophistrySummary>,
+    /// The reward model of the PPO branch on the held-out pairs (share with r(chosen) >
+    /// r(rejected)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward_model: Option<RewardEval>,
+    /// The last PPO step (mean score, KL, entropy, clip fraction, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo_training: Option<PpoStepLog>,
+    /// Attribution of the vertical that moved most from SFT to PPO to the training pairs,
+    /// through the reward model's Bradley–Terry loss (the paper's PPO attribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppo_attribution: Option<AttributionSummary>,
 }
 
 /// The sophistry audit (Wen et al.; `trust_verticals::sophistry`) of the TruthfulQA answers: the
@@ -377,6 +451,13 @@ fn stage_complete(dir: &Path, steps: usize) -> bool {
     dir.join("model.safetensors").exists() && last_log(dir).is_some_and(|l| l.step == steps)
 }
 
+fn last_ppo_log(dir: &Path) -> Option<PpoStepLog> {
+    let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+}
+
 /// Runs the demo into `out`. `log` receives progress lines.
 pub async fn run(
     cfg: &DemoConfig,
@@ -397,6 +478,17 @@ pub async fn run(
         .unwrap_or_else(|| models.join("base"));
     let sft = models.join("sft");
     let dpo = models.join("dpo");
+    let rm_dir = models.join("rm");
+    let ppo_dir = models.join("ppo");
+    let ppo_branch = match (&cfg.rm, &cfg.ppo) {
+        (Some(rm), Some(ppo)) => Some((rm, ppo)),
+        (None, None) => None,
+        _ => {
+            return Err(DemoError::Other(
+                "the PPO branch needs both `rm` and `ppo` settings (or neither)".into(),
+            ));
+        }
+    };
 
     // 1. Tokenizer and random initialisation.
     let t = Instant::now();
@@ -423,24 +515,24 @@ pub async fn run(
 
     // 2-4. Training stages.
     let mut training = BTreeMap::new();
-    for (i, (name, tc, from, to, reference)) in [
-        ("pretrain", &cfg.pretrain, &init, &base, None),
-        ("sft", &cfg.sft, &base, &sft, None),
-        ("dpo", &cfg.dpo, &sft, &dpo, Some(&sft)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let mut stages = vec![
+        ("pretrain", &cfg.pretrain, &init, &base, None, 2),
+        ("sft", &cfg.sft, &base, &sft, None, 3),
+        ("dpo", &cfg.dpo, &sft, &dpo, Some(&sft), 4),
+    ];
+    if let Some((rm, _)) = ppo_branch {
+        stages.push(("rm", rm, &sft, &rm_dir, None, 4));
+    }
+    for (name, tc, from, to, reference, stage_no) in stages {
         if name == "pretrain" && cfg.base_model.is_some() {
             continue;
         }
         let t = Instant::now();
         if stage_complete(to, tc.steps) {
-            log(&format!("[{}/6] {name}: done (cached)", i + 2));
+            log(&format!("[{stage_no}/6] {name}: done (cached)"));
         } else {
             log(&format!(
-                "[{}/6] {name}: {} steps of {} pairs",
-                i + 2,
+                "[{stage_no}/6] {name}: {} steps of {} pairs",
                 tc.steps,
                 tc.batch_size * tc.grad_accum
             ));
@@ -476,15 +568,68 @@ pub async fn run(
         }
         timings.insert(name.to_string(), t.elapsed().as_secs_f64());
     }
+    // PPO from the SFT model against the reward model.
+    let mut ppo_training = None;
+    if let Some((_, pc)) = ppo_branch {
+        let t = Instant::now();
+        if ppo_dir.join("model.safetensors").exists()
+            && last_ppo_log(&ppo_dir).is_some_and(|l| l.step == pc.steps)
+        {
+            log("[4/6] ppo: done (cached)");
+        } else {
+            log(&format!(
+                "[4/6] ppo: {} steps of {} rollouts (≤ {} new tokens, {} epochs of minibatches of {}) against the reward model",
+                pc.steps, pc.rollout_batch, pc.max_new_tokens, pc.ppo_epochs, pc.minibatch_size
+            ));
+            let prompts: Vec<(usize, String)> =
+                pairs.iter().map(|p| (p.index, p.prompt.clone())).collect();
+            let started = Instant::now();
+            let mut first = None;
+            let steps = pc.steps;
+            train_ppo(
+                &PpoRun {
+                    config: pc,
+                    policy_dir: &sft,
+                    reward_dir: &rm_dir,
+                    prompts: &prompts,
+                    out_dir: &ppo_dir,
+                },
+                &mut |l| {
+                    let f = *first.get_or_insert(l.step);
+                    let eta = started.elapsed().as_secs_f64() / (l.step + 1 - f) as f64
+                        * (steps - l.step) as f64;
+                    log(&format!(
+                        "      step {}/{steps} score {:+.3} kl {:.3} entropy {:.2} clip {:.2} ({:.0} rollout tok/s) eta {eta:.0}s",
+                        l.step,
+                        l.mean_score,
+                        l.mean_kl,
+                        l.entropy,
+                        l.pg_clipfrac,
+                        l.rollout_tokens as f64 / l.rollout_secs.max(1e-9)
+                    ));
+                },
+            )?;
+        }
+        ppo_training = last_ppo_log(&ppo_dir);
+        timings.insert("ppo".to_string(), t.elapsed().as_secs_f64());
+    }
 
     // Held-out pairs: does the training generalise?
     let t = Instant::now();
     let mut heldout = BTreeMap::new();
     if !heldout_set.is_empty() {
-        // Each checkpoint is the policy of its own figures and the reference of the next
-        // checkpoint's (SFT against the base, DPO against SFT). The checkpoints not cached yet
-        // are scored together: the blocks they share (all but the LoRA-adapted ones) run once.
-        let ckpts = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
+        // Each checkpoint's implicit reward is taken against the model it was trained from
+        // (SFT against the base, DPO and PPO against SFT). The checkpoints not cached yet are
+        // scored together: the blocks they share (all but the LoRA-adapted ones) run once.
+        let mut ckpts = vec![("base", &base), ("sft", &sft), ("dpo", &dpo)];
+        if ppo_branch.is_some() {
+            ckpts.push(("ppo", &ppo_dir));
+        }
+        let reference_of = |ckpt: &str| match ckpt {
+            "base" => None,
+            "sft" => Some("base"),
+            _ => Some("sft"),
+        };
         let cache_of = |ckpt: &str| out.join("heldout").join(format!("{ckpt}.logprobs.json"));
         let mut cached: BTreeMap<&str, PairLogprobs> = ckpts
             .iter()
@@ -530,13 +675,10 @@ pub async fn run(
                 cached.insert(ckpt, lp);
             }
         }
-        let mut scored: Vec<(String, PairLogprobs)> = Vec::new();
-        for (ckpt, _) in ckpts {
-            let lp = cached
-                .remove(ckpt)
-                .expect("every checkpoint is scored above");
-            let reference = scored.last().map(|(name, r)| (r, name.clone()));
-            let h = HeldoutEval::from_logprobs(&lp, reference)?;
+        for (ckpt, _) in &ckpts {
+            let lp = &cached[ckpt];
+            let reference = reference_of(ckpt).map(|r| (&cached[r], r.to_string()));
+            let h = HeldoutEval::from_logprobs(lp, reference)?;
             log(&format!(
                 "      held-out {ckpt}: pair accuracy {:.3} (margin {:+.3}{}), chosen NLL {:.3}/token over {} pairs",
                 h.pair_accuracy,
@@ -549,14 +691,58 @@ pub async fn run(
                 h.n_pairs
             ));
             heldout.insert(ckpt.to_string(), h);
-            scored.push((ckpt.to_string(), lp));
         }
+    }
+    // The reward model ranks the held-out pairs too.
+    let mut reward_model = None;
+    if let (Some((rmc, _)), false) = (ppo_branch, heldout_set.is_empty()) {
+        let cache = out.join("heldout").join("rm.json");
+        let cached: Option<RewardEval> = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let e = match cached {
+            Some(e) => e,
+            None => {
+                let rm = RewardModel::load_cpu(&rm_dir)?;
+                let started = Instant::now();
+                let mut last = Instant::now();
+                let e = rm.evaluate_pairs(
+                    &heldout_set,
+                    rmc.max_len,
+                    cfg.eval_batch_size,
+                    &mut |done, total| {
+                        if last.elapsed().as_secs_f64() > 10.0 {
+                            last = Instant::now();
+                            let el = started.elapsed().as_secs_f64();
+                            log(&format!(
+                                "      held-out rm: {done}/{total} pairs, eta {:.0}s",
+                                el / done as f64 * (total - done) as f64
+                            ));
+                        }
+                    },
+                )?;
+                std::fs::create_dir_all(cache.parent().unwrap_or(out))
+                    .map_err(|e| trust_core::Error::io(&cache, e))?;
+                let text =
+                    serde_json::to_string(&e).map_err(|e| trust_core::Error::json("heldout", e))?;
+                std::fs::write(&cache, text).map_err(|e| trust_core::Error::io(&cache, e))?;
+                e
+            }
+        };
+        log(&format!(
+            "      held-out rm: reward accuracy {:.3} (margin {:+.3}) over {} pairs",
+            e.pair_accuracy, e.mean_margin, e.n_pairs
+        ));
+        reward_model = Some(e);
     }
     timings.insert("heldout".to_string(), t.elapsed().as_secs_f64());
 
     // 5. Evaluation.
     let t = Instant::now();
-    log("[5/6] evaluating base, SFT and DPO on the five verticals");
+    log(&format!(
+        "[5/6] evaluating base, SFT, DPO{} on the five verticals",
+        if ppo_branch.is_some() { " and PPO" } else { "" }
+    ));
     let (scorer, scorer_summary): (Box<dyn TextScorer>, String) = match &cfg.jigsaw_scorer {
         None => {
             let s = LexicalToxicity::fit(data, cfg.seed)?;
@@ -574,9 +760,12 @@ pub async fn run(
         }
     };
     let mut results = BTreeMap::new();
-    let checkpoints = [("base", &base), ("sft", &sft), ("dpo", &dpo)];
+    let mut checkpoints = vec![("base", &base), ("sft", &sft), ("dpo", &dpo)];
+    if ppo_branch.is_some() {
+        checkpoints.push(("ppo", &ppo_dir));
+    }
     let mut base_info = None;
-    for (ckpt, dir) in checkpoints {
+    for &(ckpt, dir) in &checkpoints {
         let model = CandleModel::load(
             dir,
             &LoadOptions {
@@ -674,27 +863,7 @@ pub async fn run(
     // headline metric's paired change, in units of its interval's half-width) to the DPO
     // training pairs.
     let t = Instant::now();
-    let mut moved: Option<(String, String, f64, trust_core::metric::PairedChange)> = None;
-    for (vertical, protocol) in &cfg.protocols {
-        let c = trust_verticals::registry::paired_changes_between(
-            &out.join("eval/sft"),
-            &out.join("eval/dpo"),
-            vertical,
-            &boot,
-        )?;
-        let Some(first) = c.into_iter().next() else {
-            continue;
-        };
-        // A change without an interval (too few samples) ranks 0; ties go to the first
-        // vertical in protocol order.
-        let z = match (first.delta, first.ci_low, first.ci_high) {
-            (Some(d), Some(lo), Some(hi)) => d.abs() / ((hi - lo) / 2.0).max(1e-9),
-            _ => 0.0,
-        };
-        if moved.as_ref().is_none_or(|m| z > m.2) {
-            moved = Some((vertical.clone(), protocol.clone(), z, first));
-        }
-    }
+    let moved = most_moved(cfg, out, "sft", "dpo", &boot)?;
     let attribution = match moved {
         None => None,
         Some((vertical, protocol, z, change)) => {
@@ -769,10 +938,89 @@ pub async fn run(
     };
     timings.insert("attribution".to_string(), t.elapsed().as_secs_f64());
 
+    // The PPO change, attributed through the reward model's Bradley–Terry loss to the training
+    // pairs (the reward model was trained on them; the paper's attribute_ppo.py).
+    let t = Instant::now();
+    let mut ppo_attribution = None;
+    if ppo_branch.is_some()
+        && let Some((vertical, protocol, z, change)) = most_moved(cfg, out, "sft", "ppo", &boot)?
+    {
+        let n_train = cfg.attribution_train.min(pairs.len());
+        log(&format!(
+            "[6/6] attributing the {vertical} change (SFT -> PPO {} {:+.3}, {z:.1} half-widths: the largest) to {n_train} reward-model training pairs (DataInf through the reward model)",
+            change.name,
+            change.delta.unwrap_or(0.0),
+        ));
+        let raw = trust_attribution::test_pairs::load_test_pairs(
+            &vertical,
+            &protocol,
+            Some(data),
+            &out.join("eval/ppo")
+                .join(&vertical)
+                .join(trust_core::runner::SAMPLES_FILE),
+            Some(
+                &out.join("eval/sft")
+                    .join(&vertical)
+                    .join(trust_core::runner::SAMPLES_FILE),
+            ),
+            &trust_attribution::test_pairs::TestPairOptions {
+                max_pairs: Some(cfg.attribution_test),
+                ..Default::default()
+            },
+        )?;
+        if !raw.is_empty() {
+            let test: Vec<TestPair> = raw
+                .iter()
+                .map(|r| {
+                    trust_attribution::test_pairs::stage_test_pair(
+                        trust_attribution::AttrStage::Rm,
+                        r,
+                    )
+                })
+                .collect();
+            let mut opts = trust_attribution::gradients::AttributeOptions::new(
+                trust_attribution::AttrStage::Rm,
+                &rm_dir,
+                &sft,
+            );
+            opts.max_len = cfg.rm.as_ref().map_or(cfg.dpo.max_len, |r| r.max_len);
+            let mut last = Instant::now();
+            let run = trust_attribution::gradients::run_attribution(
+                &opts,
+                &pairs[..n_train],
+                &test,
+                &out.join("attribution-rm"),
+                &mut |p| {
+                    if last.elapsed().as_secs_f64() > 5.0 || p.done == p.total {
+                        last = Instant::now();
+                        log(&format!("      {} {}/{}", p.phase, p.done, p.total));
+                    }
+                },
+            )?;
+            write_scores(&out.join("attribution_ppo_scores.jsonl"), &run.attribution)?;
+            let mut summary = summarise(&run.attribution, &all_pairs, test.len());
+            summary.vertical = vertical.clone();
+            summary.stage = "rm".into();
+            summary.test_loss = "Bradley–Terry loss of the reward model with x = \"Human: \" + prompt, preferred = PPO model's continuation, dispreferred = SFT model's continuation".into();
+            summary.why = Some(format!(
+                "the largest SFT -> PPO change: {} {:+.3} [{:.3}, {:.3}] over {} paired samples ({z:.1} interval half-widths)",
+                change.name,
+                change.delta.unwrap_or(0.0),
+                change.ci_low.unwrap_or(0.0),
+                change.ci_high.unwrap_or(0.0),
+                change.n_paired
+            ));
+            ppo_attribution = Some(summary);
+        }
+    }
+    if ppo_branch.is_some() {
+        timings.insert("ppo_attribution".to_string(), t.elapsed().as_secs_f64());
+    }
+
     let report = DemoReport {
         disclaimer: disclaimer(cfg),
         config: cfg.clone(),
-        checkpoints: vec!["base".into(), "sft".into(), "dpo".into()],
+        checkpoints: checkpoints.iter().map(|(c, _)| c.to_string()).collect(),
         training,
         results,
         toxicity_scorer: scorer_summary,
@@ -793,6 +1041,9 @@ pub async fn run(
             None => format!("the first {} samples of each vertical", cfg.eval_limit),
         },
         sophistry,
+        reward_model,
+        ppo_training,
+        ppo_attribution,
     };
     let json =
         serde_json::to_string_pretty(&report).map_err(|e| trust_core::Error::json("report", e))?;
@@ -845,6 +1096,45 @@ pub async fn run(
                 .join("; ")
         ));
     }
+    if let Some(e) = &report.reward_model {
+        view.notes.push(format!(
+            "Reward model of the PPO branch (LoRA over the SFT model + v_head, Bradley–Terry): held-out reward accuracy {:.3} over {} pairs (mean margin {:+.3}).",
+            e.pair_accuracy, e.n_pairs, e.mean_margin
+        ));
+    }
+    if let (Some(l), Some(pc)) = (&report.ppo_training, &cfg.ppo) {
+        view.notes.push(format!(
+            "PPO (SFT -> PPO, {} steps of {} rollouts of ≤ {} tokens, KL coefficient {:.3}{}): last step mean score {:+.3}, KL to SFT {:.3} nats per response, entropy {:.2}, clip fraction {:.2}, value loss {:.3}. A short PPO run: its column shows what these few steps did, not what a full PPO run does.",
+            pc.steps,
+            pc.rollout_batch,
+            pc.max_new_tokens,
+            l.kl_coef,
+            if pc.target_kl.is_some() { ", adaptive" } else { "" },
+            l.mean_score,
+            l.mean_kl,
+            l.entropy,
+            l.pg_clipfrac,
+            l.vf_loss
+        ));
+    }
+    if let Some(a) = &report.ppo_attribution {
+        let show = |ps: &[ScoredPair]| {
+            ps.iter()
+                .take(3)
+                .map(|p| format!("#{} ({:+.2})", p.train_index, p.score))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        view.notes.push(format!(
+            "PPO attribution through the reward model ({}; {}): {} training pairs, {} test pairs; most helpful {}; most harmful {} (attribution_ppo_scores.jsonl).",
+            a.vertical,
+            a.why.as_deref().unwrap_or(""),
+            a.n_train,
+            a.n_test,
+            show(&a.most_helpful),
+            show(&a.most_harmful)
+        ));
+    }
     view.notes.push(format!("Samples: {}.", report.sampling));
     if let Some(sa) = &report.sophistry {
         view.notes.push(sophistry_note(sa));
@@ -868,7 +1158,7 @@ pub async fn run(
             .iter()
             .map(|(stage, l)| match l.margin {
                 Some(m) => format!(
-                    "{stage} loss {:.3}, DPO margin {m:.3}, reward accuracy {:.2}",
+                    "{stage} loss {:.3}, reward margin {m:.3}, reward accuracy {:.2}",
                     l.loss,
                     l.reward_accuracy.unwrap_or(0.0)
                 ),
@@ -889,6 +1179,39 @@ pub async fn run(
         p.display()
     ));
     Ok(report)
+}
+
+/// The vertical whose headline metric (its first) changed most from checkpoint `from` to `to`,
+/// in units of the paired interval's half-width: (vertical, protocol, half-widths, change). A
+/// change without an interval (too few samples) ranks 0; ties go to the first vertical in
+/// protocol order.
+fn most_moved(
+    cfg: &DemoConfig,
+    out: &Path,
+    from: &str,
+    to: &str,
+    boot: &trust_core::Bootstrap,
+) -> Result<Option<(String, String, f64, trust_core::metric::PairedChange)>, DemoError> {
+    let mut moved: Option<(String, String, f64, trust_core::metric::PairedChange)> = None;
+    for (vertical, protocol) in &cfg.protocols {
+        let c = trust_verticals::registry::paired_changes_between(
+            &out.join("eval").join(from),
+            &out.join("eval").join(to),
+            vertical,
+            boot,
+        )?;
+        let Some(first) = c.into_iter().next() else {
+            continue;
+        };
+        let z = match (first.delta, first.ci_low, first.ci_high) {
+            (Some(d), Some(lo), Some(hi)) => d.abs() / ((hi - lo) / 2.0).max(1e-9),
+            _ => 0.0,
+        };
+        if moved.as_ref().is_none_or(|m| z > m.2) {
+            moved = Some((vertical.clone(), protocol.clone(), z, first));
+        }
+    }
+    Ok(moved)
 }
 
 /// One line of the report on the sophistry audit.
