@@ -8,8 +8,9 @@
 //!    completed by the current policy with seeded sampling (trlX's HH settings: temperature 1,
 //!    `top_k` 0, `top_p` 1), each response ending at EOS (kept, as trlX keeps it) or at
 //!    `max_new_tokens`.
-//! 2. **Scores.** The frozen reward model scores prompt + response (the `v_head` on the last
-//!    token, as it was trained), clipped to ±`cliprange_reward` (trlX `cliprange_reward`).
+//! 2. **Scores.** The frozen reward model scores prompt + response + EOS (the `v_head` on the
+//!    last token, as it was trained; trlX's HH reward function appends EOS too), clipped to
+//!    ±`cliprange_reward` (trlX `cliprange_reward`).
 //! 3. **Per-token rewards** `r_t = −β·(log π(a_t) − log π_ref(a_t))`, plus the score on the last
 //!    token (trlX `make_experience`; TRL `compute_rewards`); π_ref is the frozen initial policy
 //!    (the SFT model). Optionally whitened over the batch without shifting the mean (TRL
@@ -437,7 +438,7 @@ pub struct Rollout {
     pub ref_logprobs: Vec<f32>,
     /// Value-head values before each response token.
     pub values: Vec<f32>,
-    /// Reward-model score of prompt + response (unclipped).
+    /// Reward-model score of prompt + response + EOS (unclipped).
     pub score: f32,
     /// Advantages (whitened over the batch).
     pub advantages: Vec<f32>,
@@ -788,7 +789,20 @@ pub fn train_ppo(
         let ref_lp = split_rows(&ref_lp.to_vec1::<f32>()?, &lens);
         let ent_all = ent.expect("asked for").to_vec1::<f32>()?;
         let entropy = ent_all.iter().map(|&x| f64::from(x)).sum::<f64>() / ent_all.len() as f64;
-        let seqs: Vec<Vec<u32>> = encs.iter().map(|e| e.ids.clone()).collect();
+        // The reward model scores prompt + response + EOS, as it was trained (and as trlX's HH
+        // reward function appends EOS to every sample), also when the response ran to length.
+        let seqs: Vec<Vec<u32>> = encs
+            .iter()
+            .map(|e| {
+                let mut ids = e.ids.clone();
+                if let Some(eos) = eos
+                    && ids.last() != Some(&eos)
+                {
+                    ids.push(eos);
+                }
+                ids
+            })
+            .collect();
         let scores = rm.score_ids(&seqs, cfg.rollout_batch, &device)?;
         let kl_coef = kl.value;
         let mut all_rewards: Vec<Vec<f64>> = Vec::with_capacity(rollouts.len());
