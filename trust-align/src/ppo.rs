@@ -36,7 +36,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -48,14 +48,10 @@ use trust_core::rng::{SplitMix64, derive_seed};
 use crate::lora::LoraConfig;
 use crate::optim::AdamW;
 use crate::reward::RewardModel;
-use crate::train::{Encoded, ScoredBatch, TrainError, Trainee, load_weights};
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use crate::train::{
+    Encoded, ScoredBatch, TrainError, Trainee, io, load_weights, read_checkpoint_state,
+    restore_log, write_checkpoint,
+};
 
 /// PPO settings (defaults: trlX's `ppo_hh` example where it applies to LoRA on a CPU budget).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -668,13 +664,9 @@ pub fn train_ppo(
         reward_dir: run.reward_dir.display().to_string(),
     };
     let log_path = out_dir.join("train_log.jsonl");
-    let mut logs: Vec<PpoStepLog> = Vec::new();
     let mut start = 0;
     let state_path = ckpt.join("state.json");
-    if state_path.exists() {
-        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-        let old: PpoState = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", state_path.display())))?;
+    if let Some(old) = read_checkpoint_state::<PpoState>(&state_path)? {
         if old.config != state.config || old.data_sha256 != state.data_sha256 {
             return Err(TrainError::Invalid(format!(
                 "{}: checkpoint was made with other settings or prompts; use a new output directory",
@@ -690,18 +682,8 @@ pub fn train_ppo(
         )?;
         kl.value = f64::from_bits(old.kl_coef_bits);
         start = old.step;
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            logs = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .take(start)
-                .collect();
-        }
     }
-    let mut log_file = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-    for l in &logs {
-        writeln!(log_file, "{}", serde_json::to_string(l).expect("json")).map_err(io(&log_path))?;
-    }
+    let (mut logs, mut log_file) = restore_log::<PpoStepLog>(&log_path, start)?;
 
     for step in start..cfg.steps {
         // 1. Rollouts with the current policy.
@@ -939,7 +921,8 @@ pub fn train_ppo(
                 kl_coef_bits: kl.value.to_bits(),
                 ..state.clone()
             };
-            save_checkpoint(&trainee, &head, &opt, &st, &ckpt)?;
+            let head = Some(("value_head.safetensors", head.tensors()));
+            write_checkpoint(&ckpt, &trainee, head, &opt, &st)?;
         }
     }
 
@@ -956,26 +939,6 @@ pub fn train_ppo(
         a.save(&out_dir.join("adapter"))?;
     }
     Ok(logs)
-}
-
-fn save_checkpoint(
-    trainee: &Trainee,
-    head: &ValueHead,
-    opt: &AdamW,
-    state: &PpoState,
-    dir: &Path,
-) -> Result<(), TrainError> {
-    let tmp: PathBuf = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    trainee.save_params(&tmp.join("params.safetensors"))?;
-    candle_core::safetensors::save(&head.tensors(), tmp.join("value_head.safetensors"))?;
-    opt.save(&tmp.join("optim.safetensors"))?;
-    let p = tmp.join("state.json");
-    std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&tmp, dir).map_err(io(dir))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub enum TrainError {
     Invalid(String),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
         source,
@@ -879,13 +879,9 @@ pub fn train(
         model_dir: model_dir.display().to_string(),
     };
     let log_path = out_dir.join("train_log.jsonl");
-    let mut logs: Vec<StepLog> = Vec::new();
     let mut start = 0;
     let state_path = ckpt.join("state.json");
-    if state_path.exists() {
-        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-        let old: CheckpointState = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", state_path.display())))?;
+    if let Some(old) = read_checkpoint_state::<CheckpointState>(&state_path)? {
         if old.config != state.config || old.data_sha256 != state.data_sha256 {
             return Err(TrainError::Invalid(format!(
                 "{}: checkpoint was made with other settings or data; use a new output directory",
@@ -903,18 +899,8 @@ pub fn train(
         }
         opt.load(&ckpt.join("optim.safetensors"), old.step, &device)?;
         start = old.step;
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
-            logs = text
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .take(start)
-                .collect();
-        }
     }
-    let mut log_file = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-    for l in &logs {
-        writeln!(log_file, "{}", serde_json::to_string(l).expect("json")).map_err(io(&log_path))?;
-    }
+    let (mut logs, mut log_file) = restore_log::<StepLog>(&log_path, start)?;
 
     for step in start..cfg.steps {
         let model = trainee.model()?;
@@ -1011,13 +997,60 @@ fn save_checkpoint(
     state: &CheckpointState,
     dir: &Path,
 ) -> Result<(), TrainError> {
+    let head = head.map(|h| ("head.safetensors", h.tensors().into_iter().collect()));
+    write_checkpoint(dir, trainee, head, opt, state)
+}
+
+/// Reads a checkpoint's `state.json`; `None` when there is none (a fresh run).
+pub(crate) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Option<S>, TrainError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// The first `start` step logs of `log_path` (the steps a resumed run keeps), and the log file
+/// rewritten with just those, open for the next steps.
+pub(crate) fn restore_log<T: Serialize + serde::de::DeserializeOwned>(
+    log_path: &Path,
+    start: usize,
+) -> Result<(Vec<T>, std::fs::File), TrainError> {
+    let logs: Vec<T> = match (start, std::fs::read_to_string(log_path)) {
+        (1.., Ok(text)) => text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(start)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut file = std::fs::File::create(log_path).map_err(io(log_path))?;
+    for l in &logs {
+        writeln!(file, "{}", serde_json::to_string(l).expect("json")).map_err(io(log_path))?;
+    }
+    Ok((logs, file))
+}
+
+/// Writes a checkpoint directory: the trainee's parameters (`params.safetensors`), an optional
+/// extra tensor file (a head), the optimiser moments (`optim.safetensors`) and `state.json`
+/// go into `DIR.tmp`, which then replaces `dir`.
+pub(crate) fn write_checkpoint<S: Serialize>(
+    dir: &Path,
+    trainee: &Trainee,
+    extra: Option<(&str, HashMap<String, Tensor>)>,
+    opt: &AdamW,
+    state: &S,
+) -> Result<(), TrainError> {
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     trainee.save_params(&tmp.join("params.safetensors"))?;
-    if let Some(h) = head {
-        let map: HashMap<String, Tensor> = h.tensors().into_iter().collect();
-        candle_core::safetensors::save(&map, tmp.join("head.safetensors"))?;
+    if let Some((name, tensors)) = extra {
+        candle_core::safetensors::save(&tensors, tmp.join(name))?;
     }
     opt.save(&tmp.join("optim.safetensors"))?;
     let p = tmp.join("state.json");
