@@ -440,7 +440,8 @@ pub struct SophistrySummary {
     pub audits: BTreeMap<String, trust_verticals::sophistry::AuditReport>,
 }
 
-fn last_log(dir: &Path) -> Option<StepLog> {
+/// The last step log of a training directory (`StepLog`, or `PpoStepLog` for PPO).
+fn last_log<T: serde::de::DeserializeOwned>(dir: &Path) -> Option<T> {
     let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
     text.lines()
         .rev()
@@ -448,14 +449,56 @@ fn last_log(dir: &Path) -> Option<StepLog> {
 }
 
 fn stage_complete(dir: &Path, steps: usize) -> bool {
-    dir.join("model.safetensors").exists() && last_log(dir).is_some_and(|l| l.step == steps)
+    dir.join("model.safetensors").exists()
+        && last_log::<StepLog>(dir).is_some_and(|l| l.step == steps)
 }
 
-fn last_ppo_log(dir: &Path) -> Option<PpoStepLog> {
-    let text = std::fs::read_to_string(dir.join("train_log.jsonl")).ok()?;
-    text.lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
+/// The test pairs of an attribution of `vertical`'s change from checkpoint `from` to `to`:
+/// `to`'s generations preferred over `from`'s, as `stage`'s test loss reads them.
+#[allow(clippy::too_many_arguments)]
+fn change_test_pairs(
+    cfg: &DemoConfig,
+    data: &DataDir,
+    out: &Path,
+    vertical: &str,
+    protocol: &str,
+    from: &str,
+    to: &str,
+    stage: trust_attribution::AttrStage,
+) -> Result<Vec<TestPair>, DemoError> {
+    let samples = |ckpt: &str| {
+        out.join("eval")
+            .join(ckpt)
+            .join(vertical)
+            .join(trust_core::runner::SAMPLES_FILE)
+    };
+    let raw = trust_attribution::test_pairs::load_test_pairs(
+        vertical,
+        protocol,
+        Some(data),
+        &samples(to),
+        Some(&samples(from)),
+        &trust_attribution::test_pairs::TestPairOptions {
+            max_pairs: Some(cfg.attribution_test),
+            ..Default::default()
+        },
+    )?;
+    Ok(raw
+        .iter()
+        .map(|r| trust_attribution::test_pairs::stage_test_pair(stage, r))
+        .collect())
+}
+
+/// Why a vertical was attributed: its change `label` (e.g. `SFT -> DPO`), `z` half-widths.
+fn why_attributed(label: &str, change: &trust_core::metric::PairedChange, z: f64) -> String {
+    format!(
+        "the largest {label} change: {} {:+.3} [{:.3}, {:.3}] over {} paired samples ({z:.1} interval half-widths)",
+        change.name,
+        change.delta.unwrap_or(0.0),
+        change.ci_low.unwrap_or(0.0),
+        change.ci_high.unwrap_or(0.0),
+        change.n_paired
+    )
 }
 
 /// Runs the demo into `out`. `log` receives progress lines.
@@ -573,7 +616,7 @@ pub async fn run(
     if let Some((_, pc)) = ppo_branch {
         let t = Instant::now();
         if ppo_dir.join("model.safetensors").exists()
-            && last_ppo_log(&ppo_dir).is_some_and(|l| l.step == pc.steps)
+            && last_log::<PpoStepLog>(&ppo_dir).is_some_and(|l| l.step == pc.steps)
         {
             log("[4/6] ppo: done (cached)");
         } else {
@@ -610,7 +653,7 @@ pub async fn run(
                 },
             )?;
         }
-        ppo_training = last_ppo_log(&ppo_dir);
+        ppo_training = last_log(&ppo_dir);
         timings.insert("ppo".to_string(), t.elapsed().as_secs_f64());
     }
 
@@ -873,37 +916,21 @@ pub async fn run(
                 change.delta.unwrap_or(0.0),
                 cfg.attribution_train.min(pairs.len())
             ));
-            let raw = trust_attribution::test_pairs::load_test_pairs(
+            let test = change_test_pairs(
+                cfg,
+                data,
+                out,
                 &vertical,
                 &protocol,
-                Some(data),
-                &out.join("eval/dpo")
-                    .join(&vertical)
-                    .join(trust_core::runner::SAMPLES_FILE),
-                Some(
-                    &out.join("eval/sft")
-                        .join(&vertical)
-                        .join(trust_core::runner::SAMPLES_FILE),
-                ),
-                &trust_attribution::test_pairs::TestPairOptions {
-                    max_pairs: Some(cfg.attribution_test),
-                    ..Default::default()
-                },
+                "sft",
+                "dpo",
+                trust_attribution::AttrStage::Dpo,
             )?;
-            if raw.is_empty() {
+            if test.is_empty() {
                 return Err(DemoError::Other(format!(
                     "no {vertical} generations to build attribution test pairs from"
                 )));
             }
-            let test: Vec<TestPair> = raw
-                .iter()
-                .map(|r| {
-                    trust_attribution::test_pairs::stage_test_pair(
-                        trust_attribution::AttrStage::Dpo,
-                        r,
-                    )
-                })
-                .collect();
             let train_pairs = &pairs[..cfg.attribution_train.min(pairs.len())];
             let train_pairs: Vec<PreferencePair> = train_pairs.to_vec();
             let train_pairs = &train_pairs[..];
@@ -925,14 +952,7 @@ pub async fn run(
             write_scores(&out.join("attribution_scores.jsonl"), &a)?;
             let mut summary = summarise(&a, &all_pairs, test.len());
             summary.vertical = vertical.clone();
-            summary.why = Some(format!(
-                "the largest SFT -> DPO change: {} {:+.3} [{:.3}, {:.3}] over {} paired samples ({z:.1} interval half-widths)",
-                change.name,
-                change.delta.unwrap_or(0.0),
-                change.ci_low.unwrap_or(0.0),
-                change.ci_high.unwrap_or(0.0),
-                change.n_paired
-            ));
+            summary.why = Some(why_attributed("SFT -> DPO", &change, z));
             Some(summary)
         }
     };
@@ -951,33 +971,17 @@ pub async fn run(
             change.name,
             change.delta.unwrap_or(0.0),
         ));
-        let raw = trust_attribution::test_pairs::load_test_pairs(
+        let test = change_test_pairs(
+            cfg,
+            data,
+            out,
             &vertical,
             &protocol,
-            Some(data),
-            &out.join("eval/ppo")
-                .join(&vertical)
-                .join(trust_core::runner::SAMPLES_FILE),
-            Some(
-                &out.join("eval/sft")
-                    .join(&vertical)
-                    .join(trust_core::runner::SAMPLES_FILE),
-            ),
-            &trust_attribution::test_pairs::TestPairOptions {
-                max_pairs: Some(cfg.attribution_test),
-                ..Default::default()
-            },
+            "sft",
+            "ppo",
+            trust_attribution::AttrStage::Rm,
         )?;
-        if !raw.is_empty() {
-            let test: Vec<TestPair> = raw
-                .iter()
-                .map(|r| {
-                    trust_attribution::test_pairs::stage_test_pair(
-                        trust_attribution::AttrStage::Rm,
-                        r,
-                    )
-                })
-                .collect();
+        if !test.is_empty() {
             let mut opts = trust_attribution::gradients::AttributeOptions::new(
                 trust_attribution::AttrStage::Rm,
                 &rm_dir,
@@ -1002,14 +1006,7 @@ pub async fn run(
             summary.vertical = vertical.clone();
             summary.stage = "rm".into();
             summary.test_loss = "Bradley–Terry loss of the reward model with x = \"Human: \" + prompt, preferred = PPO model's continuation, dispreferred = SFT model's continuation".into();
-            summary.why = Some(format!(
-                "the largest SFT -> PPO change: {} {:+.3} [{:.3}, {:.3}] over {} paired samples ({z:.1} interval half-widths)",
-                change.name,
-                change.delta.unwrap_or(0.0),
-                change.ci_low.unwrap_or(0.0),
-                change.ci_high.unwrap_or(0.0),
-                change.n_paired
-            ));
+            summary.why = Some(why_attributed("SFT -> PPO", &change, z));
             ppo_attribution = Some(summary);
         }
     }
