@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+
+use crate::exit::usage;
 use serde_json::json;
 use trust_core::testing::MockModel;
 use trust_core::{Capability, DataDir, LanguageModel, Runner, TextScorer};
@@ -188,9 +190,11 @@ fn parse_capabilities(list: &str) -> anyhow::Result<Vec<Capability>> {
                 "sampling" => Capability::Sampling,
                 "beam_search" => Capability::BeamSearch,
                 "loglikelihood" => Capability::LogLikelihood,
-                other => bail!(
-                    "unknown capability `{other}` in --model mock:... (generate, sampling, beam_search, loglikelihood)"
-                ),
+                other => {
+                    return Err(usage(format!(
+                        "unknown capability `{other}` in --model mock:... (generate, sampling, beam_search, loglikelihood)"
+                    )));
+                }
             })
         })
         .collect()
@@ -321,17 +325,17 @@ pub fn parse_verticals(spec: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for v in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         if registry::protocols(v).is_none() {
-            bail!(
+            return Err(usage(format!(
                 "unknown vertical `{v}` (known: {}, or all)",
                 registry::VERTICALS.join(", ")
-            );
+            )));
         }
         if !out.iter().any(|x| x == v) {
             out.push(v.to_string());
         }
     }
     if out.is_empty() {
-        bail!("--verticals is empty");
+        return Err(usage("--verticals is empty"));
     }
     Ok(out)
 }
@@ -344,18 +348,139 @@ pub fn parse_protocols(spec: &str) -> anyhow::Result<(String, Vec<(String, Strin
         match part.split_once('=') {
             Some((v, p)) => {
                 if registry::protocols(v.trim()).is_none() {
-                    bail!("--protocol: unknown vertical `{v}` in `{part}`");
+                    return Err(usage(format!(
+                        "--protocol: unknown vertical `{v}` in `{part}`"
+                    )));
                 }
                 overrides.push((v.trim().to_string(), p.trim().to_string()));
             }
             None if default.is_none() => default = Some(part.to_string()),
-            None => bail!(
-                "--protocol: two default protocols given (`{}` and `{part}`)",
-                default.unwrap_or_default()
-            ),
+            None => {
+                return Err(usage(format!(
+                    "--protocol: two default protocols given (`{}` and `{part}`)",
+                    default.unwrap_or_default()
+                )));
+            }
         }
     }
     Ok((default.unwrap_or_else(|| "paper".into()), overrides))
+}
+
+/// The protocol `--protocol` gives `vertical`: its last override, else the default.
+pub fn protocol_for(vertical: &str, default: &str, overrides: &[(String, String)]) -> String {
+    overrides
+        .iter()
+        .rev()
+        .find(|(v, _)| v == vertical)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Checks that every requested vertical has the protocol `--protocol` gives it (a usage error
+/// naming each that does not), before any model is loaded.
+pub fn check_protocols(
+    verticals: &[String],
+    default: &str,
+    overrides: &[(String, String)],
+) -> anyhow::Result<()> {
+    let bad: Vec<String> = verticals
+        .iter()
+        .filter_map(|v| {
+            let p = protocol_for(v, default, overrides);
+            let known = registry::protocols(v).unwrap_or(&[]);
+            (!known.contains(&p.as_str())).then(|| {
+                format!(
+                    "no protocol `{p}` for {v} (protocols: {})",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect();
+    if !bad.is_empty() {
+        return Err(usage(format!("--protocol: {}", bad.join("; "))));
+    }
+    Ok(())
+}
+
+/// The one-line summary of a vertical's run on stdout, then its headline metrics (slices are
+/// counted, not printed: they are in the vertical's report.json).
+fn print_summary(name: &str, protocol: &str, report: &trust_core::VerticalReport, out: &Path) {
+    println!(
+        "{name}\t{protocol}\tsamples={} ok={} failed={} unparsed={}",
+        report.n_samples, report.n_ok, report.n_failed, report.n_unparsed
+    );
+    let mut hidden = 0usize;
+    for m in &report.metrics {
+        if m.name.contains('[') {
+            hidden += 1;
+            continue;
+        }
+        let v = m
+            .value
+            .map(|x| format!("{x:.4}"))
+            .unwrap_or_else(|| "n/a".into());
+        let ci = match (m.ci_low, m.ci_high) {
+            (Some(l), Some(h)) => format!(" [{l:.4}, {h:.4}]"),
+            _ => String::new(),
+        };
+        println!("{name}\t{protocol}\t{}\t{v}{ci}\tn={}", m.name, m.n);
+    }
+    if hidden > 0 {
+        println!(
+            "{name}\t{protocol}\t({hidden} slice metrics in {})",
+            out.join(name)
+                .join(trust_core::runner::REPORT_FILE)
+                .display()
+        );
+    }
+}
+
+/// Why a finished vertical still fails the run: no scored sample, or failed samples.
+fn shortfall(name: &str, report: &trust_core::VerticalReport) -> Option<String> {
+    if report.n_ok == 0 {
+        Some(format!(
+            "{name}: no sample was scored ({} selected, {} failed)",
+            report.n_samples, report.n_failed
+        ))
+    } else if report.n_failed > 0 {
+        Some(format!(
+            "{name}: {} of {} samples failed (rerun with --resume --retry-errors)",
+            report.n_failed, report.n_samples
+        ))
+    } else {
+        None
+    }
+}
+
+/// Merges this invocation's entries into the combined report on disk: verticals not run now
+/// keep their entry, and an entry that did not run now (`failed`, `skipped`) does not replace
+/// an `ok` one (it is attached to it as `last_attempt`).
+fn merge_entries(
+    on_disk: Option<serde_json::Value>,
+    now: Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let mut merged: Vec<serde_json::Value> = on_disk
+        .as_ref()
+        .and_then(|d| d["verticals"].as_array().cloned())
+        .unwrap_or_default();
+    for e in now {
+        let name = e["vertical"].clone();
+        match merged.iter_mut().find(|m| m["vertical"] == name) {
+            Some(old) if e["status"] != "ok" && old["status"] == "ok" => {
+                old["last_attempt"] = e;
+            }
+            Some(old) => *old = e,
+            None => merged.push(e),
+        }
+    }
+    // Report order.
+    merged.sort_by_key(|e| {
+        registry::VERTICALS
+            .iter()
+            .position(|v| e["vertical"] == *v)
+            .unwrap_or(usize::MAX)
+    });
+    merged
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<()> {
@@ -367,8 +492,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
-    let verticals = parse_verticals(&a.verticals)?;
+    let mut verticals = parse_verticals(&a.verticals)?;
     let (default_protocol, overrides) = parse_protocols(&a.protocol)?;
+    check_protocols(&verticals, &default_protocol, &overrides)?;
+    // `--scorer none` leaves toxicity out of `all`; asking for it by name is contradictory.
+    let no_scorer = a.scorer.as_deref().is_some_and(|s| s.trim() == "none");
+    let mut not_requested = Vec::new();
+    if no_scorer && verticals.iter().any(|v| v == "toxicity") {
+        if a.verticals.trim() != "all" {
+            return Err(usage(
+                "--verticals names toxicity but --scorer none gives it no scorer (drop one of them)",
+            ));
+        }
+        verticals.retain(|v| v != "toxicity");
+        eprintln!("toxicity left out: --scorer none");
+        not_requested.push(json!({"vertical": "toxicity", "protocol": protocol_for("toxicity", &default_protocol, &overrides), "status": "skipped", "reason": "--scorer none"}));
+    }
     let data = DataDir::resolve(a.data_dir.as_deref())?;
     if a.dry_run {
         return crate::progress::dry_run(
@@ -425,46 +564,32 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         )))
         .build();
 
-    let mut entries = Vec::new();
-    let mut n_failed = 0usize;
+    let mut entries = not_requested;
+    let mut problems: Vec<String> = Vec::new();
     for name in &verticals {
-        let protocol = overrides
-            .iter()
-            .rev()
-            .find(|(v, _)| v == name)
-            .map(|(_, p)| p.clone())
-            .unwrap_or(default_protocol.clone());
+        let protocol = protocol_for(name, &default_protocol, &overrides);
         let opts = BuildOptions {
             samples: a.samples,
             scorer_label: a.scorer_label.clone(),
             scorer: scorer.as_ref().map(|s| s.info()),
             chat: chat.clone(),
         };
-        let known = registry::protocols(name).unwrap_or(&[]);
-        if !known.contains(&protocol.as_str()) {
-            let reason = format!(
-                "no protocol `{protocol}` for {name} (protocols: {})",
-                known.join(", ")
-            );
-            eprintln!("skipping {name}: {reason}");
-            entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
-            continue;
-        }
         let vertical = match registry::build(name, &protocol, &opts) {
             Ok(v) => v,
             Err(e) => {
                 eprintln!("{name}: {e}");
-                n_failed += 1;
+                problems.push(format!("{name}: {e}"));
                 entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": e.to_string()}));
                 continue;
             }
         };
         if vertical.requirements().scorer && scorer.is_none() {
             let reason = format!(
-                "{name} needs a text scorer; pass --scorer (mock or an ONNX classifier directory)"
+                "{name} needs a text scorer; pass --scorer (jigsaw, onnx:DIR, lexical or mock)"
             );
-            eprintln!("skipping {name}: {reason}");
-            entries.push(json!({"vertical": name, "protocol": protocol, "status": "skipped", "reason": reason}));
+            eprintln!("{name} not run: {reason}");
+            problems.push(reason.clone());
+            entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": reason}));
             continue;
         }
         eprintln!("running {name} (protocol {protocol})");
@@ -486,17 +611,8 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
             .await
         {
             Ok(report) => {
-                for m in report.metrics.iter().take(4) {
-                    let v = m
-                        .value
-                        .map(|x| format!("{x:.4}"))
-                        .unwrap_or_else(|| "n/a".into());
-                    let ci = match (m.ci_low, m.ci_high) {
-                        (Some(l), Some(h)) => format!(" [{l:.4}, {h:.4}]"),
-                        _ => String::new(),
-                    };
-                    println!("{name}\t{protocol}\t{}\t{v}{ci}", m.name);
-                }
+                print_summary(name, &protocol, &report, &out);
+                problems.extend(shortfall(name, &report));
                 entries.push(json!({"vertical": name, "protocol": protocol, "status": "ok", "report": report}));
             }
             Err(e) => {
@@ -514,11 +630,15 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
                     ));
                 }
                 eprintln!("{name}: {msg}");
-                n_failed += 1;
+                problems.push(format!("{name}: {msg}"));
                 entries.push(json!({"vertical": name, "protocol": protocol, "status": "failed", "error": msg}));
             }
         }
     }
+    let path = out.join("report.json");
+    let on_disk = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
     let combined = json!({
         "model": model.info(),
         "scorer": scorer.as_ref().map(|s| s.info()),
@@ -527,14 +647,18 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         "limit": a.limit,
         "sample": a.sample,
         "samples": a.samples,
-        "verticals": entries,
+        "verticals": merge_entries(on_disk, entries),
     });
-    let path = out.join("report.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&combined)? + "\n")
+    trust_core::fsutil::write_atomic(&path, serde_json::to_string_pretty(&combined)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
-    if n_failed > 0 {
-        bail!("{n_failed} vertical(s) failed; see {}", path.display());
+    if !problems.is_empty() {
+        bail!(
+            "{} problem(s), see {}:\n  {}",
+            problems.len(),
+            path.display(),
+            problems.join("\n  ")
+        );
     }
     Ok(())
 }

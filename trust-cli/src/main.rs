@@ -1,6 +1,7 @@
 //! `trust`: measure what preference alignment does to a model's trustworthiness.
 //!
-//! Exit codes: 0 success; 1 runtime failure (model, data, I/O); 2 usage error (bad arguments).
+//! Exit codes ([`exit`]): 0 success; 1 runtime failure or asked-for work that did not happen;
+//! 2 usage error (bad arguments).
 
 use clap::{Parser, Subcommand};
 
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand};
     name = "trust",
     version,
     about = "Measure what preference alignment does to a language model's trustworthiness",
-    after_help = "Exit codes: 0 success; 1 runtime failure (model, data, I/O; for `eval`, any vertical failed); 2 usage error (bad arguments). See docs/cli.md."
+    after_help = "Exit codes: 0 success; 1 runtime failure or asked-for work that did not happen (`eval`: a requested vertical not run, with no scored sample, or with any failed sample; `check`: a regression; `list`: missing or corrupt data files); 2 usage error (bad arguments). See docs/cli.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +33,9 @@ enum Command {
     Score(score_cmd::ScoreArgs),
     /// Compare run directories (checkpoints): self-contained report.html, report.json, report.md.
     Report(report_cmd::ReportArgs),
+    /// Regression gate for CI: exit 1 when a candidate run regresses a metric past its bound
+    /// against a baseline run (paired bootstrap over the shared samples, interval excluding 0).
+    Check(check_cmd::CheckArgs),
     /// The sophistry audit (Wen et al.): correctness, approval, evaluation error rate and FPR of
     /// a model before and after RLHF from evaluator verdicts and/or a judge model; JSON report.
     Sophistry(sophistry_cmd::SophistryArgs),
@@ -60,9 +64,11 @@ enum Command {
 }
 
 mod agreement_cmd;
+mod check_cmd;
 #[cfg(feature = "ort")]
 mod classify_cmd;
 mod eval_cmd;
+mod exit;
 mod list;
 // Without `ort`, some `onnx:` option fields are parsed but never read.
 #[cfg(feature = "candle")]
@@ -98,6 +104,7 @@ fn default_candle_threads() {
 }
 
 fn main() {
+    exit::quiet_broken_pipe();
     default_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -127,10 +134,11 @@ fn main() {
         Command::ScorerAgreement(a) => agreement_cmd::run(a),
         Command::Score(a) => score_cmd::run(a),
         Command::Report(a) => report_cmd::run(a),
+        Command::Check(a) => check_cmd::run(a),
         Command::Sophistry(a) => sophistry_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        std::process::exit(exit::code_of(&e));
     }
 }

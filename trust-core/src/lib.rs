@@ -31,6 +31,7 @@ pub mod cache;
 pub mod chat;
 pub mod data;
 pub mod error;
+pub mod fsutil;
 pub mod manifest;
 pub mod metric;
 pub mod model;

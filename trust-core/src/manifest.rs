@@ -50,10 +50,11 @@ impl RunManifest {
         serde_json::from_str(&text).map_err(|e| Error::json(path.display().to_string(), e))
     }
 
-    /// Writes it as pretty JSON.
+    /// Writes it as pretty JSON, atomically ([`crate::fsutil::write_atomic`]: a kill during the
+    /// write leaves the previous manifest, never an empty one).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).map_err(|e| Error::json("manifest", e))?;
-        std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+        crate::fsutil::write_atomic(path, text + "\n").map_err(|e| Error::io(path, e))
     }
 
     /// The first result-affecting field that differs, as (dotted path, on disk, this run).

@@ -391,7 +391,7 @@ impl Runner {
             let p = dir.join(REPORT_FILE);
             let text =
                 serde_json::to_string_pretty(&report).map_err(|e| Error::json("report", e))?;
-            std::fs::write(&p, text + "\n").map_err(|e| Error::io(&p, e))?;
+            crate::fsutil::write_atomic(&p, text + "\n").map_err(|e| Error::io(&p, e))?;
         }
         if let Some(o) = &self.observer {
             o.finish(&report);
@@ -594,9 +594,7 @@ fn write_records<'a>(path: &Path, records: impl Iterator<Item = &'a SampleRecord
         text.push_str(&serde_json::to_string(r).map_err(|e| Error::json("sample record", e))?);
         text.push('\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::fsutil::write_atomic(path, text).map_err(|e| Error::io(path, e))
 }
 
 /// Reads `samples.jsonl`, truncating a torn (incomplete or unparsable) last line left by a crash.

@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod common;
+pub mod gate;
 pub mod guard;
 pub mod machine_ethics;
 pub mod privacy;

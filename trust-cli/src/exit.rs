@@ -1,0 +1,52 @@
+//! Exit codes of the `trust` binary, and the error type that selects code 2.
+//!
+//! - 0: success: everything asked for ran (for `eval`: every requested vertical ran with no
+//!   failed sample; for `check`: every bound passed).
+//! - 1: runtime failure, or asked-for work that did not happen: a model, data or I/O error; a
+//!   requested vertical that failed or had no scored sample; any failed sample; a regression
+//!   (or an uncomparable metric) in `trust check`; missing or corrupt data files in `trust list`.
+//! - 2: usage error: bad arguments (clap's own, and the values trust checks itself: unknown
+//!   verticals, protocols, bounds, contradictory options).
+
+use std::fmt;
+
+/// A usage error: reported like any error, but the process exits with code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error as an `anyhow::Error`.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(msg.into()))
+}
+
+/// The exit code of a failed command: 2 for usage errors anywhere in the chain, else 1.
+pub fn code_of(e: &anyhow::Error) -> i32 {
+    if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Makes writes to a closed stdout end the process quietly (as `head` expects) instead of
+/// panicking in `println!`: the default SIGPIPE action is restored, so the kernel ends the
+/// process on the broken pipe, as it does for C tools. Not for `trust serve`, whose output is
+/// sockets (Rust sends with `MSG_NOSIGNAL` anyway) and which must outlive a closed terminal pipe.
+pub fn quiet_broken_pipe() {
+    if std::env::args_os().nth(1).is_some_and(|c| c == "serve") {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: called first in `main`, before any thread exists; SIG_DFL is a valid handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
