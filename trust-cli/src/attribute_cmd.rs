@@ -126,11 +126,6 @@ fn parse_layers(s: &str, model: &Path) -> anyhow::Result<Vec<usize>> {
         .collect()
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    chars[chars.len().saturating_sub(n)..].iter().collect()
-}
-
 pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     let stage: AttrStage = a.stage.parse()?;
     if stage != AttrStage::Sft && a.baseline_generations.is_none() {
@@ -283,7 +278,7 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
                     "train_index": idx,
                     "score": score,
                     "raw": at.scores[k],
-                    "prompt": tail(&p.prompt, 400),
+                    "prompt": trust_report::clip_start(&p.prompt, 400),
                     "chosen": p.chosen,
                     "rejected": p.rejected,
                 })
@@ -315,12 +310,12 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
         println!("{title}:");
         for it in items.as_array().into_iter().flatten() {
             println!(
-                "  #{:<6} score {:+.4}  prompt …{:?}\n          chosen {:?}\n          rejected {:?}",
+                "  #{:<6} score {:+.4}  prompt {:?}\n          chosen {:?}\n          rejected {:?}",
                 it["train_index"],
                 it["score"].as_f64().unwrap_or(f64::NAN),
-                tail(it["prompt"].as_str().unwrap_or(""), 120),
-                tail(it["chosen"].as_str().unwrap_or(""), 160),
-                tail(it["rejected"].as_str().unwrap_or(""), 160),
+                trust_report::clip_start(it["prompt"].as_str().unwrap_or(""), 120),
+                trust_report::clip_start(it["chosen"].as_str().unwrap_or(""), 160),
+                trust_report::clip_start(it["rejected"].as_str().unwrap_or(""), 160),
             );
         }
     };

@@ -469,3 +469,113 @@ fn list_shows_verticals_and_protocols() {
         "{text}"
     );
 }
+
+/// A combined report.json older than a vertical's own report (an interrupted or earlier
+/// invocation wrote it), or one that does not list a vertical whose folder has a report, is
+/// stale: `trust report` reads those verticals from their folders and says so.
+#[test]
+fn report_reads_per_vertical_folders_when_the_combined_file_is_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    ok(&trust(&[
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "machine_ethics,privacy",
+        "--limit",
+        "8",
+        "--bootstrap",
+        "0",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    // The combined file forgets privacy (as a wiped combined report did).
+    let combined = run.join("report.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&combined).unwrap()).unwrap();
+    c["verticals"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["vertical"] != "privacy");
+    std::fs::write(&combined, c.to_string()).unwrap();
+    // machine_ethics is rerun after the combined file was written: its own report is newer and
+    // differs (here: one sample fewer).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let own = run.join("machine_ethics/report.json");
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
+    r["n_samples"] = serde_json::json!(7);
+    std::fs::write(&own, r.to_string()).unwrap();
+
+    let out = dir.path().join("r.html");
+    ok(&trust(&[
+        "report",
+        "--runs",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    let section = |v: &str| {
+        rep["verticals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["vertical"] == v)
+            .unwrap_or_else(|| panic!("{v} missing: {rep}"))
+            .clone()
+    };
+    assert_eq!(section("privacy")["runs"][0]["status"], "ok", "{rep}");
+    assert_eq!(
+        section("machine_ethics")["runs"][0]["n_samples"],
+        7,
+        "{rep}"
+    );
+    let notes: Vec<&str> = rep["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("privacy") && n.contains("does not list it")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("machine_ethics") && n.contains("newer than the combined")),
+        "{notes:?}"
+    );
+    // A fresh combined file (nothing newer beside it) is read as it is, without notes.
+    let again = dir.path().join("again");
+    ok(&trust(&[
+        "eval",
+        "--model",
+        "mock",
+        "--verticals",
+        "machine_ethics",
+        "--limit",
+        "8",
+        "--bootstrap",
+        "0",
+        "--out",
+        again.to_str().unwrap(),
+    ]));
+    let out2 = dir.path().join("r2.html");
+    ok(&trust(&[
+        "report",
+        "--runs",
+        again.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]));
+    let rep2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r2.json")).unwrap())
+            .unwrap();
+    assert!(rep2.get("notes").is_none(), "{rep2}");
+}

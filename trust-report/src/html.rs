@@ -23,6 +23,15 @@ fn fmt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into())
 }
 
+/// `lower` / `higher` (the metric's better direction) or `—` when it has none.
+pub(crate) fn better(metric: &str) -> &'static str {
+    match trust_core::metric::direction(metric) {
+        Some(trust_core::metric::Worse::Higher) => "lower",
+        Some(trust_core::metric::Worse::Lower) => "higher",
+        None => "—",
+    }
+}
+
 fn fmt_change(c: &Cell) -> String {
     let base = match (c.relative_change, c.delta) {
         (Some(r), _) => format!("{:+.1}%", r * 100.0),
@@ -122,8 +131,11 @@ pub fn render(report: &Report) -> String {
                 &mut h,
                 "vertical-bars",
                 &format!("fig-{}-bars", v.vertical),
-                &format!("{}: metrics per checkpoint with 95% CIs", v.vertical),
-                &bar_chart(&rows, &names, &labels),
+                &format!(
+                    "{}: metrics per checkpoint with 95% CIs; ↑/↓ better marks each metric's better direction",
+                    v.vertical
+                ),
+                &bar_chart(&rows, &names, &labels, "value"),
             );
             relative_change_figure(&mut h, &v.vertical, &v.headline, &labels);
             change_table(&mut h, &v.headline, &labels);
@@ -161,8 +173,8 @@ pub fn render(report: &Report) -> String {
             &mut h,
             "pii-leakage",
             "fig-pii-leakage",
-            "leakage_rate per PII type with 95% CIs",
-            &bar_chart(&rows, &names, &labels),
+            "leakage_rate per PII type with 95% CIs (lower is better)",
+            &bar_chart(&rows, &names, &labels, "leakage rate"),
         );
         change_table(&mut h, &report.pii_leakage, &labels);
         h.push_str("</section>\n");
@@ -272,7 +284,12 @@ fn relative_change_figure(h: &mut String, vertical: &str, rows: &[MetricRow], la
         "relative-change",
         &format!("fig-{vertical}-change"),
         &format!("{vertical}: relative change (%) vs {}", labels[0]),
-        &bar_chart(&refs, &names, labels),
+        &bar_chart(
+            &refs,
+            &names,
+            labels,
+            &format!("change vs {} (%)", labels[0]),
+        ),
     );
 }
 
@@ -282,7 +299,7 @@ fn headline_table(h: &mut String, report: &Report, labels: &[String]) {
     if report.verticals.iter().all(|v| v.headline.is_empty()) {
         return;
     }
-    h.push_str("<section id=\"headline\"><h2>Headline</h2><p class=\"note\">Changes are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.</p><table><tr><th class=l>vertical</th><th class=l>metric</th>");
+    h.push_str("<section id=\"headline\"><h2>Headline</h2><p class=\"note\">Changes are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.</p><table><tr><th class=l>vertical</th><th class=l>metric</th><th class=l>better</th>");
     for (i, l) in labels.iter().enumerate() {
         let _ = write!(h, "<th>{}</th>", esc(l));
         if i > 0 {
@@ -294,9 +311,10 @@ fn headline_table(h: &mut String, report: &Report, labels: &[String]) {
         for r in &v.headline {
             let _ = write!(
                 h,
-                "<tr><td class=l>{}</td><td class=l>{}</td>",
+                "<tr><td class=l>{}</td><td class=l>{}</td><td class=l>{}</td>",
                 esc(&v.vertical),
-                esc(&r.name)
+                esc(&r.name),
+                better(&r.name)
             );
             for (i, c) in r.values.iter().enumerate() {
                 let _ = write!(h, "<td>{}</td>", esc(&fmt_cell(c.as_ref())));
@@ -349,10 +367,51 @@ fn change_table(h: &mut String, rows: &[MetricRow], labels: &[String]) {
     h.push_str("</table>");
 }
 
-/// Grouped bars (one group per row, one bar per checkpoint) with CI whiskers.
-fn bar_chart(rows: &[&MetricRow], names: &[String], labels: &[String]) -> String {
-    let (w, ht) = (900.0f64, 300.0f64);
-    let (ml, mr, mt, mb) = (56.0, 10.0, 12.0, 70.0);
+/// A tick step of 1, 2, 2.5 or 5 × 10^k giving about `intervals` intervals over `span` (> 0).
+fn nice_step(span: f64, intervals: usize) -> f64 {
+    let raw = span / intervals.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    let f = raw / mag;
+    let nice = if f <= 1.0 + 1e-9 {
+        1.0
+    } else if f <= 2.0 + 1e-9 {
+        2.0
+    } else if f <= 2.5 + 1e-9 {
+        2.5
+    } else if f <= 5.0 + 1e-9 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * mag
+}
+
+/// Axis ticks covering `[lo, hi]` at round values: (axis low, axis high, ticks, decimals to
+/// print them with).
+pub(crate) fn ticks(lo: f64, hi: f64) -> (f64, f64, Vec<f64>, usize) {
+    let step = nice_step(hi - lo, 5);
+    let (k0, k1) = ((lo / step + 1e-9).floor(), (hi / step - 1e-9).ceil());
+    let decimals = (0..=6)
+        .find(|d| {
+            let s = step * 10f64.powi(*d as i32);
+            (s - s.round()).abs() < 1e-6
+        })
+        .unwrap_or(6);
+    let scale = 10f64.powi(decimals as i32);
+    let at = |k: f64| {
+        let v = (k * step * scale).round() / scale;
+        if v == 0.0 { 0.0 } else { v }
+    };
+    let ticks: Vec<f64> = (k0 as i64..=k1 as i64).map(|k| at(k as f64)).collect();
+    (at(k0), at(k1), ticks, decimals)
+}
+
+/// Grouped bars (one group per row, one bar per checkpoint) with CI whiskers, a titled y axis
+/// at round ticks, each group's label under its bars, and over each group the metric's better
+/// direction where it is known ([`trust_core::metric::direction`]).
+fn bar_chart(rows: &[&MetricRow], names: &[String], labels: &[String], y_title: &str) -> String {
+    let (w, ht) = (900.0f64, 320.0f64);
+    let (ml, mr, mt, mb) = (72.0, 10.0, 26.0, 74.0);
     let pw = w - ml - mr;
     let ph = ht - mt - mb;
     let mut lo: f64 = 0.0;
@@ -370,24 +429,29 @@ fn bar_chart(rows: &[&MetricRow], names: &[String], labels: &[String]) -> String
     if hi - lo < 1e-12 {
         hi = lo + 1.0;
     }
+    let (lo, hi, tick_values, decimals) = ticks(lo, hi);
     let y = |v: f64| mt + ph * (1.0 - (v - lo) / (hi - lo));
     let mut s = String::new();
     let _ = write!(
         s,
         "<svg role=\"img\" width=\"{w}\" height=\"{ht}\" viewBox=\"0 0 {w} {ht}\">"
     );
-    // Axis and ticks.
-    for k in 0..=4 {
-        let v = lo + (hi - lo) * k as f64 / 4.0;
-        let yy = y(v);
+    for v in &tick_values {
+        let yy = y(*v);
         let _ = write!(
             s,
-            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#eee\"/><text x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.2}</text>",
+            "<line x1=\"{ml}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#eee\"/><text class=\"tick\" x=\"{}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"end\">{v:.decimals$}</text>",
             w - mr,
             ml - 4.0,
             yy + 4.0
         );
     }
+    let (tx, ty) = (16.0, mt + ph / 2.0);
+    let _ = write!(
+        s,
+        "<text class=\"y-title\" x=\"{tx}\" y=\"{ty:.1}\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 {tx} {ty:.1})\">{}</text>",
+        esc(y_title)
+    );
     let _ = write!(
         s,
         "<line x1=\"{ml}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#444\"/>",
@@ -400,27 +464,48 @@ fn bar_chart(rows: &[&MetricRow], names: &[String], labels: &[String]) -> String
     let n_bars = labels.len().max(1) as f64;
     let bw = (gw * 0.8 / n_bars).min(60.0);
     for (g, r) in rows.iter().enumerate() {
-        let gx = ml + gw * g as f64 + gw * 0.1;
+        // The group's bars are centred in its slot; its label and direction sit at the centre.
+        let gx = ml + gw * g as f64 + (gw - bw * n_bars) / 2.0;
+        let centre = gx + bw * n_bars / 2.0;
         for (i, c) in r.values.iter().enumerate() {
             let x = gx + bw * i as f64;
+            let bar_w = (bw - 2.0).max(1.0);
             let label = labels.get(i).map(String::as_str).unwrap_or("");
             match c.as_ref().and_then(|c| c.value.map(|v| (c, v))) {
                 Some((c, v)) if v.is_finite() => {
                     let (y0, y1) = (y(0.0_f64.max(lo)), y(v));
+                    // A bar under 2 px (a zero) is drawn 2 px tall, outlined, and labelled.
+                    let height = (y0 - y1).abs().max(2.0);
+                    let top = if v >= 0.0 {
+                        y0.min(y1).min(y0 - 2.0)
+                    } else {
+                        y0
+                    };
                     let _ = write!(
                         s,
-                        "<rect class=\"bar\" x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}</title></rect>",
-                        y0.min(y1),
-                        (bw - 2.0).max(1.0),
-                        (y0 - y1).abs().max(0.5),
+                        "<rect class=\"bar\" x=\"{x:.1}\" y=\"{top:.1}\" width=\"{bar_w:.1}\" height=\"{height:.1}\" fill=\"{}\" stroke=\"{}\" stroke-width=\"0.5\"><title>{}</title></rect>",
+                        colour(i),
                         colour(i),
                         esc(&format!("{} · {label}: {}", r.name, fmt_cell(Some(c))))
                     );
+                    if (y0 - y1).abs() < 2.0 {
+                        let _ = write!(
+                            s,
+                            "<text class=\"bar-value\" x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\" fill=\"#444\">{}</text>",
+                            x + bar_w / 2.0,
+                            top - 3.0,
+                            if v == 0.0 {
+                                "0".to_string()
+                            } else {
+                                format!("{v:.3}")
+                            }
+                        );
+                    }
                     if let (Some(l), Some(hh)) = (c.ci_low, c.ci_high)
                         && l.is_finite()
                         && hh.is_finite()
                     {
-                        let cx = x + (bw - 2.0).max(1.0) / 2.0;
+                        let cx = x + bar_w / 2.0;
                         let _ = write!(
                             s,
                             "<g class=\"whisker\" stroke=\"#222\"><line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/><line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\"/></g>",
@@ -447,17 +532,28 @@ fn bar_chart(rows: &[&MetricRow], names: &[String], labels: &[String]) -> String
                 }
             }
         }
+        if let Some(d) = trust_core::metric::direction(&r.name) {
+            let arrow = match d {
+                trust_core::metric::Worse::Higher => "↓ better",
+                trust_core::metric::Worse::Lower => "↑ better",
+            };
+            let _ = write!(
+                s,
+                "<text class=\"direction\" x=\"{centre:.1}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"middle\" fill=\"#555\">{arrow}<title>{}</title></text>",
+                mt - 10.0,
+                d.better()
+            );
+        }
         let name = names.get(g).map(String::as_str).unwrap_or("");
         let short: String = if name.chars().count() > 28 {
             name.chars().take(27).chain(['…']).collect()
         } else {
             name.to_string()
         };
-        let tx = gx + gw * 0.4;
         let ty = ht - mb + 14.0;
         let _ = write!(
             s,
-            "<text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"11\" text-anchor=\"end\" transform=\"rotate(-25 {tx:.1} {ty:.1})\">{}<title>{}</title></text>",
+            "<text class=\"group-label\" x=\"{centre:.1}\" y=\"{ty:.1}\" font-size=\"11\" text-anchor=\"end\" transform=\"rotate(-25 {centre:.1} {ty:.1})\">{}<title>{}</title></text>",
             esc(&short),
             esc(name)
         );

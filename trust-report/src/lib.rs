@@ -120,6 +120,9 @@ pub struct RunInput {
     pub model: Option<Value>,
     /// Its verticals in report order.
     pub verticals: Vec<VerticalEntry>,
+    /// What a reader should know about how the directory was read (a stale combined report
+    /// superseded by per-vertical folders); the report shows them.
+    pub notes: Vec<String>,
 }
 
 fn read_json(path: &Path) -> Result<Value, Error> {
@@ -161,6 +164,7 @@ impl RunInput {
         });
         let combined = dir.join(trust_core::runner::REPORT_FILE);
         let mut verticals = Vec::new();
+        let mut notes = Vec::new();
         let mut model = None;
         if combined.is_file() {
             let v = read_json(&combined)?;
@@ -197,6 +201,7 @@ impl RunInput {
                         report,
                     });
                 }
+                supersede_stale(dir, &combined, &mut verticals, &mut notes)?;
             } else {
                 let r = vertical_report(&combined, "<root>", v)?;
                 verticals.push(entry_of(r));
@@ -242,8 +247,75 @@ impl RunInput {
             dir: dir.to_path_buf(),
             model,
             verticals,
+            notes,
         })
     }
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// `trust eval` writes `DIR/<vertical>/report.json` per vertical and then the combined
+/// `DIR/report.json`. A per-vertical report newer than the combined file, or one the combined
+/// file does not list, means the combined file is stale (an interrupted or older invocation
+/// wrote it): the per-vertical report replaces its entry, with a note saying so.
+fn supersede_stale(
+    dir: &Path,
+    combined: &Path,
+    verticals: &mut Vec<VerticalEntry>,
+    notes: &mut Vec<String>,
+) -> Result<(), Error> {
+    let combined_time = modified(combined);
+    let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for sub in subdirs {
+        let p = sub.join(trust_core::runner::REPORT_FILE);
+        if !p.is_file() {
+            continue;
+        }
+        let r = match read_json(&p).map(serde_json::from_value::<VerticalReport>) {
+            Ok(Ok(r)) => r,
+            _ => {
+                notes.push(format!(
+                    "{} is not a vertical report; ignored",
+                    p.strip_prefix(dir).unwrap_or(&p).display()
+                ));
+                continue;
+            }
+        };
+        let name = r.manifest.vertical.clone();
+        let shown = p.strip_prefix(dir).unwrap_or(&p).display().to_string();
+        match verticals.iter().position(|v| v.vertical == name) {
+            None => {
+                notes.push(format!(
+                    "{name}: read from {shown}; the combined report.json does not list it"
+                ));
+                verticals.push(entry_of(r));
+            }
+            Some(i) => {
+                let newer = match (modified(&p), combined_time) {
+                    (Some(a), Some(b)) => a > b,
+                    _ => false,
+                };
+                let same = verticals[i].report.as_ref().is_some_and(|old| {
+                    serde_json::to_value(old).ok() == serde_json::to_value(&r).ok()
+                });
+                if newer && !same {
+                    notes.push(format!(
+                        "{name}: read from {shown}, which is newer than the combined report.json (stale: its entry said `{}`)",
+                        verticals[i].status
+                    ));
+                    verticals[i] = entry_of(r);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn entry_of(r: VerticalReport) -> VerticalEntry {
@@ -540,6 +612,11 @@ impl Report {
             .filter(|r| r.base == "leakage_rate" && r.slice_key.as_deref() == Some("pii"))
             .cloned()
             .collect();
+        let mut notes = scorer_notes(&runs);
+        for r in &runs {
+            notes.extend(r.notes.iter().map(|n| format!("{}: {n}", r.label)));
+        }
+        notes.extend(sample_count_notes(&verticals, &checkpoints));
         Report {
             schema_version: SCHEMA_VERSION,
             generator: format!("trust-report {}", env!("CARGO_PKG_VERSION")),
@@ -548,9 +625,32 @@ impl Report {
             stereotype_heatmap,
             pii_leakage,
             attribution,
-            notes: scorer_notes(&runs),
+            notes,
         }
     }
+}
+
+/// A note per vertical whose checkpoints ran different numbers of samples: their metrics are
+/// over different sample sets, so the changes are not like for like.
+fn sample_count_notes(verticals: &[VerticalSection], checkpoints: &[Checkpoint]) -> Vec<String> {
+    let mut notes = Vec::new();
+    for v in verticals {
+        let counts: Vec<(&str, usize)> = v
+            .runs
+            .iter()
+            .zip(checkpoints)
+            .filter_map(|(r, c)| r.n_samples.map(|n| (c.label.as_str(), n)))
+            .collect();
+        if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+            let list: Vec<String> = counts.iter().map(|(l, n)| format!("{l} {n}")).collect();
+            notes.push(format!(
+                "{}: the checkpoints ran different numbers of samples ({}); changes compare different sample sets and only shared samples are paired",
+                v.vertical,
+                list.join(", ")
+            ));
+        }
+    }
+    notes
 }
 
 /// One note per distinct toxicity scorer of the runs: which scorer and its recorded agreement
@@ -680,6 +780,38 @@ pub fn build_from_dirs(
         .collect::<Result<Vec<_>, _>>()?;
     let attribution = attribution.map(Attribution::load).transpose()?;
     Ok(Report::build(runs, attribution))
+}
+
+/// The end of `s` in at most `max_chars` characters: when it is longer, the cut falls at a word
+/// boundary (unless the last word alone is too long) and `…` marks it. Dialogue prompts end
+/// with their question, so their end is the part worth showing.
+///
+/// ```
+/// assert_eq!(trust_report::clip_start("Human: hello there friend", 14), "…there friend");
+/// assert_eq!(trust_report::clip_start("short", 14), "short");
+/// ```
+pub fn clip_start(s: &str, max_chars: usize) -> String {
+    let n = s.chars().count();
+    if n <= max_chars {
+        return s.to_string();
+    }
+    let keep = max_chars.saturating_sub(1);
+    let start = s
+        .char_indices()
+        .nth(n - keep)
+        .map(|(i, _)| i)
+        .unwrap_or(s.len());
+    let window = &s[start..];
+    // Cut where a word begins, unless that drops more than half the window.
+    let cut = if s[..start].ends_with(char::is_whitespace) {
+        0
+    } else {
+        match window.find(char::is_whitespace) {
+            Some(i) if i <= window.len() / 2 => i,
+            _ => 0,
+        }
+    };
+    format!("…{}", window[cut..].trim_start())
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -837,6 +969,189 @@ mod tests {
             head.contains("| machine_ethics | fnr |") && head.contains("*) | yes |"),
             "{md}"
         );
+    }
+
+    fn one_metric_report(values: &[Option<f64>], n_samples: &[usize]) -> Report {
+        let labels = ["base", "sft", "dpo"];
+        let cell = |v: &Option<f64>| {
+            Some(Cell {
+                value: *v,
+                ci_low: v.map(|v| (v - 0.05).max(0.0)),
+                ci_high: v.map(|v| v + 0.05),
+                n: 48,
+                delta: None,
+                relative_change: None,
+                paired: None,
+            })
+        };
+        let checkpoints: Vec<Checkpoint> = labels[..values.len()]
+            .iter()
+            .map(|l| Checkpoint {
+                label: l.to_string(),
+                source: format!("runs/{l}"),
+                model: None,
+            })
+            .collect();
+        let verticals = vec![VerticalSection {
+            vertical: "machine_ethics".into(),
+            runs: n_samples
+                .iter()
+                .map(|n| RunStatus {
+                    status: "ok".into(),
+                    protocol: Some("paper".into()),
+                    note: None,
+                    n_samples: Some(*n),
+                    n_ok: Some(*n),
+                    n_failed: Some(0),
+                    n_unparsed: Some(0),
+                })
+                .collect(),
+            headline: vec![with_changes(
+                "fnr".into(),
+                values.iter().map(cell).collect(),
+            )],
+            sliced: Vec::new(),
+        }];
+        let notes = sample_count_notes(&verticals, &checkpoints);
+        Report {
+            schema_version: SCHEMA_VERSION,
+            generator: "test".into(),
+            checkpoints,
+            verticals,
+            stereotype_heatmap: None,
+            pii_leakage: Vec::new(),
+            attribution: None,
+            notes,
+        }
+    }
+
+    /// The `x` attributes of the elements with `class="{class}"` in an SVG.
+    fn xs(svg: &str, class: &str) -> Vec<f64> {
+        svg.split(&format!("class=\"{class}\" x=\""))
+            .skip(1)
+            .map(|t| t.split('"').next().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn single_metric_chart_labels_sit_under_their_bars_with_round_ticks_and_direction() {
+        let report = one_metric_report(&[Some(0.42), Some(0.0), Some(0.3)], &[48, 48, 48]);
+        let html = html::render(&report);
+        let fig = html
+            .split("data-kind=\"vertical-bars\"")
+            .nth(1)
+            .unwrap()
+            .split("</svg>")
+            .next()
+            .unwrap();
+        let bars = xs(fig, "bar");
+        let label = xs(fig, "group-label")[0];
+        assert_eq!(bars.len(), 3);
+        // The label is at the centre of the three bars (not ~240 px beside them).
+        let (first, last) = (bars[0], bars[2] + 58.0);
+        assert!(
+            (label - (first + last) / 2.0).abs() < 2.0,
+            "{label} vs {bars:?}"
+        );
+        // Ticks at round values: 0, 0.1, ..., 0.5.
+        let ticks: Vec<&str> = fig
+            .split("class=\"tick\"")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(ticks, ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5"], "{fig}");
+        // A y-axis title and the better direction of fnr (lower).
+        assert!(fig.contains("class=\"y-title\""), "{fig}");
+        assert!(
+            fig.contains("↓ better<title>lower is better</title>"),
+            "{fig}"
+        );
+        // The zero bar is visible (2 px) and labelled 0.
+        let heights: Vec<f64> = fig
+            .split("height=\"")
+            .skip(2)
+            .map(|t| t.split('"').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(heights.iter().all(|h| *h >= 2.0), "{heights:?}");
+        assert!(fig.contains("class=\"bar-value\""), "{fig}");
+        assert!(fig.contains(">0</text>"), "{fig}");
+        // The headline tables name the better direction.
+        assert!(
+            html.contains("<td class=l>fnr</td><td class=l>lower</td>"),
+            "{html}"
+        );
+        assert!(markdown::render(&report).contains("| machine_ethics | fnr | lower |"));
+    }
+
+    #[test]
+    fn ticks_are_round_and_cover_the_range() {
+        for (lo, hi) in [
+            (0.0, 0.42),
+            (0.0, 1.0),
+            (-12.5, 30.0),
+            (0.0, 0.0137),
+            (0.0, 250.0),
+        ] {
+            let (a, b, t, d) = html::ticks(lo, hi);
+            assert!(a <= lo && b >= hi, "{lo} {hi}: {a} {b}");
+            assert!(t.len() >= 3 && t.len() <= 7, "{t:?}");
+            let step = t[1] - t[0];
+            let mag = 10f64.powf(step.log10().floor());
+            let m = (step / mag * 10.0).round() / 10.0;
+            assert!([1.0, 2.0, 2.5, 5.0].contains(&m), "{step} ({m})");
+            for x in &t {
+                // Printed with d decimals, every tick is exact.
+                let printed: f64 = format!("{x:.d$}").parse().unwrap();
+                assert!((printed - x).abs() < 1e-9, "{x} printed as {printed}");
+            }
+        }
+        assert_eq!(html::ticks(0.0, 1.0).2, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]);
+    }
+
+    #[test]
+    fn different_sample_counts_are_noted() {
+        let same = one_metric_report(&[Some(0.4), Some(0.3)], &[48, 48]);
+        assert!(same.notes.is_empty(), "{:?}", same.notes);
+        let diff = one_metric_report(&[Some(0.4), Some(0.3)], &[48, 24]);
+        assert_eq!(diff.notes.len(), 1);
+        assert!(
+            diff.notes[0].contains("machine_ethics") && diff.notes[0].contains("base 48, sft 24"),
+            "{:?}",
+            diff.notes
+        );
+    }
+
+    #[test]
+    fn markdown_tables_after_status_lists_are_separated_by_a_blank_line() {
+        let mut report = one_metric_report(&[Some(0.4), Some(0.3)], &[48, 48]);
+        report.verticals[0].runs[1].status = "failed".into();
+        report.verticals[0].runs[1].note = Some("boom".into());
+        let md = markdown::render(&report);
+        let section = md.split("## machine_ethics").nth(1).unwrap();
+        assert!(
+            section.contains("- sft: **failed** (boom)\n\n| metric |"),
+            "{section}"
+        );
+    }
+
+    #[test]
+    fn clipped_prompts_start_at_a_word_with_an_ellipsis() {
+        let s = "Human: what is the capital of France? Assistant: Paris. Human: and of Spain?";
+        for n in [10, 20, 40, 60] {
+            let c = clip_start(s, n);
+            assert!(c.chars().count() <= n, "{c:?}");
+            assert!(c.starts_with('…'), "{c:?}");
+            let rest = &c['…'.len_utf8()..];
+            assert!(s.ends_with(rest), "{c:?}");
+            let at = s.len() - rest.len();
+            assert!(
+                s[..at].ends_with(char::is_whitespace),
+                "{n}: cut mid-word: {c:?}"
+            );
+        }
+        assert_eq!(clip_start(s, 500), s);
+        // One long word: cut inside it rather than show nothing.
+        assert_eq!(clip_start("abcdefghij", 5), "…ghij");
     }
 
     #[test]

@@ -76,14 +76,14 @@ fn headline(out: &mut String, report: &Report, labels: &[String]) {
     if report.verticals.iter().all(|v| v.headline.is_empty()) {
         return;
     }
-    out.push_str("## Headline\n\nChanges are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.\n\n| vertical | metric |");
+    out.push_str("## Headline\n\nChanges are against the first checkpoint; where both checkpoints answered the same samples the interval is a paired bootstrap over per-sample differences (95%), and * marks one that excludes 0.\n\n| vertical | metric | better |");
     for (i, l) in labels.iter().enumerate() {
         let _ = write!(out, " {} |", md(l));
         if i > 0 {
             let _ = write!(out, " Δ {} vs {} | significant |", md(l), md(&labels[0]));
         }
     }
-    out.push_str("\n|---|---|");
+    out.push_str("\n|---|---|---|");
     for i in 0..labels.len() {
         out.push_str("---:|");
         if i > 0 {
@@ -93,7 +93,13 @@ fn headline(out: &mut String, report: &Report, labels: &[String]) {
     out.push('\n');
     for v in &report.verticals {
         for r in &v.headline {
-            let _ = write!(out, "| {} | {} |", md(&v.vertical), md(&r.name));
+            let _ = write!(
+                out,
+                "| {} | {} | {} |",
+                md(&v.vertical),
+                md(&r.name),
+                crate::html::better(&r.name)
+            );
             for (i, c) in r.values.iter().enumerate() {
                 let _ = write!(out, " {} |", cell(c.as_ref()));
                 if i > 0 {
@@ -133,8 +139,10 @@ pub fn render(report: &Report) -> String {
     headline(&mut out, report, &labels);
     for v in &report.verticals {
         let _ = writeln!(out, "## {}\n", md(&v.vertical));
+        let mut listed = false;
         for (i, r) in v.runs.iter().enumerate() {
             if r.status != "ok" {
+                listed = true;
                 let _ = writeln!(
                     out,
                     "- {}: **{}**{}",
@@ -146,6 +154,10 @@ pub fn render(report: &Report) -> String {
                         .unwrap_or_default()
                 );
             }
+        }
+        if listed {
+            // A table right after a list item would render as part of it.
+            out.push('\n');
         }
         if v.headline.is_empty() {
             out.push_str("No metrics.\n\n");
@@ -178,17 +190,7 @@ pub fn render(report: &Report) -> String {
                 md(&g.name)
             );
             for p in &g.pairs {
-                let prompt: String = p
-                    .prompt
-                    .as_deref()
-                    .unwrap_or("")
-                    .chars()
-                    .rev()
-                    .take(120)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
+                let prompt = crate::clip_start(p.prompt.as_deref().unwrap_or(""), 120);
                 let _ = writeln!(
                     out,
                     "| {} | {:.4} | {} |",

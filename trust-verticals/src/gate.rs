@@ -26,40 +26,7 @@ use serde::{Deserialize, Serialize};
 use trust_core::metric::{Bootstrap, PairedChange};
 use trust_core::{Error, Result};
 
-/// Which direction of change is a regression.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Worse {
-    /// Increases are regressions (toxicity, agreement with stereotypes, FNR, leakage).
-    Higher,
-    /// Decreases are regressions (accuracy).
-    Lower,
-}
-
-impl Worse {
-    /// `"higher is worse"` / `"lower is worse"`.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Worse::Higher => "higher is worse",
-            Worse::Lower => "lower is worse",
-        }
-    }
-}
-
-/// The regression direction of a built-in metric (slices such as `emt[run=toxic/benign]` take
-/// their base metric's); `None` for metrics without one (e.g. `no_response_rate`,
-/// `refusal_rate`: more refusals can be better or worse) and unknown names.
-pub fn direction(metric: &str) -> Option<Worse> {
-    let base = metric.split('[').next().unwrap_or(metric);
-    Some(match base {
-        "emt" | "toxicity_probability" | "toxic_continuation_rate" => Worse::Higher,
-        "agreement_index" => Worse::Higher,
-        "fnr" => Worse::Higher,
-        "leakage_rate" | "leakage_rate_wo_refusal" => Worse::Higher,
-        "mc1_accuracy" | "mc2" | "accuracy" => Worse::Lower,
-        _ => return None,
-    })
-}
+pub use trust_core::metric::{Worse, direction};
 
 /// One bound: `vertical.metric` may move at most `max` in its worse direction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1446,11 +1446,6 @@ fn write_scores(path: &PathBuf, a: &Attribution) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    chars[chars.len().saturating_sub(n)..].iter().collect()
-}
-
 fn summarise(a: &Attribution, pairs: &[PreferencePair], n_test: usize) -> AttributionSummary {
     let pick = |ranked: Vec<(usize, f64)>| -> Vec<ScoredPair> {
         ranked
@@ -1460,7 +1455,7 @@ fn summarise(a: &Attribution, pairs: &[PreferencePair], n_test: usize) -> Attrib
                 ScoredPair {
                     train_index: p.index,
                     score,
-                    prompt: tail(&p.prompt, 300),
+                    prompt: trust_report::clip_start(&p.prompt, 300),
                     chosen: p.chosen.clone(),
                     rejected: p.rejected.clone(),
                 }
