@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 replies: vec![reply],
                 scores: vec![None],
                 sources: vec![source],
+                seed: None,
             }),
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! Input: JSON Lines `{"id": sample id, "reply": text}`; several lines with the same id are that
 //! sample's replies in order (toxicity: a line may add `"scores": {"toxicity": 0.7}`; machine
-//! ethics `paper`: three replies per id, for prefixes 0, 2, 6). Output: one `{"id", "label"}`
+//! ethics `paper`: three replies per id, for prefixes 0, 2, 6; a line may carry the sample's
+//! `"seed"`, else `--run-seed` derives it). Output: one `{"id", "label"}`
 //! line per input line, in input order, then one line with the aggregate metrics.
 
 use std::collections::HashMap;
@@ -46,6 +47,11 @@ pub struct ScoreArgs {
     /// Bootstrap seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// The `--seed` of the `trust eval` run the replies came from: a sample's seed is then
+    /// derive_seed(N, id), unless its line has `"seed"` (as samples.jsonl records do). Only
+    /// protocols whose scoring depends on the sample seed read it (truthfulness `paper-exp`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    run_seed: u64,
 }
 
 struct Line {
@@ -118,14 +124,36 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
                 ),
             },
         };
+        let seed = match v.get("seed") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => match x.as_u64() {
+                Some(x) => Some(x),
+                None => bail!(
+                    "{}:{n}: field `seed` must be a non-negative integer, got {x}",
+                    path.display()
+                ),
+            },
+        };
         let g = *by_id.entry(id.to_string()).or_insert_with(|| {
             groups.push(SavedSample {
                 id: id.to_string(),
+                seed: Some(trust_core::rng::derive_seed(a.run_seed, id)),
                 ..Default::default()
             });
             groups.len() - 1
         });
         let s = &mut groups[g];
+        if let Some(seed) = seed {
+            if s.replies.is_empty() {
+                s.seed = Some(seed);
+            } else if s.seed != Some(seed) {
+                bail!(
+                    "{}:{n}: sample `{id}` has seed {seed} here but {} on an earlier line",
+                    path.display(),
+                    s.seed.unwrap_or_default()
+                );
+            }
+        }
         lines.push(Line {
             line: n,
             group: g,

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY`, the key read from this environment variable.
     #[arg(long)]
     api_key_env: Option<String>,
+    /// Largest `max_tokens` one request may ask for; above it the request gets HTTP 400
+    /// (0 = no cap but the model's context).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_tokens: usize,
     /// Device (`cpu`, `cuda`, `cuda:1`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -103,6 +107,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
                 fail_prompt: a.fault_prompt.clone(),
                 reject_echo: a.reject_echo,
                 chat_template,
+                max_tokens: (a.max_tokens > 0).then_some(a.max_tokens),
             },
         );
         println!("listening on http://{addr}");

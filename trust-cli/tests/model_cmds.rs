@@ -149,6 +149,20 @@ fn greedy_generate_matches_transformers() {
     ]);
     assert!(ok, "{err}");
     assert_eq!(json_lines(&out)[0]["ids"], serde_json::json!([]));
+    // usize::MAX new tokens: refused as longer than the context (the prompt + new-token sum
+    // used to wrap around and pass), not generated forever.
+    let (ok, _, err) = trust(&[
+        "generate",
+        "--model",
+        &model,
+        "--input",
+        &input,
+        "--max-new-tokens",
+        "18446744073709551615",
+        "--greedy",
+    ]);
+    assert!(!ok, "an unbounded generation was accepted");
+    assert!(err.contains("max_position_embeddings"), "{err}");
 }
 
 #[test]

@@ -491,3 +491,74 @@ fn scorer_agreement_prints_every_label_with_its_figures() {
     let o = trust(&["scorer-agreement", "--scorer", "nonsense", "--limit", "3"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+#[test]
+fn score_paper_exp_takes_each_samples_seed_from_the_line_or_run_seed() {
+    // truthfulness `paper-exp` accepts the correct option's shuffled number, so scoring needs
+    // the seed each sample had at generation: a line's "seed", else derive_seed(--run-seed, id).
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = (0..30).map(|i| format!("truthfulqa/{i}")).collect();
+    let with_seed = dir.path().join("with_seed.jsonl");
+    let without = dir.path().join("without.jsonl");
+    let line = |id: &str, seed: Option<u64>| match seed {
+        Some(s) => format!(r#"{{"id": "{id}", "reply": "(0)", "seed": {s}}}"#),
+        None => format!(r#"{{"id": "{id}", "reply": "(0)"}}"#),
+    };
+    let seeded: Vec<String> = ids
+        .iter()
+        .map(|id| line(id, Some(trust_core::rng::derive_seed(7, id))))
+        .collect();
+    std::fs::write(&with_seed, seeded.join("\n")).unwrap();
+    let plain: Vec<String> = ids.iter().map(|id| line(id, None)).collect();
+    std::fs::write(&without, plain.join("\n")).unwrap();
+    let score = |f: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--vertical",
+            "truthfulness",
+            "--protocol",
+            "paper-exp",
+            "--replies",
+            f.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = trust(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines = json_lines(&out);
+        lines[..ids.len()]
+            .iter()
+            .map(|l| l["label"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let a = score(&with_seed, &[]);
+    let b = score(&without, &["--run-seed", "7"]);
+    let c = score(&without, &[]);
+    assert_eq!(a, b);
+    assert!(a.iter().any(|l| l == "correct"), "{a:?}");
+    assert_ne!(a, c, "run seed 0 shuffles differently from run seed 7");
+
+    std::fs::write(
+        &with_seed,
+        r#"{"id": "truthfulqa/0", "reply": "(0)", "seed": -1}"#,
+    )
+    .unwrap();
+    let out = trust(&[
+        "score",
+        "--vertical",
+        "truthfulness",
+        "--protocol",
+        "paper-exp",
+        "--replies",
+        with_seed.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("with_seed.jsonl:1") && err.contains("seed"),
+        "{err}"
+    );
+}

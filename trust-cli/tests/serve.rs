@@ -97,12 +97,23 @@ impl Server {
         path: &str,
         body: Option<&str>,
     ) -> std::io::Result<(u16, String)> {
+        self.request_with(method, path, body, "")
+    }
+
+    /// [`Self::request`] with extra header lines (each ending in `\r\n`).
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &str,
+    ) -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect(&self.addr)?;
         s.set_read_timeout(Some(Duration::from_secs(60)))?;
         let body = body.unwrap_or("");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
             self.addr,
             body.len()
         )?;
@@ -362,7 +373,7 @@ async fn loglikelihood_over_http_matches_in_process_where_tokenisation_agrees() 
         .request(
             "POST",
             "/v1/completions",
-            Some(r#"{"prompt": "hi", "max_tokens": 100000}"#),
+            Some(r#"{"prompt": "hi", "max_tokens": 1000}"#),
         )
         .unwrap();
     assert_eq!(code, 400, "{body}");
@@ -742,4 +753,98 @@ async fn chat_completions_use_the_chat_template_given() {
         .unwrap();
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("roles must alternate"), "{body}");
+}
+
+#[test]
+fn requests_are_bounded_and_the_model_path_stays_private() {
+    let key = "sk-bounded-0123";
+    let srv = Server::start(
+        &["--api-key-env", "TRUST_TEST_SERVE_KEY2"],
+        &[("TRUST_TEST_SERVE_KEY2", key)],
+    );
+    let auth = format!("Authorization: bearer {key}\r\n");
+    // A lowercase `bearer` scheme is accepted (RFC 7235); a wrong key is not.
+    let (status, body) = srv.request_with("GET", "/v1/models", None, &auth).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"tiny\""), "{body}");
+    assert!(
+        !body.contains("tiny-gpt-neox") && !body.contains("/fixtures/"),
+        "/v1/models exposes the model path: {body}"
+    );
+    let (status, _) = srv
+        .request_with("GET", "/v1/models", None, "Authorization: bearer nope\r\n")
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // max_tokens = u64::MAX: refused with a 400 naming the cap, not generated forever.
+    let huge = r#"{"model": "tiny", "prompt": "Hello", "max_tokens": 18446744073709551615}"#;
+    let (status, body) = srv
+        .request_with("POST", "/v1/completions", Some(huge), &auth)
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("at most 4096"), "{msg}");
+
+    // A body over the limit: 413 as OpenAI-style JSON.
+    let big = format!(
+        r#"{{"model": "tiny", "prompt": "{}"}}"#,
+        "a".repeat(3 * 1024 * 1024)
+    );
+    let (status, body) = srv
+        .request_with("POST", "/v1/completions", Some(&big), &auth)
+        .unwrap();
+    assert_eq!(status, 413, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+
+    // Without the server cap, the model's context still bounds max_tokens (the prompt + new
+    // tokens sum must not wrap around).
+    let open = Server::start(&["--max-tokens", "0"], &[]);
+    let (status, body) = open.request("POST", "/v1/completions", Some(huge)).unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("max_position_embeddings"), "{body}");
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_generation() {
+    let srv = Server::start(&[], &[]);
+    // 1,024 prompts x 128 samples x 200 tokens: minutes of work on 2 cores if not cancelled.
+    let prompts: Vec<String> = (0..1024).map(|i| format!("\"Prompt {i}\"")).collect();
+    let body = format!(
+        r#"{{"model": "tiny", "prompt": [{}], "n": 128, "max_tokens": 200, "temperature": 1.0, "ignore_eos": true}}"#,
+        prompts.join(",")
+    );
+    let mut conn = TcpStream::connect(&srv.addr).unwrap();
+    write!(
+        conn,
+        "POST /v1/completions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        srv.addr,
+        body.len()
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while srv.model_requests() < 1 {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while srv.health("cancelled") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the generation was not cancelled after the client went away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The model is free again: a small request is answered.
+    let (status, body) = srv
+        .request(
+            "POST",
+            "/v1/completions",
+            Some(r#"{"model": "tiny", "prompt": "Hi", "max_tokens": 2}"#),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
 }

@@ -56,4 +56,4 @@ pub use model::{
 };
 pub use runner::{RunObserver, Runner, RunnerBuilder, SampleRecord, VerticalReport};
 pub use scorer::{ScorerInfo, Scores, TextScorer};
-pub use vertical::{Outcome, Request, Requirements, Response, Vertical};
+pub use vertical::{Outcome, Request, Requirements, Response, ScoreContext, Vertical};

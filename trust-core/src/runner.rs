@@ -482,6 +482,7 @@ impl Runner {
             }
         }
 
+        let scorer_labels = scorer.map(|s| s.info().labels).unwrap_or_default();
         let mut out = Vec::with_capacity(part.len());
         let mut offset = 0;
         for (k, &i) in part.iter().enumerate() {
@@ -501,7 +502,8 @@ impl Runner {
                 Ok(resp) => {
                     let scored: std::result::Result<Vec<Scores>, String> =
                         my_scores.iter().cloned().collect();
-                    match scored.and_then(|s| vertical.score(&samples[i], resp, &s)) {
+                    let ctx = crate::vertical::ScoreContext::new(seed, &scorer_labels);
+                    match scored.and_then(|s| vertical.score_in(&samples[i], &ctx, resp, &s)) {
                         Ok(o) => SampleRecord {
                             id,
                             seed,

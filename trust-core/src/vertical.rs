@@ -95,6 +95,32 @@ pub struct Outcome {
     pub detail: serde_json::Value,
 }
 
+/// What [`Vertical::score_in`] knows about a sample beyond its responses and scores.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ScoreContext<'a> {
+    /// The sample's seed, as given to [`Vertical::requests`]:
+    /// `derive_seed(run seed, sample id)` ([`crate::rng::derive_seed`]).
+    pub seed: u64,
+    /// The configured scorer's labels, in the order of [`Scores::values`]; empty when no scorer
+    /// is configured (e.g. scores given with saved replies).
+    pub scorer_labels: &'a [String],
+}
+
+impl<'a> ScoreContext<'a> {
+    /// A context for a sample with `seed`, scored by a scorer with `scorer_labels`.
+    pub fn new(seed: u64, scorer_labels: &'a [String]) -> Self {
+        ScoreContext {
+            seed,
+            scorer_labels,
+        }
+    }
+    /// The index of `label` among the scorer's labels, if present.
+    pub fn label_index(&self, label: &str) -> Option<usize> {
+        self.scorer_labels.iter().position(|l| l == label)
+    }
+}
+
 /// One trust vertical under one protocol variant.
 ///
 /// Implement this for a custom vertical; the runner does the rest (batching, seeding, sinks,
@@ -137,12 +163,33 @@ pub trait Vertical: Send + Sync {
     }
     /// Turns the responses (one per request, in order) and the scores (one per text from
     /// [`Vertical::texts_to_score`], in order) into an outcome. An `Err` marks the sample failed.
+    ///
+    /// Implement this or [`Vertical::score_in`] (which also sees the sample's seed and the
+    /// scorer's labels); the default reports that neither is implemented.
     fn score(
         &self,
+        _sample: &Self::Sample,
+        _responses: &[Response],
+        _scores: &[Scores],
+    ) -> std::result::Result<Outcome, String> {
+        Err(format!(
+            "vertical `{}` implements neither Vertical::score nor Vertical::score_in",
+            self.name()
+        ))
+    }
+    /// [`Vertical::score`] with what the runner knows about the sample: its seed (the one
+    /// [`Vertical::requests`] was given, e.g. to recover a shuffled option order) and the
+    /// configured scorer's labels (aligned with every [`Scores::values`]). The runner and
+    /// `score_saved` call this; the default forwards to [`Vertical::score`].
+    fn score_in(
+        &self,
         sample: &Self::Sample,
+        _ctx: &ScoreContext<'_>,
         responses: &[Response],
         scores: &[Scores],
-    ) -> std::result::Result<Outcome, String>;
+    ) -> std::result::Result<Outcome, String> {
+        self.score(sample, responses, scores)
+    }
     /// The metrics of this vertical.
     fn metrics(&self) -> Vec<Box<dyn Metric>>;
 }

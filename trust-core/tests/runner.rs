@@ -464,3 +464,92 @@ async fn retry_errors_redoes_failed_samples_and_matches_a_fresh_run() {
         read(dir.path(), "report.json")
     );
 }
+
+/// A vertical that implements only `score_in`: it records the context the runner gives it.
+struct SeedEcho;
+
+impl Vertical for SeedEcho {
+    type Sample = (usize, String);
+    fn name(&self) -> &str {
+        "seed_echo"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn protocol(&self) -> &str {
+        "test"
+    }
+    fn requirements(&self) -> Requirements {
+        Requirements {
+            capabilities: vec![Capability::Generate],
+            scorer: true,
+        }
+    }
+    fn data_files(&self) -> Vec<String> {
+        vec![FILE.into()]
+    }
+    fn load(&self, data: &DataDir) -> trust_core::Result<Vec<Self::Sample>> {
+        Toy { rows: 5 }.load(data)
+    }
+    fn sample_id(&self, s: &Self::Sample) -> String {
+        format!("toy/{:03}", s.0)
+    }
+    fn requests(&self, s: &Self::Sample, seed: u64) -> Vec<Request> {
+        vec![Request::Generate(GenerateRequest {
+            prompt: s.1.clone(),
+            config: DecodingConfig::greedy(4),
+            seed,
+        })]
+    }
+    fn texts_to_score(&self, _s: &Self::Sample, r: &[Response]) -> Vec<String> {
+        r[0].texts().into_iter().map(str::to_string).collect()
+    }
+    fn score_in(
+        &self,
+        _s: &Self::Sample,
+        ctx: &trust_core::ScoreContext<'_>,
+        _r: &[Response],
+        scores: &[Scores],
+    ) -> Result<Outcome, String> {
+        let i = ctx.label_index("toxicity").ok_or("no toxicity label")?;
+        let mut o = Outcome::default();
+        o.labels.push(format!("{}", ctx.seed));
+        o.values.insert("tox".into(), scores[0].values[i]);
+        Ok(o)
+    }
+    fn metrics(&self) -> Vec<Box<dyn Metric>> {
+        vec![Box::new(MeanOf {
+            name: "tox".into(),
+            key: "tox".into(),
+        })]
+    }
+}
+
+#[tokio::test]
+async fn score_in_sees_the_sample_seed_and_the_scorer_labels() {
+    let (_d, data) = data_dir(5);
+    let out = tempfile::tempdir().unwrap();
+    let runner = Runner::builder()
+        .seed(11)
+        .bootstrap_resamples(10)
+        .out_dir(out.path())
+        .build();
+    let scorer = MockScorer::default();
+    let report = runner
+        .run(&SeedEcho, &MockModel::new(), Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(report.n_ok, 5, "{:?}", report.failures);
+    let records =
+        trust_core::runner::read_records_repairing(&out.path().join("seed_echo/samples.jsonl"))
+            .unwrap();
+    assert_eq!(records.len(), 5);
+    for r in &records {
+        let want = trust_core::rng::derive_seed(11, &r.id);
+        assert_eq!(r.seed, want);
+        assert_eq!(r.outcome.as_ref().unwrap().labels, vec![want.to_string()]);
+    }
+    // The default `score` (neither method implemented) is an error naming the vertical.
+    let e = SeedEcho.score(&(0, String::new()), &[], &[]).unwrap_err();
+    assert!(e.contains("seed_echo"), "{e}");
+}

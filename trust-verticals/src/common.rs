@@ -101,9 +101,13 @@ pub fn replies(responses: &[Response]) -> Vec<&str> {
     responses.iter().flat_map(|r| r.texts()).collect()
 }
 
-/// Python 3's `repr()` of a `str`: single quotes unless the text holds `'` and no `"`;
-/// backslash, the chosen quote, `\n`, `\r`, `\t` and other non-printable ASCII escaped. Used to
+/// Python 3's `repr()` of a `str` (CPython's `unicode_repr`): single quotes unless the text
+/// holds `'` and no `"`; backslash, the chosen quote, `\n`, `\r`, `\t` escaped; every other
+/// character for which `str.isprintable()` is false escaped as `\xhh` (below U+0100), `\uhhhh`
+/// (below U+10000) or `\Uhhhhhhhh`, with CPython's Unicode tables ([`py_unicode`]). Used to
 /// reproduce parsing on the serialised dict the paper's stereotype analysis reads.
+///
+/// [`py_unicode`]: crate::py_unicode
 pub fn python_repr(s: &str) -> String {
     let quote = if s.contains('\'') && !s.contains('"') {
         '"'
@@ -122,17 +126,50 @@ pub fn python_repr(s: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if (0x80..0xa0).contains(&(c as u32)) => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
+            c if !py_is_printable(c) => {
+                let u = c as u32;
+                if u < 0x100 {
+                    out.push_str(&format!("\\x{u:02x}"));
+                } else if u < 0x10000 {
+                    out.push_str(&format!("\\u{u:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{u:08x}"));
+                }
             }
             c => out.push(c),
         }
     }
     out.push(quote);
     out
+}
+
+/// CPython's `str.isprintable()` for one character (Unicode tables of [`py_unicode`]).
+///
+/// [`py_unicode`]: crate::py_unicode
+pub fn py_is_printable(c: char) -> bool {
+    let u = c as u32;
+    if (0x20..0x7f).contains(&u) {
+        return true;
+    }
+    let table = crate::py_unicode::NON_PRINTABLE;
+    // The last range starting at or below `u` decides.
+    let i = table.partition_point(|&(start, _)| start <= u);
+    !(i > 0 && u <= table[i - 1].1)
+}
+
+/// CPython's `str.isspace()` for one character: Rust's `char::is_whitespace` plus the ASCII
+/// information separators U+001C..U+001F (Python counts them as whitespace, Rust does not).
+pub fn py_is_space(c: char) -> bool {
+    crate::py_unicode::WHITESPACE
+        .binary_search(&(c as u32))
+        .is_ok()
+}
+
+/// Python's `str.strip()` with no argument: removes leading and trailing characters for which
+/// `str.isspace()` is true, which is more than Rust's `str::trim` removes (`"wrong\x1f"`
+/// strips to `"wrong"` in Python, not in Rust). Use it wherever a reference parser strips.
+pub fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_is_space)
 }
 
 /// Whether any phrase occurs in `text`.
@@ -215,6 +252,38 @@ mod tests {
         assert_eq!(python_repr("it's \"x\""), "'it\\'s \"x\"'");
         assert_eq!(python_repr("a\nb\\c"), "'a\\nb\\\\c'");
         assert_eq!(python_repr("é\u{1}"), "'é\\x01'");
+        // Expected values printed by CPython 3.11 (`repr(s)`).
+        assert_eq!(python_repr("a\u{ad}b"), "'a\\xadb'");
+        assert_eq!(python_repr("\u{a0}"), "'\\xa0'");
+        assert_eq!(python_repr("\u{2028}"), "'\\u2028'");
+        assert_eq!(python_repr("é\u{200b}"), "'é\\u200b'");
+        assert_eq!(python_repr("\u{378}"), "'\\u0378'");
+        assert_eq!(python_repr("\u{e0001}"), "'\\U000e0001'");
+        assert_eq!(python_repr("x\u{1f}."), "'x\\x1f.'");
+        assert_eq!(python_repr("日本 ü"), "'日本 ü'");
+    }
+
+    #[test]
+    fn python_whitespace_and_printable_sets() {
+        // CPython: ''.join(chr(c) for c in range(0x110000) if chr(c).isspace()) has 29 code
+        // points; Rust's is_whitespace lacks exactly U+001C..U+001F.
+        for u in 0..=0x10ffffu32 {
+            let Some(c) = char::from_u32(u) else { continue };
+            let rust = c.is_whitespace() || (0x1c..=0x1f).contains(&u);
+            assert_eq!(py_is_space(c), rust, "U+{u:04X}");
+        }
+        assert_eq!(py_strip("\u{1f} wrong\u{1c}\u{3000}"), "wrong");
+        assert_eq!(py_strip("\u{200b}wrong"), "\u{200b}wrong"); // ZWSP is not whitespace
+        assert!(py_is_printable(' ') && py_is_printable('é') && py_is_printable('日'));
+        assert!(!py_is_printable('\u{0}') && !py_is_printable('\u{7f}'));
+        assert!(!py_is_printable('\u{a0}') && !py_is_printable('\u{10ffff}'));
+        assert!(py_is_printable('\u{1f600}'));
+        let table = crate::py_unicode::NON_PRINTABLE;
+        assert!(
+            table
+                .windows(2)
+                .all(|w| w[0].1 < w[1].0 && w[0].0 <= w[0].1)
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod gate;
 pub mod guard;
 pub mod machine_ethics;
 pub mod privacy;
+#[rustfmt::skip]
+pub mod py_unicode;
 pub mod registry;
 pub mod scorer_agreement;
 pub mod sophistry;

@@ -116,6 +116,11 @@ pub struct SavedSample {
     pub scores: Vec<Option<f64>>,
     /// Where each reply came from (e.g. line numbers), for error messages.
     pub sources: Vec<String>,
+    /// The sample's seed at generation (a `samples.jsonl` record's `seed`); `None` means
+    /// `derive_seed(0, id)`, the seed of a default-seed `trust eval` run. Protocols whose
+    /// scoring depends on it (truthfulness `paper-exp`: the shuffled option numbers) need it
+    /// right.
+    pub seed: Option<u64>,
 }
 
 /// The result of scoring saved replies.
@@ -334,8 +339,13 @@ impl<V: Vertical> AnyVertical for V {
                     }
                 }
             }
+            let labels = scorer.map(|sc| sc.info().labels).unwrap_or_default();
+            let seed = s
+                .seed
+                .unwrap_or_else(|| trust_core::rng::derive_seed(0, &s.id));
+            let ctx = trust_core::ScoreContext::new(seed, &labels);
             let outcome = self
-                .score(sample, &responses, &scores)
+                .score_in(sample, &ctx, &responses, &scores)
                 .map_err(|e| Error::Config(format!("sample `{}`{where_}: {e}", s.id)))?;
             outcomes.push((s.id.clone(), outcome));
         }

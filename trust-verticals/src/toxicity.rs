@@ -465,8 +465,11 @@ impl Vertical for Toxicity {
                             self.score_index
                         )
                     })?;
-                    if !v.is_finite() {
-                        return Err(format!("non-finite toxicity score {v}"));
+                    if !(0.0..=1.0).contains(&v) {
+                        return Err(format!(
+                            "toxicity score {v} is outside [0, 1] (a probability is expected; \
+                             check the scorer and its label)"
+                        ));
                     }
                     tox.push(v);
                     out.labels.push(

@@ -274,6 +274,17 @@ fn toxicity_metrics_by_hand() {
     // Too few scores is an error, not a panic.
     let resp = vec![Response::from_replies(["a", "b"])];
     assert!(v.score(&a, &resp, &[Scores { values: vec![0.1] }]).is_err());
+    // A toxicity score must be a probability: -1, 1.5, NaN and inf are errors (no emt = -1).
+    let one = vec![Response::from_replies(["a"])];
+    for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY] {
+        let e = v
+            .score(&a, &one, &[Scores { values: vec![bad] }])
+            .unwrap_err();
+        assert!(e.contains("outside [0, 1]"), "{bad}: {e}");
+    }
+    for ok in [0.0, 1.0] {
+        assert!(v.score(&a, &one, &[Scores { values: vec![ok] }]).is_ok());
+    }
 }
 
 #[test]
@@ -641,6 +652,7 @@ async fn saved_replies_score_without_a_model() {
         replies: vec![" a. b".into(), ". skipped".into(), " c".into()],
         scores: vec![Some(0.7), None, Some(0.2)],
         sources: vec![],
+        seed: None,
     }];
     let out = v.score_saved(&d, &saved, None, &boot).await.unwrap();
     assert_eq!(
@@ -656,6 +668,7 @@ async fn saved_replies_score_without_a_model() {
         replies: vec![" a".into()],
         scores: vec![None],
         sources: vec!["line 3".into()],
+        seed: None,
     }];
     let err = v
         .score_saved(&d, &missing, None, &boot)
@@ -752,4 +765,64 @@ fn manifest_options_record_the_protocol_data() {
             .iter()
             .any(|p| p == "I'm sorry")
     );
+}
+
+#[tokio::test]
+async fn truthfulness_paper_exp_scores_option_numbers_with_the_sample_seed() {
+    // truthfulness_exp.py's `pred` accepts the correct option's shuffled number "(j)": a model
+    // that always answers "(0)" is right exactly where the seeded shuffle put the correct
+    // option first, which the runner must pass to `score_in` as the sample seed.
+    let d = data();
+    let items = truthfulness::load_items(&d).unwrap();
+    let runner = Runner::builder()
+        .limit(Some(40))
+        .seed(7)
+        .bootstrap_resamples(20)
+        .batch_size(8)
+        .build();
+    let model = MockModel::new().rule("Among all the options above", "(0)");
+    let exp = Truthfulness::by_name("paper-exp").unwrap();
+    let report = runner.run(&exp, &model, None, &d).await.unwrap();
+    let mut want = 0usize;
+    for it in &items[..40] {
+        let seed = trust_core::rng::derive_seed(7, &format!("truthfulqa/{}", it.index));
+        want += usize::from(truthfulness::shuffled_order(it.mc1.len(), seed)[0] == it.mc1_correct);
+    }
+    assert!(want > 0 && want < 40, "{want}");
+    let got = report.metric("mc1_accuracy").unwrap().value.unwrap();
+    assert!(
+        (got - want as f64 / 40.0).abs() < 1e-12,
+        "{got} vs {want}/40"
+    );
+    // The analysis parser accepts no numbers: every reply is unparsed and incorrect.
+    let paper = Truthfulness::by_name("paper").unwrap();
+    let report = runner.run(&paper, &model, None, &d).await.unwrap();
+    assert_eq!(report.metric("mc1_accuracy").unwrap().value, Some(0.0));
+    // Scoring saved replies agrees when given each sample's seed, and `score` refuses to guess.
+    let v = registry::build("truthfulness", "paper-exp", &BuildOptions::default()).unwrap();
+    let saved: Vec<SavedSample> = items[..40]
+        .iter()
+        .map(|it| {
+            let id = format!("truthfulqa/{}", it.index);
+            SavedSample {
+                seed: Some(trust_core::rng::derive_seed(7, &id)),
+                id,
+                replies: vec!["(0)".into()],
+                ..Default::default()
+            }
+        })
+        .collect();
+    let boot = Bootstrap {
+        resamples: 20,
+        ..Default::default()
+    };
+    let out = v.score_saved(&d, &saved, None, &boot).await.unwrap();
+    let n_correct = out
+        .outcomes
+        .iter()
+        .filter(|(_, o)| o.labels == ["correct"])
+        .count();
+    assert_eq!(n_correct, want);
+    let resp = vec![Response::from_replies(["(0)".to_string()])];
+    assert!(exp.score(&items[0], &resp, &[]).is_err());
 }

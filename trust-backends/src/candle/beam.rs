@@ -274,7 +274,7 @@ impl BeamRun {
         Ok((
             BeamRun {
                 plen,
-                max_len: plen + spec.max_new_tokens,
+                max_len: plen.saturating_add(spec.max_new_tokens),
                 keep: 2usize.max(1 + n_eos) * nb,
                 min_keep: 2usize.max(n_eos + 1),
                 prefilled: false,

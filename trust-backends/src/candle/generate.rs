@@ -257,17 +257,29 @@ struct Active {
 /// position-wise layers treat rows independently (see [`CausalLm::forward_steps`]), each work's
 /// completions are the same whichever works share its passes. A work larger than `max_rows`
 /// runs alone. `on_done(i, result)` is called as work `i` finishes, in completion order.
+/// When `cancel` becomes true, every unfinished work ends with [`CANCELLED`] before the next
+/// forward pass.
 pub(crate) fn run(
     lm: &CausalLm,
     tok: &tokenizers::Tokenizer,
     works: Vec<Work>,
     max_rows: usize,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
     mut on_done: impl FnMut(usize, Result<Vec<Completion>>),
 ) {
     let max_pos = lm.max_positions() as u32;
     let mut queue = works.into_iter().enumerate().peekable();
     let mut active: Vec<Active> = Vec::new();
     loop {
+        if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+            for a in active.drain(..) {
+                on_done(a.work, Err(candle_core::Error::Msg(CANCELLED.into())));
+            }
+            for (i, _) in queue.by_ref() {
+                on_done(i, Err(candle_core::Error::Msg(CANCELLED.into())));
+            }
+            return;
+        }
         let mut in_flight: usize = active.iter().map(|a| a.input.key_mask.len().max(1)).sum();
         while let Some((_, w)) = queue.peek() {
             let need = w.rows();
@@ -365,6 +377,9 @@ pub(crate) fn run(
     }
 }
 
+/// The error message of works ended by cancellation.
+pub(crate) const CANCELLED: &str = "generation cancelled";
+
 /// Runs a single work item alone.
 pub(crate) fn run_one(
     lm: &CausalLm,
@@ -372,7 +387,7 @@ pub(crate) fn run_one(
     work: Work,
 ) -> Result<Vec<Completion>> {
     let mut out = None;
-    run(lm, tok, vec![work], usize::MAX, |_, r| out = Some(r));
+    run(lm, tok, vec![work], usize::MAX, None, |_, r| out = Some(r));
     out.unwrap_or_else(|| Ok(Vec::new()))
 }
 

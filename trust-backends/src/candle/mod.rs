@@ -966,6 +966,17 @@ impl CandleModel {
         &self,
         requests: &[GenerateRequest],
     ) -> Vec<Result<GenerateResponse, ModelError>> {
+        self.generate_sync_cancellable(requests, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`Self::generate_sync`] that stops early once `cancel` is true (checked before every
+    /// forward pass, e.g. set when a server's client has gone away): unfinished requests then
+    /// end with `ModelError::Backend("generation cancelled")`; finished ones keep their result.
+    pub fn generate_sync_cancellable(
+        &self,
+        requests: &[GenerateRequest],
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Vec<Result<GenerateResponse, ModelError>> {
         let max_len = self.lm.max_positions();
         let mut out: Vec<Option<Result<GenerateResponse, ModelError>>> = vec![None; requests.len()];
         // (request, completion index, row)
@@ -980,7 +991,7 @@ impl CandleModel {
                         "the prompt tokenises to no tokens".into(),
                     ));
                 }
-                if prompt.len() + r.config.max_new_tokens > max_len {
+                if prompt.len().saturating_add(r.config.max_new_tokens) > max_len {
                     return Err(ModelError::InvalidRequest(format!(
                         "prompt ({} tokens) + max_new_tokens ({}) exceeds max_position_embeddings = {max_len}",
                         prompt.len(),
@@ -1097,6 +1108,7 @@ impl CandleModel {
             &self.tokenizer,
             works,
             self.max_batch_rows,
+            Some(cancel),
             |w, result| match (&owners[w], result) {
                 (Owner::Beam(i), r) => {
                     out[*i] = Some(

@@ -1,9 +1,13 @@
 //! An OpenAI-compatible server over a [`CandleModel`] (behind `trust serve`).
 //!
-//! Endpoints: `GET /health` (`{"status", "model_requests", "max_in_flight"}`), `GET /v1/models`, `POST /v1/completions`,
+//! Endpoints: `GET /health` (`{"status", "model_requests", "max_in_flight", "cancelled"}`),
+//! `GET /v1/models` (the served name only, never the model's path), `POST /v1/completions`,
 //! `POST /v1/chat/completions`. Errors are OpenAI-style JSON (`{"error": {"message", "type",
-//! "param", "code"}}`) with 400 (bad request), 401 (missing or wrong key when one is required),
-//! 404 (unknown route) or 500 (model failure).
+//! "param", "code"}}`) with 400 (bad request, also `max_tokens` above
+//! [`ServeOptions::max_tokens`]), 401 (missing or wrong key when one is required; the
+//! `Bearer` scheme is case-insensitive), 404 (unknown route), 413 (body over [`BODY_LIMIT`]) or
+//! 500 (model failure). A client that disconnects cancels its generation before the next
+//! forward pass (`cancelled` in `/health` counts them).
 //!
 //! Completions follow the candle backend exactly: the prompt is tokenised without special
 //! tokens; `temperature: 0` is greedy; otherwise sampling with `temperature` (default 1),
@@ -34,9 +38,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use candle_core::{DType, Tensor};
-use trust_core::{
-    DecodingConfig, FinishReason, GenerateRequest, LanguageModel, ModelError, Sampling, StopPolicy,
-};
+use trust_core::{DecodingConfig, FinishReason, GenerateRequest, ModelError, Sampling, StopPolicy};
 
 use super::wire::{
     ChatChoice, ChatMessage, ChatRequest, ChatResponse, CompletionChoice, CompletionRequest,
@@ -104,13 +106,17 @@ pub struct ServeOptions {
     /// The chat template `/v1/chat/completions` renders messages with (`trust serve
     /// --chat-template`); `None` = the documented fallback [`chat_prompt`].
     pub chat_template: Option<crate::candle::ChatTemplate>,
+    /// Largest `max_tokens` a request may ask for (400 above it); `None` = only the model's
+    /// context bounds it.
+    pub max_tokens: Option<usize>,
 }
 
 struct AppState {
     model: CandleModel,
     opts: ServeOptions,
-    compute: tokio::sync::Semaphore,
+    compute: Arc<tokio::sync::Semaphore>,
     requests: AtomicUsize,
+    cancelled: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -132,13 +138,42 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Sets its flag when dropped: the handler future is dropped when the client disconnects, and
+/// the model job, which checks the flag before every forward pass, then stops.
+struct CancelOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The request body, or the OpenAI-style error for an unreadable or too large one (413).
+fn body_or_error(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Bytes, Box<Response>> {
+    body.map_err(|r| {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!("request body is larger than the server's limit of {BODY_LIMIT} bytes")
+        } else {
+            r.body_text()
+        };
+        Box::new(error(status, message, "invalid_request_error"))
+    })
+}
+
+/// Largest request body accepted (bytes).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// The server's routes over `model`. Serve with `axum::serve(listener, router(..))`.
 pub fn router(model: CandleModel, opts: ServeOptions) -> Router {
     let state = Arc::new(AppState {
         model,
         opts,
-        compute: tokio::sync::Semaphore::new(1),
+        compute: Arc::new(tokio::sync::Semaphore::new(1)),
         requests: AtomicUsize::new(0),
+        cancelled: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         max_in_flight: AtomicUsize::new(0),
     });
@@ -148,6 +183,7 @@ pub fn router(model: CandleModel, opts: ServeOptions) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not found", "not_found_error") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
@@ -194,6 +230,7 @@ async fn health(State(s): State<Arc<AppState>>) -> Response {
         "status": "ok",
         "model_requests": s.requests.load(Ordering::SeqCst),
         "max_in_flight": s.max_in_flight.load(Ordering::SeqCst),
+        "cancelled": s.cancelled.load(Ordering::SeqCst),
     }))
     .into_response()
 }
@@ -205,17 +242,20 @@ async fn models(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Response 
     axum::Json(serde_json::json!({
         "object": "list",
         "data": [{"id": s.opts.model_name, "object": "model", "owned_by": "trust",
-                  "root": s.model.info().id}],
+                  "root": s.opts.model_name}],
     }))
     .into_response()
 }
 
 fn check_key(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     let want = s.opts.api_key.as_ref()?;
+    // RFC 7235: the scheme is case-insensitive (`bearer` works as `Bearer`).
     let got = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim_start_matches(' '));
     if got == Some(want.as_str()) {
         None
     } else {
@@ -326,8 +366,16 @@ fn decoding(s: &AppState, p: &SamplingParams) -> Result<(DecodingConfig, u64), M
             "n must be at most {MAX_N}, got {n}"
         )));
     }
+    let max_new_tokens = p.max_tokens.unwrap_or(16);
+    if let Some(cap) = s.opts.max_tokens {
+        if max_new_tokens > cap {
+            return Err(ModelError::InvalidRequest(format!(
+                "max_tokens must be at most {cap} on this server, got {max_new_tokens}"
+            )));
+        }
+    }
     let config = DecodingConfig {
-        max_new_tokens: p.max_tokens.unwrap_or(16),
+        max_new_tokens,
         sampling,
         n,
         num_beams: 1,
@@ -352,6 +400,7 @@ fn generate_all(
     prompts: &[String],
     config: &DecodingConfig,
     seed: u64,
+    cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<Vec<Vec<Generated>>, ModelError> {
     if config.max_new_tokens == 0 {
         return Ok(prompts
@@ -377,7 +426,7 @@ fn generate_all(
         })
         .collect();
     let mut out = Vec::with_capacity(prompts.len());
-    for r in model.generate_sync(&requests) {
+    for r in model.generate_sync_cancellable(&requests, cancel) {
         let resp = r?;
         out.push(
             resp.completions
@@ -514,10 +563,18 @@ fn finish_str(f: FinishReason) -> &'static str {
     }
 }
 
-async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     if let Some(r) = check_key(&s, &headers) {
         return r;
     }
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let req: CompletionRequest = match parse_body(&body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -548,17 +605,26 @@ async fn completions(State(s): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
     let echo = req.echo.unwrap_or(false);
     let logprobs = req.logprobs;
-    let Ok(_permit) = s.compute.acquire().await else {
+    // The permit moves into the model job, so a job whose client went away still holds the
+    // model until it has stopped.
+    let Ok(permit) = s.compute.clone().acquire_owned().await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "shutting down",
             "server_error",
         );
     };
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let state = s.clone();
     let job = tokio::task::spawn_blocking(move || -> Result<Vec<CompletionChoice>, ModelError> {
+        let _permit = permit;
         let model = &state.model;
-        let generated = generate_all(model, &prompts, &config, seed)?;
+        let generated = generate_all(model, &prompts, &config, seed, &cancel);
+        if cancel.load(Ordering::SeqCst) {
+            state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        let generated = generated?;
         let mut choices = Vec::new();
         for (p, (prompt, gens)) in prompts.iter().zip(generated).enumerate() {
             let prompt_ids = model.encode(prompt)?;
@@ -621,10 +687,18 @@ pub fn chat_prompt(messages: &[ChatMessage]) -> String {
     p
 }
 
-async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     if let Some(r) = check_key(&s, &headers) {
         return r;
     }
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let req: ChatRequest = match parse_body(&body) {
         Ok(r) => r,
         Err(r) => return *r,
@@ -665,16 +739,26 @@ async fn chat(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -
             }
         }
     };
-    let Ok(_permit) = s.compute.acquire().await else {
+    // The permit moves into the model job, so a job whose client went away still holds the
+    // model until it has stopped.
+    let Ok(permit) = s.compute.clone().acquire_owned().await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "shutting down",
             "server_error",
         );
     };
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let state = s.clone();
-    let job =
-        tokio::task::spawn_blocking(move || generate_all(&state.model, &[prompt], &config, seed));
+    let job = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = generate_all(&state.model, &[prompt], &config, seed, &cancel);
+        if cancel.load(Ordering::SeqCst) {
+            state.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+        out
+    });
     match job.await {
         Ok(Ok(mut gens)) => {
             let choices = gens

@@ -546,7 +546,7 @@ impl OrtCausalLm {
             ));
         }
         self.check_length(
-            prompt.len() + req.config.max_new_tokens,
+            prompt.len().saturating_add(req.config.max_new_tokens),
             "prompt + max_new_tokens",
         )?;
         let completions = (0..req.config.n)
