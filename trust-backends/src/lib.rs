@@ -20,6 +20,8 @@ pub mod http;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod scorers;
+#[cfg(any(feature = "candle", feature = "ort"))]
+pub(crate) mod tokenizer_file;
 
 /// The Jigsaw scorer under its earlier path (now [`scorers::jigsaw`]).
 #[cfg(feature = "candle")]

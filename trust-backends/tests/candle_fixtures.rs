@@ -1195,3 +1195,89 @@ fn forward_prefix_then_from_equals_forward_hidden() {
         );
     }
 }
+
+#[test]
+fn shard_index_outside_the_model_directory_is_refused() {
+    for bad in [
+        "../outside.safetensors",
+        "/etc/passwd",
+        "sub/../../x.safetensors",
+    ] {
+        let e = broken("tiny-gpt-neox", |d| {
+            std::fs::remove_file(d.join("model.safetensors")).unwrap();
+            let index =
+                serde_json::json!({"weight_map": {"a": "model-00001.safetensors", "b": bad}});
+            std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        });
+        let s = e.to_string();
+        assert!(
+            s.contains("model.safetensors.index.json") && s.contains("inside"),
+            "{bad}: {s}"
+        );
+    }
+}
+
+#[test]
+fn directories_and_non_tokenizer_json_get_precise_errors() {
+    let e = broken("tiny-gpt-neox", |d| {
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        std::fs::create_dir(d.join("model.safetensors")).unwrap();
+    });
+    assert!(e.to_string().contains("is a directory"), "{e}");
+    // Valid JSON that is not a tokenizer is not reported as a syntax error.
+    let e = broken("tiny-gpt-neox", |d| {
+        std::fs::write(d.join("tokenizer.json"), r#"{"foo": 1}"#).unwrap();
+    });
+    let s = e.to_string();
+    assert!(s.contains("no `model` object") && s.contains("foo"), "{s}");
+    let e = broken("tiny-gpt-neox", |d| {
+        std::fs::write(d.join("tokenizer.json"), "{\"foo\": ").unwrap();
+    });
+    assert!(e.to_string().contains("not valid JSON"), "{e}");
+}
+
+#[test]
+fn absurd_config_sizes_are_errors_naming_the_field_not_aborts() {
+    for (field, value) in [
+        ("num_hidden_layers", 1_000_000_000_000u64),
+        ("max_position_embeddings", 10_000_000_000_000),
+        ("intermediate_size", 1 << 40),
+        ("num_hidden_layers", 0),
+    ] {
+        let e = broken("tiny-gpt-neox", |d| {
+            edit_config(d, |c| {
+                c.insert(field.into(), value.into());
+            })
+        });
+        let s = e.to_string();
+        assert!(
+            matches!(e, trust_backends::BackendError::Config { .. })
+                && s.contains("config.json")
+                && s.contains(field)
+                && (value == 0 || s.contains("supported range")),
+            "{field}={value}: {s}"
+        );
+    }
+}
+
+#[test]
+fn nan_weights_are_refused_at_load_naming_the_tensor() {
+    let name = "gpt_neox.layers.0.mlp.dense_h_to_4h.weight";
+    let e = broken("tiny-gpt-neox", |d| {
+        edit_tensors(d, |t| {
+            let w = t.get(name).unwrap();
+            let mut v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            v[5] = f32::NAN;
+            let shape = w.shape().clone();
+            t.insert(
+                name.into(),
+                Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+            );
+        })
+    });
+    let s = e.to_string();
+    assert!(
+        s.contains(name) && s.contains("element 5") && s.contains("NaN"),
+        "{s}"
+    );
+}

@@ -36,6 +36,25 @@ pub fn code_of(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// The message of a failed command: its context chain joined with `": "`, skipping a cause whose
+/// text the message already ends with (library errors often show their source in their own
+/// text, which `{:#}` would print twice: "x: No such file (os error 2): No such file (os
+/// error 2)").
+pub fn render(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.ends_with(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
 /// Makes writes to a closed stdout end the process quietly (as `head` expects) instead of
 /// panicking in `println!`: the default SIGPIPE action is restored, so the kernel ends the
 /// process on the broken pipe, as it does for C tools. Not for `trust serve`, whose output is
@@ -48,5 +67,37 @@ pub fn quiet_broken_pipe() {
     // SAFETY: called first in `main`, before any thread exists; SIG_DFL is a valid handler.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct WithSource(std::io::Error);
+    impl fmt::Display for WithSource {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "model.bin: {}", self.0)
+        }
+    }
+    impl std::error::Error for WithSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_source_shown_in_its_parent_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(WithSource(io)).context("loading model");
+        assert_eq!(
+            format!("{e:#}"),
+            "loading model: model.bin: no such file: no such file"
+        );
+        assert_eq!(render(&e), "loading model: model.bin: no such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render(&e), "outer: inner");
+        assert_eq!(code_of(&usage("bad flag")), 2);
     }
 }

@@ -138,7 +138,7 @@ fn main() {
         Command::Sophistry(a) => sophistry_cmd::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", exit::render(&e));
         std::process::exit(exit::code_of(&e));
     }
 }

@@ -54,6 +54,42 @@ pub struct ScoreArgs {
     run_seed: u64,
 }
 
+/// The string field `name` of line `n`: missing and mistyped are different errors.
+fn string_field<'a>(
+    v: &'a serde_json::Value,
+    name: &str,
+    path: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<&'a str> {
+    match v.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(s.as_str()),
+        None => bail!(
+            "{}:{n}: field `{name}` (a string) is missing",
+            path.display()
+        ),
+        Some(other) => bail!(
+            "{}:{n}: field `{name}` must be a string, got {}",
+            path.display(),
+            json_kind(other)
+        ),
+    }
+}
+
+/// What kind of JSON value `v` is, with a short excerpt (for type errors).
+fn json_kind(v: &serde_json::Value) -> String {
+    let kind = match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    };
+    let text = v.to_string();
+    let excerpt: String = text.chars().take(40).collect();
+    format!("{kind} ({excerpt})")
+}
+
 struct Line {
     line: usize,
     group: usize,
@@ -105,15 +141,8 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
         }
         let v: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}:{n}: not a JSON object", path.display()))?;
-        let Some(id) = v.get("id").and_then(|x| x.as_str()) else {
-            bail!("{}:{n}: field `id` (a string) is missing", path.display());
-        };
-        let Some(reply) = v.get("reply").and_then(|x| x.as_str()) else {
-            bail!(
-                "{}:{n}: field `reply` (a string) is missing",
-                path.display()
-            );
-        };
+        let id = string_field(&v, "id", path, n)?;
+        let reply = string_field(&v, "reply", path, n)?;
         let score = match v.get("scores") {
             None | Some(serde_json::Value::Null) => None,
             Some(s) => match s.get(&label).and_then(|x| x.as_f64()) {

@@ -562,3 +562,35 @@ fn score_paper_exp_takes_each_samples_seed_from_the_line_or_run_seed() {
         "{err}"
     );
 }
+
+#[test]
+fn score_tells_a_mistyped_field_from_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("r.jsonl");
+    let run = |text: &str| {
+        std::fs::write(&f, text).unwrap();
+        let out = trust(&[
+            "score",
+            "--vertical",
+            "machine_ethics",
+            "--protocol",
+            "paper-v2",
+            "--replies",
+            f.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(r#"{"id": 5, "reply": "wrong"}"#);
+    assert!(
+        err.contains("r.jsonl:1") && err.contains("`id` must be a string, got a number (5)"),
+        "{err}"
+    );
+    let err = run(r#"{"reply": "wrong"}"#);
+    assert!(err.contains("`id` (a string) is missing"), "{err}");
+    // The error text is not doubled by its source chain.
+    let err = run(
+        "{\"id\": \"ethics/0\", \"reply\": \"wrong\"}\n{\"id\": \"ethics/0\", \"reply\": \"x\"} trailing",
+    );
+    assert_eq!(err.matches("r.jsonl:2").count(), 1, "{err}");
+}

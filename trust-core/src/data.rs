@@ -226,21 +226,51 @@ pub fn read_jsonl_from<T: DeserializeOwned, R: BufRead>(
     path: &Path,
 ) -> Result<Vec<(usize, T)>> {
     let mut out = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
+    for (i, line) in reader.split(b'\n').enumerate() {
+        let mut bytes = line.map_err(|e| Error::io(path, e))?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let line = String::from_utf8(bytes).map_err(|e| {
+            Error::data(
+                path,
+                i + 1,
+                "<line>",
+                format!(
+                    "invalid UTF-8 at byte {} of the line",
+                    e.utf8_error().valid_up_to() + 1
+                ),
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
         let v: T = serde_json::from_str(&line)
-            .map_err(|e| Error::data(path, i + 1, json_error_field(&e), e.to_string()))?;
+            .map_err(|e| Error::data(path, i + 1, json_error_field(&e, &line), e.to_string()))?;
         out.push((i + 1, v));
     }
     Ok(out)
 }
 
+/// The key whose value ends at or before `column` (1-based) of a one-line JSON object: the last
+/// `"key":` before it. For type errors, which serde_json reports without the field name.
+fn key_before(line: &str, column: usize) -> Option<String> {
+    let prefix = line.get(..column.min(line.len()))?;
+    let colon = prefix.rfind(':')?;
+    let before = prefix[..colon].trim_end();
+    let before = before.strip_suffix('"')?;
+    let start = before.rfind('"')?;
+    Some(before[start + 1..].to_string())
+}
+
 /// Best guess at the field a serde_json error is about (`missing field `x``, `unknown field`).
-fn json_error_field(e: &serde_json::Error) -> String {
+fn json_error_field(e: &serde_json::Error, line: &str) -> String {
     let msg = e.to_string();
+    if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
+        if let Some(k) = key_before(line, e.column()) {
+            return k;
+        }
+    }
     for marker in ["missing field `", "unknown field `", "duplicate field `"] {
         if let Some(start) = msg.find(marker) {
             let rest = &msg[start + marker.len()..];
@@ -297,6 +327,27 @@ mod tests {
         assert!(err.contains("field `prompt`"), "{err}");
         let missing = d.read_jsonl::<Row>("x/none.jsonl").unwrap_err().to_string();
         assert!(missing.contains("x/none.jsonl"), "{missing}");
+        // A mistyped value names its field (serde_json does not), and is not called missing.
+        std::fs::write(dir.path().join("x/b.jsonl"), "{\"prompt\": 5}\n").unwrap();
+        let err = d.read_jsonl::<Row>("x/b.jsonl").unwrap_err().to_string();
+        assert!(
+            err.contains("b.jsonl:1") && err.contains("`prompt`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("invalid type") && !err.contains("missing"),
+            "{err}"
+        );
+        // Invalid UTF-8 names the line (was: an I/O error without one); CRLF lines parse.
+        std::fs::write(
+            dir.path().join("x/c.jsonl"),
+            b"{\"prompt\":\"ok\"}\r\n{\"prompt\":\"\xff\"}\n",
+        )
+        .unwrap();
+        let err = d.read_jsonl::<Row>("x/c.jsonl").unwrap_err().to_string();
+        assert!(err.contains("c.jsonl:2") && err.contains("UTF-8"), "{err}");
+        std::fs::write(dir.path().join("x/d.jsonl"), "{\"prompt\":\"ok\"}\r\n").unwrap();
+        assert_eq!(d.read_jsonl::<Row>("x/d.jsonl").unwrap().len(), 1);
     }
 
     #[test]

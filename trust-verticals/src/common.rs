@@ -197,14 +197,19 @@ pub fn read_csv_records(path: &Path) -> Result<Vec<(usize, csv::StringRecord)>> 
         .map_err(|e| Error::data(path, 0, "<file>", e.to_string()))?;
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        // Line numbers are 1-based and the header is line 1 (records span one line in our data).
+        // Line numbers are 1-based and the header is line 1; a quoted field may span lines, so
+        // the line is the record's starting line, from the reader's position.
         let line = rec
             .as_ref()
             .ok()
             .and_then(|r| r.position())
             .map(|p| p.line() as usize)
             .unwrap_or(i + 2);
-        let rec = rec.map_err(|e| Error::data(path, i + 2, "<row>", e.to_string()))?;
+        let rec = rec.map_err(|e| {
+            // The file line where the bad record starts (records may span lines), not its index.
+            let line = e.position().map(|p| p.line() as usize).unwrap_or(i + 2);
+            Error::data(path, line, "<row>", e.to_string())
+        })?;
         out.push((line, rec));
     }
     Ok(out)
@@ -284,6 +289,22 @@ mod tests {
                 .windows(2)
                 .all(|w| w[0].1 < w[1].0 && w[0].0 <= w[0].1)
         );
+    }
+
+    #[test]
+    fn csv_errors_cite_the_file_line_not_the_record_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        // Record 1 spans lines 2-4 (a quoted newline); the short record 2 starts on line 5.
+        std::fs::write(&p, "a,b\n\"x\ny\nz\",1\nshort\n").unwrap();
+        let e = read_csv_records(&p).unwrap_err();
+        match &e {
+            Error::Data { line, .. } => assert_eq!(*line, 5, "{e}"),
+            other => panic!("{other}"),
+        }
+        std::fs::write(&p, "a,b\n\"x\ny\",1\nq,2\n").unwrap();
+        let recs = read_csv_records(&p).unwrap();
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 4]);
     }
 
     #[test]

@@ -150,9 +150,18 @@ pub fn load_prompts(data: &DataDir) -> Result<Vec<PiiPrompt>> {
     let rows: Vec<(usize, PiiPrompt)> = data.read_jsonl(PII_PROMPTS)?;
     let path = data.root().join(PII_PROMPTS);
     let mut out = Vec::with_capacity(rows.len());
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (line, r) in rows {
         if r.id.is_empty() {
             return Err(Error::data(&path, line, "id", "empty"));
+        }
+        if let Some(first) = seen.insert(r.id.clone(), line) {
+            return Err(Error::data(
+                &path,
+                line,
+                "id",
+                format!("duplicate id {:?} (first on line {first})", r.id),
+            ));
         }
         if r.secret.is_empty() {
             return Err(Error::data(&path, line, "secret", "empty"));

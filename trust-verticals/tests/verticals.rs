@@ -731,6 +731,26 @@ fn malformed_rows_name_file_line_and_field() {
         err.contains("pii_prompts.jsonl:1") && err.contains("target_name"),
         "{err}"
     );
+    // A duplicate id names both lines.
+    let row = |id: &str| {
+        format!(
+            "{{\"id\":\"{id}\",\"pii\":\"ssn\",\"prompt\":\"x\\nQ: What is A's ssn?\",\"target_name\":\"A\",\"secret\":\"1\"}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("privacy/pii_prompts.jsonl"),
+        [row("pii-0"), row("pii-1"), row("pii-0")].concat(),
+    )
+    .unwrap();
+    let err = Privacy::by_name("paper")
+        .unwrap()
+        .load(&d)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pii_prompts.jsonl:3") && err.contains("duplicate") && err.contains("line 1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -318,7 +318,7 @@ impl ModelConfig {
             .str_opt("dtype")
             .or_else(|| r.str_opt("torch_dtype"))
             .map(str::to_string);
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch,
             vocab_size: r.usize_req("vocab_size")?,
             hidden_size,
@@ -338,7 +338,38 @@ impl ModelConfig {
             mlp_bias,
             eos_token_ids: eos_ids(obj.get("eos_token_id")),
             declared_dtype,
-        })
+        };
+        config.check_sizes().map_err(|m| r.err(m))?;
+        Ok(config)
+    }
+
+    /// Checks every size against a sane bound before anything is allocated from it (a corrupt
+    /// or hostile config with `num_hidden_layers: 1e12` must be an error naming the field, not
+    /// a failed allocation that aborts the process). The bounds are far above any released
+    /// model; the weights' shapes are checked against the config afterwards.
+    pub fn check_sizes(&self) -> Result<(), String> {
+        let bounds: [(&str, usize, usize); 8] = [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 12),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", self.num_key_value_heads, 1 << 12),
+            ("head_dim", self.head_dim, 1 << 14),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 21,
+            ),
+        ];
+        for (field, value, max) in bounds {
+            if value == 0 || value > max {
+                return Err(format!(
+                    "`{field}` = {value} is outside the supported range 1..={max}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A Hugging Face `config.json` describing this model (what a checkpoint trained from a GGUF

@@ -670,7 +670,7 @@ impl GgufFile {
                 .ok_or_else(|| self.key_err("tokenizer.ggml.eos_token_id", "must be an integer"))?;
             eos_token_ids.push(id as u32);
         }
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch,
             vocab_size,
             hidden_size,
@@ -694,7 +694,12 @@ impl GgufFile {
             mlp_bias,
             eos_token_ids,
             declared_dtype: Some(format!("gguf:{}", self.file_type_name())),
-        })
+        };
+        config.check_sizes().map_err(|m| BackendError::Config {
+            path: self.path.clone(),
+            message: m,
+        })?;
+        Ok(config)
     }
 
     /// `general.file_type` as llama.cpp names it (`Q4_1`, `F16`, ...).

@@ -102,6 +102,23 @@ impl SafetensorsStore {
                 .collect();
             files.sort();
             files.dedup();
+            // Shards live in the model directory: no absolute paths, no `..`, no subfolders
+            // reached through the root (a crafted index must not read files elsewhere).
+            if let Some(bad) = files.iter().find(|f| {
+                let p = Path::new(f.as_str());
+                f.is_empty()
+                    || !p
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)))
+            }) {
+                return Err(BackendError::Config {
+                    path: index,
+                    message: format!(
+                        "`weight_map` names {bad:?}: shard files must be relative paths inside \
+                         the model directory (no `..`, no absolute paths)"
+                    ),
+                });
+            }
             if files.is_empty() {
                 return Err(BackendError::Config {
                     path: index,
@@ -125,6 +142,12 @@ impl SafetensorsStore {
         let mut mmaps = Vec::with_capacity(files.len());
         let mut tensors = HashMap::new();
         for (fi, path) in files.iter().enumerate() {
+            if path.is_dir() {
+                return Err(BackendError::Config {
+                    path: path.clone(),
+                    message: "is a directory; expected a safetensors file".into(),
+                });
+            }
             let f = std::fs::File::open(path).map_err(|source| BackendError::Io {
                 path: path.clone(),
                 source,
@@ -199,6 +222,25 @@ impl SafetensorsStore {
     }
 }
 
+/// The index of the first NaN or infinite element of little-endian float data (all exponent
+/// bits set), `None` for finite data and non-float dtypes.
+pub(crate) fn first_non_finite(data: &[u8], dtype: DType) -> Option<usize> {
+    fn scan<const N: usize>(data: &[u8], mask: u64) -> Option<usize> {
+        data.chunks_exact(N).position(|c| {
+            let mut b = [0u8; 8];
+            b[..N].copy_from_slice(c);
+            u64::from_le_bytes(b) & mask == mask
+        })
+    }
+    match dtype {
+        DType::F32 => scan::<4>(data, 0x7f80_0000),
+        DType::F16 => scan::<2>(data, 0x7c00),
+        DType::BF16 => scan::<2>(data, 0x7f80),
+        DType::F64 => scan::<8>(data, 0x7ff0_0000_0000_0000),
+        _ => None,
+    }
+}
+
 /// A store of named weights that model builders read through a [`candle_nn::VarBuilder`]
 /// ([`SafetensorsStore`], [`super::gguf::GgufWeights`]).
 pub trait WeightSource: Send + Sync + std::fmt::Debug + 'static {
@@ -250,6 +292,16 @@ impl WeightSource for SafetensorsStore {
             }
         };
         let data = &self.mmaps[e.file][e.start..e.end];
+        if let Some(at) = first_non_finite(data, stored) {
+            return Err(self.record(BackendError::Tensor {
+                path: self.files[e.file].clone(),
+                tensor: name.into(),
+                message: format!(
+                    "element {at} is NaN or infinite: the file is corrupt or the training that \
+                     wrote it diverged; refusing to load it"
+                ),
+            }));
+        }
         let t = Tensor::from_raw_buffer(data, stored, &e.shape, &Device::Cpu)
             .and_then(|t| t.to_dtype(dtype))
             .and_then(|t| t.to_device(dev));
@@ -364,10 +416,7 @@ pub fn load_tokenizer(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
         });
     }
-    let tok = tokenizers::Tokenizer::from_file(&path).map_err(|e| BackendError::Tokenizer {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let tok = crate::tokenizer_file::tokenizer_from_file(&path)?;
     check_tokenizer_fits(&tok, vocab_size, &path)?;
     Ok(tok)
 }
@@ -553,4 +602,35 @@ pub fn write_hf_companions(model: &Path, out: &Path) -> Result<(), BackendError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_floats_are_found_in_every_float_dtype() {
+        let f32s: Vec<u8> = [1.0f32, -2.5, f32::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&f32s, DType::F32), Some(2));
+        assert_eq!(first_non_finite(&f32s[..8], DType::F32), None);
+        let inf: Vec<u8> = [0.0f64, f64::NEG_INFINITY]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&inf, DType::F64), Some(1));
+        let h: Vec<u8> = [half::f16::from_f32(65504.0), half::f16::INFINITY]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&h, DType::F16), Some(1));
+        let b: Vec<u8> = [half::bf16::from_f32(3.0e38), half::bf16::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(&b, DType::BF16), Some(1));
+        assert_eq!(first_non_finite(&[0xff; 8], DType::U32), None);
+    }
 }

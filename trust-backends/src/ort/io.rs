@@ -102,10 +102,7 @@ pub(crate) fn load_tokenizer(path: &Path) -> Result<Tokenizer, BackendError> {
             message: "file not found".into(),
         });
     }
-    Tokenizer::from_file(path).map_err(|e| BackendError::Tokenizer {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    crate::tokenizer_file::tokenizer_from_file(path)
 }
 
 /// Reads `config.json` (an empty object when the file is absent and `required` is false).
