@@ -1005,6 +1005,9 @@ fn save_checkpoint(
 pub(crate) fn read_checkpoint_state<S: serde::de::DeserializeOwned>(
     path: &Path,
 ) -> Result<Option<S>, TrainError> {
+    if let Some(dir) = path.parent() {
+        recover_checkpoint(dir)?;
+    }
     if !path.exists() {
         return Ok(None);
     }
@@ -1055,8 +1058,52 @@ pub(crate) fn write_checkpoint<S: Serialize>(
     opt.save(&tmp.join("optim.safetensors"))?;
     let p = tmp.join("state.json");
     std::fs::write(&p, serde_json::to_string_pretty(state).expect("json")).map_err(io(&p))?;
-    let _ = std::fs::remove_dir_all(dir);
+    sync_dir_files(&tmp)?;
+    // Swap: the old checkpoint moves aside before the new one takes its name, so at every
+    // instant one complete checkpoint exists under `dir` or `DIR.old` (recover_checkpoint).
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
     std::fs::rename(&tmp, dir).map_err(io(dir))?;
+    if let Some(parent) = dir.parent() {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Flushes every file of `dir` to disk (so a rename after it publishes complete files).
+fn sync_dir_files(dir: &Path) -> Result<(), TrainError> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let p = entry.map_err(io(dir))?.path();
+        if p.is_file() {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&p))?;
+        }
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// After a kill during [`write_checkpoint`]'s swap, `dir` may be missing while `DIR.old` (the
+/// previous complete checkpoint) exists: put it back. A leftover `DIR.tmp` is incomplete or
+/// unpublished and is removed.
+pub(crate) fn recover_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    let old = dir.with_extension("old");
+    if !dir.exists() && old.is_dir() {
+        std::fs::rename(&old, dir).map_err(io(dir))?;
+    }
+    let tmp = dir.with_extension("tmp");
+    if tmp.exists() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
     Ok(())
 }
 
@@ -1125,4 +1172,40 @@ pub fn load_lora_trainee(
         adapters,
         device.clone(),
     ))
+}
+
+#[cfg(test)]
+mod checkpoint_swap_tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_between_the_renames_leaves_the_previous_checkpoint() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("checkpoint");
+        // State after a kill between `rename(dir, old)` and `rename(tmp, dir)`.
+        std::fs::create_dir_all(dir.with_extension("old")).unwrap();
+        std::fs::write(
+            dir.with_extension("old").join("state.json"),
+            "{\"step\": 4}",
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.with_extension("tmp")).unwrap();
+        std::fs::write(dir.with_extension("tmp").join("state.json"), "{\"st").unwrap();
+        #[derive(serde::Deserialize)]
+        struct S {
+            step: usize,
+        }
+        let s: S = read_checkpoint_state(&dir.join("state.json"))
+            .unwrap()
+            .expect("the previous checkpoint is back");
+        assert_eq!(s.step, 4);
+        assert!(!dir.with_extension("tmp").exists() && !dir.with_extension("old").exists());
+        // Nothing at all: no checkpoint, no error.
+        let none = root.path().join("fresh/checkpoint");
+        assert!(
+            read_checkpoint_state::<S>(&none.join("state.json"))
+                .unwrap()
+                .is_none()
+        );
+    }
 }

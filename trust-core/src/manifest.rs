@@ -38,10 +38,23 @@ pub struct RunManifest {
     pub sample: Option<usize>,
     /// Batch size. Recorded, but not compared on resume: it never changes results.
     pub batch_size: usize,
+    /// Later invocations that resumed this run with another batch size or trust version, in
+    /// order (the fields above describe the first one), so the manifest records what ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resumed_with: Vec<ResumedWith>,
+}
+
+/// A resuming invocation's settings that may differ from the first run's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumedWith {
+    /// Its trust-core version.
+    pub trust_version: String,
+    /// Its batch size.
+    pub batch_size: usize,
 }
 
 /// Fields that do not change results and may differ on resume.
-const RESUME_IGNORED: &[&str] = &["batch_size", "trust_version"];
+const RESUME_IGNORED: &[&str] = &["batch_size", "trust_version", "resumed_with"];
 
 impl RunManifest {
     /// Reads a manifest file.
@@ -62,6 +75,25 @@ impl RunManifest {
         let a = serde_json::to_value(self).expect("manifest serialises");
         let b = serde_json::to_value(this_run).expect("manifest serialises");
         diff_values("", &a, &b)
+    }
+
+    /// `self` (the manifest on disk) with `this_run`'s batch size and version appended to
+    /// [`RunManifest::resumed_with`] when they differ from the last ones recorded; `None` when
+    /// nothing changed.
+    pub fn with_resumption(&self, this_run: &RunManifest) -> Option<RunManifest> {
+        let now = ResumedWith {
+            trust_version: this_run.trust_version.clone(),
+            batch_size: this_run.batch_size,
+        };
+        let last = self.resumed_with.last().cloned().unwrap_or(ResumedWith {
+            trust_version: self.trust_version.clone(),
+            batch_size: self.batch_size,
+        });
+        (last != now).then(|| {
+            let mut m = self.clone();
+            m.resumed_with.push(now);
+            m
+        })
     }
 
     /// Errors if `this_run` cannot resume the run recorded in `self` (read from `path`).
@@ -136,7 +168,33 @@ mod tests {
             limit: None,
             sample: None,
             batch_size: 8,
+            resumed_with: Vec::new(),
         }
+    }
+
+    #[test]
+    fn resumptions_with_other_settings_are_recorded_once_each() {
+        let a = m();
+        assert!(a.with_resumption(&m()).is_none(), "nothing changed");
+        let mut b = m();
+        b.batch_size = 32;
+        let a2 = a.with_resumption(&b).unwrap();
+        assert_eq!(a2.batch_size, 8);
+        assert_eq!(a2.resumed_with.len(), 1);
+        assert_eq!(a2.resumed_with[0].batch_size, 32);
+        assert!(
+            a2.with_resumption(&b).is_none(),
+            "the same again is not repeated"
+        );
+        assert_eq!(a2.first_difference(&b), None);
+        let back = a2.with_resumption(&m()).unwrap();
+        assert_eq!(
+            back.resumed_with
+                .iter()
+                .map(|r| r.batch_size)
+                .collect::<Vec<_>>(),
+            vec![32, 8]
+        );
     }
 
     #[test]

@@ -231,6 +231,7 @@ impl Runner {
             limit: self.limit,
             sample: self.sample,
             batch_size: self.batch_size,
+            resumed_with: Vec::new(),
         })
     }
 
@@ -291,6 +292,17 @@ impl Runner {
         if let Some(n) = self.limit {
             samples.truncate(n);
         }
+        // Every id of the vertical, before any subset: a resumed record outside the current
+        // subset is kept (a smaller --limit), one outside the data is reported.
+        let all_ids: HashSet<String> = if self.out_dir.is_some() && self.resume {
+            vertical
+                .load(data)?
+                .iter()
+                .map(|s| vertical.sample_id(s))
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let ids: Vec<String> = samples.iter().map(|s| vertical.sample_id(s)).collect();
         let mut seen = HashSet::new();
         for id in &ids {
@@ -301,7 +313,7 @@ impl Runner {
                 )));
             }
         }
-        let manifest = self.manifest(vertical, model, scorer, data)?;
+        let mut manifest = self.manifest(vertical, model, scorer, data)?;
 
         let dir = self.out_dir.as_ref().map(|d| d.join(vertical.name()));
         let mut done: HashMap<String, SampleRecord> = HashMap::new();
@@ -315,12 +327,33 @@ impl Runner {
                 if !self.resume {
                     return Err(Error::OutputExists(dir.clone()));
                 }
+                let records = read_records_repairing(&spath)?;
                 if mpath.exists() {
-                    RunManifest::read(&mpath)?.check_resumable(&manifest, &mpath)?;
+                    let on_disk = RunManifest::read(&mpath)?;
+                    on_disk.check_resumable(&manifest, &mpath)?;
+                    // Record this invocation's batch size / version when they differ, and
+                    // report what the manifest says.
+                    manifest = match on_disk.with_resumption(&manifest) {
+                        Some(updated) => {
+                            updated.write(&mpath)?;
+                            updated
+                        }
+                        None => on_disk,
+                    };
+                } else if !records.is_empty() {
+                    return Err(Error::Config(format!(
+                        "{} holds {} records but {} is missing, so the settings that produced \
+                         them are unknown; resuming would mix them with this run's. Move the \
+                         folder away or delete {} to start over",
+                        spath.display(),
+                        records.len(),
+                        mpath.display(),
+                        dir.display()
+                    )));
                 } else {
                     manifest.write(&mpath)?;
                 }
-                let records = read_records_repairing(&spath)?;
+                check_resumed_records(&records, &all_ids, self.seed, &spath)?;
                 let n_read = records.len();
                 let kept: Vec<SampleRecord> = records
                     .into_iter()
@@ -525,6 +558,46 @@ impl Runner {
         }
         out
     }
+}
+
+/// The records of a resumed `samples.jsonl` must be this vertical's samples, once each, with
+/// this run's sample seeds (else they came from another run or were edited).
+fn check_resumed_records(
+    records: &[SampleRecord],
+    all_ids: &HashSet<String>,
+    seed: u64,
+    path: &Path,
+) -> Result<()> {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let n = i + 1;
+        if let Some(prev) = first.insert(r.id.as_str(), n) {
+            return Err(Error::Config(format!(
+                "{}: sample `{}` is recorded twice (records {prev} and {n}); the file was \
+                 edited or written by two runs at once",
+                path.display(),
+                r.id
+            )));
+        }
+        if !all_ids.is_empty() && !all_ids.contains(&r.id) {
+            return Err(Error::Config(format!(
+                "{}: record {n} has id `{}`, which is not a sample of this vertical's data",
+                path.display(),
+                r.id
+            )));
+        }
+        let want = derive_seed(seed, &r.id);
+        if r.seed != want {
+            return Err(Error::Config(format!(
+                "{}: record {n} (`{}`) has seed {} but this run's seed gives {want}; it comes \
+                 from a run with another --seed",
+                path.display(),
+                r.id,
+                r.seed
+            )));
+        }
+    }
+    Ok(())
 }
 
 type Answers = Vec<Vec<Option<std::result::Result<Response, String>>>>;

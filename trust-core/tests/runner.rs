@@ -553,3 +553,75 @@ async fn score_in_sees_the_sample_seed_and_the_scorer_labels() {
     let e = SeedEcho.score(&(0, String::new()), &[], &[]).unwrap_err();
     assert!(e.contains("seed_echo"), "{e}");
 }
+
+#[tokio::test]
+async fn resume_refuses_records_it_cannot_vouch_for_and_records_what_ran() {
+    let (_d, data) = data_dir(12);
+    let model = MockModel::new();
+    let scorer = MockScorer::default();
+    let v = Toy { rows: 12 };
+    let out = tempfile::tempdir().unwrap();
+    let run = |seed: u64, batch: usize, stop: Option<usize>| {
+        Runner::builder()
+            .batch_size(batch)
+            .seed(seed)
+            .out_dir(out.path())
+            .resume(true)
+            .stop_after(stop)
+            .build()
+    };
+    let err = run(0, 1, Some(5))
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Interrupted { written: 5 }), "{err}");
+    let dir = out.path().join("toy");
+    let samples = std::fs::read_to_string(dir.join("samples.jsonl")).unwrap();
+
+    // A deleted manifest with records present: refused (not kept under a new seed-1 manifest).
+    std::fs::rename(dir.join("manifest.json"), dir.join("manifest.bak")).unwrap();
+    let e = run(1, 1, None)
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("manifest.json") && e.contains("missing"), "{e}");
+    std::fs::rename(dir.join("manifest.bak"), dir.join("manifest.json")).unwrap();
+
+    // A duplicated record and a record of an unknown sample are reported.
+    let first = samples.lines().next().unwrap();
+    std::fs::write(dir.join("samples.jsonl"), format!("{samples}{first}\n")).unwrap();
+    let e = run(0, 1, None)
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("recorded twice") && e.contains("records 1 and 6"),
+        "{e}"
+    );
+    let alien = first.replace("toy/000", "toy/999");
+    std::fs::write(dir.join("samples.jsonl"), format!("{samples}{alien}\n")).unwrap();
+    let e = run(0, 1, None)
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("toy/999") && e.contains("not a sample"), "{e}");
+    std::fs::write(dir.join("samples.jsonl"), &samples).unwrap();
+
+    // Resuming with another batch size finishes, and the manifest and report say so.
+    let report = run(0, 4, None)
+        .run(&v, &model, Some(&scorer), &data)
+        .await
+        .unwrap();
+    assert_eq!(report.n_ok, 12);
+    assert_eq!(report.manifest.batch_size, 1);
+    assert_eq!(report.manifest.resumed_with.len(), 1);
+    assert_eq!(report.manifest.resumed_with[0].batch_size, 4);
+    let on_disk = trust_core::RunManifest::read(&dir.join("manifest.json")).unwrap();
+    assert_eq!(on_disk, report.manifest);
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(rep["manifest"]["resumed_with"][0]["batch_size"], 4, "{rep}");
+}
