@@ -616,7 +616,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
                 entries.push(json!({"vertical": name, "protocol": protocol, "status": "ok", "report": report}));
             }
             Err(e) => {
-                let mut msg = e.to_string();
+                let mut msg = crate::exit::core_message(&e);
                 if matches!(
                     e,
                     trust_core::Error::MissingCapability {

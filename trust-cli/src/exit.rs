@@ -52,7 +52,41 @@ pub fn render(e: &anyhow::Error) -> String {
         }
         msg.push_str(&text);
     }
+    if let Some(h) = hint(e) {
+        msg.push_str(" (");
+        msg.push_str(h);
+        msg.push(')');
+    }
     msg
+}
+
+/// The CLI flag that addresses a library error in `e`'s chain.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<trust_core::Error>())
+        .and_then(core_hint)
+}
+
+/// The CLI flag that addresses a library error (library messages name no flags).
+pub fn core_hint(e: &trust_core::Error) -> Option<&'static str> {
+    match e {
+        trust_core::Error::OutputExists(_) => {
+            Some("pass --resume to continue it, or another --out")
+        }
+        trust_core::Error::ManifestMismatch { .. } => {
+            Some("use another --out, or delete the old run to start over")
+        }
+        trust_core::Error::DataDir(_) => Some("set --data-dir DIR or TRUST_DATA_DIR"),
+        _ => None,
+    }
+}
+
+/// A library error's message with its CLI hint, for per-vertical error lines.
+pub fn core_message(e: &trust_core::Error) -> String {
+    match core_hint(e) {
+        Some(h) => format!("{e} ({h})"),
+        None => e.to_string(),
+    }
 }
 
 /// Makes writes to a closed stdout end the process quietly (as `head` expects) instead of

@@ -327,3 +327,42 @@ fn check_gates_regressions_past_their_bound() {
         stderr(&o)
     );
 }
+
+#[test]
+fn library_errors_get_the_cli_flag_that_fixes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let out_s = out.to_str().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            "mock",
+            "--verticals",
+            "privacy",
+            "--limit",
+            "2",
+            "--bootstrap",
+            "10",
+            "--out",
+            out_s,
+        ];
+        args.extend_from_slice(extra);
+        common::trust(&args)
+    };
+    assert!(eval(&[]).status.success());
+    let again = eval(&[]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already holds results") && err.contains("pass --resume"),
+        "{err}"
+    );
+    let bad = eval(&["--data-dir", "/nonexistent-trust-data", "--resume"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("/nonexistent-trust-data is not a directory") && err.contains("--data-dir"),
+        "{err}"
+    );
+    assert_eq!(err.matches("not a directory").count(), 1, "{err}");
+}

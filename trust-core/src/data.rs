@@ -120,7 +120,7 @@ impl DataDir {
         let root = root.into();
         if !root.is_dir() {
             return Err(Error::DataDir(format!(
-                "{} is not a directory (set --data-dir or {DATA_DIR_ENV} to a folder laid out like shared/data)",
+                "{} is not a directory (the data directory is a folder laid out like shared/data; {DATA_DIR_ENV} can name it)",
                 root.display()
             )));
         }
@@ -128,6 +128,15 @@ impl DataDir {
             root,
             hashes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A data directory with no files, for verticals whose samples need no data file (their
+    /// [`crate::Vertical::data_files`] is empty): every [`DataDir::path`] is an error.
+    pub fn empty() -> Self {
+        DataDir {
+            root: PathBuf::new(),
+            hashes: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `explicit` if given, else `$TRUST_DATA_DIR`, else the `data/` of a trust checkout
@@ -141,7 +150,7 @@ impl DataDir {
             _ => match checkout_data_dir() {
                 Some(p) => Self::new(p),
                 None => Err(Error::DataDir(format!(
-                    "no data directory: pass --data-dir DIR, set {DATA_DIR_ENV}, or run from a trust checkout (its data/ holds the benchmark data)"
+                    "none given, {DATA_DIR_ENV} is not set and this is not a trust checkout (whose data/ holds the benchmark data)"
                 ))),
             },
         }
@@ -154,6 +163,11 @@ impl DataDir {
 
     /// Absolute path of `rel`, which must exist.
     pub fn path(&self, rel: &str) -> Result<PathBuf> {
+        if self.root.as_os_str().is_empty() {
+            return Err(Error::DataDir(format!(
+                "{rel} was asked of an empty data directory (DataDir::empty)"
+            )));
+        }
         let p = self.root.join(rel);
         if p.is_file() {
             Ok(p)
@@ -310,6 +324,17 @@ mod tests {
     #[allow(dead_code)]
     struct Row {
         prompt: String,
+    }
+
+    #[test]
+    fn the_empty_data_directory_has_no_files() {
+        let d = DataDir::empty();
+        let e = d.path("toxicity/toxic.jsonl").unwrap_err().to_string();
+        assert!(
+            e.contains("toxicity/toxic.jsonl") && e.contains("empty"),
+            "{e}"
+        );
+        assert!(d.read_to_string("x").is_err());
     }
 
     #[test]

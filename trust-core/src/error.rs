@@ -102,9 +102,9 @@ pub enum Error {
         /// Vertical name.
         vertical: String,
     },
-    /// `--resume` found a run whose manifest differs from this run's.
+    /// Resuming found a run whose manifest differs from this run's.
     #[error(
-        "cannot resume {path}: manifest field `{field}` differs (on disk: {on_disk}, this run: {this_run}); use a new output directory or rerun without --resume"
+        "cannot resume {path}: manifest field `{field}` differs (on disk: {on_disk}, this run: {this_run}); use a new output directory, or start over instead of resuming"
     )]
     ManifestMismatch {
         /// The manifest file.
@@ -118,7 +118,7 @@ pub enum Error {
     },
     /// Output already exists and `resume` was not requested.
     #[error(
-        "{0} already holds results; pass --resume to continue that run or choose another output directory"
+        "{0} already holds results; resume that run (`Runner::resume`) or choose another output directory"
     )]
     OutputExists(PathBuf),
     /// The run was stopped on purpose (see [`crate::runner::RunnerBuilder::stop_after`]).

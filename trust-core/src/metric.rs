@@ -15,6 +15,11 @@ pub trait Metric: Send + Sync {
     fn name(&self) -> String;
     /// The value over these outcomes, `None` if undefined (empty denominator).
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64>;
+    /// How many of these outcomes the metric is about ([`MetricValue::n`]): all of them by
+    /// default; a [`Sliced`] metric counts its slice's samples.
+    fn count(&self, outcomes: &[&Outcome]) -> usize {
+        outcomes.len()
+    }
 }
 
 /// A metric's value with its 95% bootstrap interval.
@@ -121,7 +126,7 @@ pub fn evaluate(metric: &dyn Metric, outcomes: &[&Outcome], boot: &Bootstrap) ->
         value,
         ci_low,
         ci_high,
-        n: outcomes.len(),
+        n: metric.count(outcomes),
     }
 }
 
@@ -328,12 +333,75 @@ impl<M: Metric> Metric for Sliced<M> {
         format!("{}[{}={}]", self.inner.name(), self.key, self.value)
     }
     fn compute(&self, outcomes: &[&Outcome]) -> Option<f64> {
-        let sel: Vec<&Outcome> = outcomes
+        self.inner.compute(&self.select(outcomes))
+    }
+    fn count(&self, outcomes: &[&Outcome]) -> usize {
+        self.inner.count(&self.select(outcomes))
+    }
+}
+
+impl<M> Sliced<M> {
+    /// `inner` restricted to samples tagged `key` = `value`.
+    pub fn new(inner: M, key: impl Into<String>, value: impl Into<String>) -> Self {
+        Sliced {
+            inner,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    fn select<'a>(&self, outcomes: &[&'a Outcome]) -> Vec<&'a Outcome> {
+        outcomes
             .iter()
             .copied()
             .filter(|o| o.tags.get(&self.key).is_some_and(|v| v == &self.value))
-            .collect();
-        self.inner.compute(&sel)
+            .collect()
+    }
+}
+
+impl MeanOf {
+    /// The mean of per-sample value `key`, reported as `name`.
+    pub fn new(name: impl Into<String>, key: impl Into<String>) -> Self {
+        MeanOf {
+            name: name.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl FractionAbove {
+    /// The share of samples whose value `key` is `>= threshold` (`strict`: `>`).
+    pub fn new(
+        name: impl Into<String>,
+        key: impl Into<String>,
+        threshold: f64,
+        strict: bool,
+    ) -> Self {
+        FractionAbove {
+            name: name.into(),
+            key: key.into(),
+            threshold,
+            strict,
+        }
+    }
+}
+
+impl LabelRate {
+    /// The pooled share of replies labelled one of `labels`, over all replies.
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        labels: impl IntoIterator<Item = S>,
+    ) -> Self {
+        LabelRate {
+            name: name.into(),
+            labels: labels.into_iter().map(Into::into).collect(),
+            exclude: Vec::new(),
+        }
+    }
+    /// Also removes replies labelled one of `labels` from the denominator.
+    pub fn excluding<S: Into<String>>(mut self, labels: impl IntoIterator<Item = S>) -> Self {
+        self.exclude = labels.into_iter().map(Into::into).collect();
+        self
     }
 }
 
@@ -348,6 +416,30 @@ mod tests {
         };
         out.values.insert("x".into(), v);
         out
+    }
+
+    #[test]
+    fn slices_report_their_own_sample_count() {
+        let mut os = [o(0.2, &["a"]), o(0.6, &["b"]), o(0.5, &["a"])];
+        os[0].tags.insert("topic".into(), "hiv".into());
+        os[2].tags.insert("topic".into(), "hiv".into());
+        let refs: Vec<&Outcome> = os.iter().collect();
+        let boot = Bootstrap {
+            resamples: 20,
+            ..Default::default()
+        };
+        let m = Sliced::new(MeanOf::new("mean", "x"), "topic", "hiv");
+        let v = evaluate(&m, &refs, &boot);
+        assert_eq!(v.name, "mean[topic=hiv]");
+        assert_eq!(v.n, 2, "the slice's samples, not all 3");
+        assert!((v.value.unwrap() - 0.35).abs() < 1e-12);
+        assert_eq!(evaluate(&MeanOf::new("mean", "x"), &refs, &boot).n, 3);
+        let r = LabelRate::new("a_rate", ["a"]).excluding(["b"]);
+        assert_eq!(r.compute(&refs), Some(1.0));
+        assert_eq!(
+            FractionAbove::new("f", "x", 0.5, true).compute(&refs),
+            Some(1.0 / 3.0)
+        );
     }
 
     #[test]
