@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// (0 = no cap but the model's context).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     max_tokens: usize,
+    /// Seconds a connection may take to send a request's headers (idle keep-alive waits
+    /// included) before it is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    header_timeout: u64,
     /// Device (`cpu`, `cuda`, `cuda:1`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -113,6 +117,12 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         println!("listening on http://{addr}");
         std::io::stdout().flush().ok();
         eprintln!("serving {model_name} at http://{addr}/v1 (OpenAI-compatible)");
-        server::serve(listener, router).await.context("serving")
+        server::serve_with(
+            listener,
+            router,
+            std::time::Duration::from_secs(a.header_timeout.max(1)),
+        )
+        .await
+        .context("serving")
     })
 }

@@ -848,3 +848,41 @@ fn a_client_that_disconnects_cancels_its_generation() {
         .unwrap();
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
+    let srv = Server::start(&["--header-timeout", "1"], &[]);
+    // A connection that never sends anything is closed (read returns EOF), not held forever.
+    let t = Instant::now();
+    let mut idle = TcpStream::connect(&srv.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = idle.read_to_end(&mut buf);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "idle connection closed after {waited:?}"
+    );
+    // A keep-alive connection is answered, then closed once idle for the timeout.
+    let t = Instant::now();
+    let mut ka = TcpStream::connect(&srv.addr).unwrap();
+    ka.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(ka, "GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", srv.addr).unwrap();
+    let mut resp = Vec::new();
+    let _ = ka.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // A slow sender that never finishes its headers is cut off too.
+    let t = Instant::now();
+    let mut slow = TcpStream::connect(&srv.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(slow, "GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // The server still answers.
+    assert_eq!(srv.request("GET", "/health", None).unwrap().0, 200);
+}

@@ -187,9 +187,46 @@ pub fn router(model: CandleModel, opts: ServeOptions) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `listener` until the process ends.
+/// How long a connection may take to send a request's headers, idle keep-alive waits
+/// included, before it is closed ([`serve_with`]).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `router` on `listener` until the process ends, with [`DEFAULT_HEADER_TIMEOUT`].
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
-    axum::serve(listener, router).await
+    serve_with(listener, router, DEFAULT_HEADER_TIMEOUT).await
+}
+
+/// Serves `router` on `listener` (HTTP/1.1) until the process ends. A connection that has not
+/// sent a complete request head within `header_timeout` — a new connection that sends nothing,
+/// a slow header sender, or a keep-alive connection idle between requests — is closed, so idle
+/// clients cannot hold connections open. Accept errors (e.g. too many open files) are retried
+/// after a short pause instead of ending the server.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("trust serve: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Some(header_timeout))
+                .keep_alive(true);
+            // A connection's errors (timeouts, resets) end that connection only.
+            let _ = builder.serve_connection(io, service).await;
+        });
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>, kind: &str) -> Response {
