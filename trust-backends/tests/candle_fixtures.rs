@@ -1281,3 +1281,40 @@ fn nan_weights_are_refused_at_load_naming_the_tensor() {
         "{s}"
     );
 }
+
+/// Fuzzing (docs/fuzzing.md): mutated `model.safetensors` headers and bodies, `config.json` and
+/// `tokenizer.json` of the tiny GPT-NeoX fixture are load errors, never panics or aborts.
+#[test]
+fn fuzzed_model_files_are_errors_not_panics() {
+    let src = fixture("tiny-gpt-neox");
+    let dir = tempfile::tempdir().unwrap();
+    copy_aux(&src, dir.path());
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    let config = std::fs::read(src.join("config.json")).unwrap();
+    let tokenizer = std::fs::read(src.join("tokenizer.json")).unwrap();
+    std::fs::write(dir.path().join("model.safetensors"), &weights).unwrap();
+    assert!(CandleModel::load(dir.path(), &LoadOptions::default()).is_ok());
+    let load = || {
+        let _ = CandleModel::load(dir.path(), &LoadOptions::default());
+    };
+    // The safetensors header is what the mutations should hit: fuzz its first 4 KiB, keeping
+    // the rest of the file.
+    let head = weights[..weights.len().min(4096)].to_vec();
+    let tail = weights[head.len()..].to_vec();
+    trust_core::fuzz::run("safetensors", vec![head], 400, |input| {
+        let mut f = input.to_vec();
+        f.extend_from_slice(&tail);
+        std::fs::write(dir.path().join("model.safetensors"), f).unwrap();
+        load();
+    });
+    std::fs::write(dir.path().join("model.safetensors"), &weights).unwrap();
+    trust_core::fuzz::run("config-json", vec![config.clone()], 400, |input| {
+        std::fs::write(dir.path().join("config.json"), input).unwrap();
+        load();
+    });
+    std::fs::write(dir.path().join("config.json"), &config).unwrap();
+    trust_core::fuzz::run("tokenizer-json", vec![tokenizer], 200, |input| {
+        std::fs::write(dir.path().join("tokenizer.json"), input).unwrap();
+        load();
+    });
+}

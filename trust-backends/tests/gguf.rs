@@ -682,3 +682,25 @@ fn sentencepiece_vocabulary_matches_transformers() {
         &bad[..bad.len().min(5)]
     );
 }
+
+/// Fuzzing (docs/fuzzing.md): the GGUF header reader, the config and tokenizer built from its
+/// metadata and the whole load path, on mutated copies of the synthetic tiny-llama GGUF; none
+/// may panic or abort (a hostile length or count must be an error, not an allocation).
+#[test]
+fn fuzzed_gguf_files_are_errors_not_panics() {
+    let bytes = hf_to_gguf(&shared_dir().join("tiny-llama"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    // The unmutated file loads, so the mutations explore near-valid headers.
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(CandleModel::load(&path, &LoadOptions::default()).is_ok());
+    let n = trust_core::fuzz::run("gguf", vec![bytes], 600, |input| {
+        std::fs::write(&path, input).unwrap();
+        if let Ok(g) = trust_backends::candle::gguf::GgufFile::open(&path) {
+            let _ = g.model_config();
+            let _ = trust_backends::candle::gguf_tokenizer::tokenizer(&g);
+        }
+        let _ = CandleModel::load(&path, &LoadOptions::default());
+    });
+    assert_eq!(n, trust_core::fuzz::iterations(600));
+}

@@ -886,3 +886,33 @@ fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
     // The server still answers.
     assert_eq!(srv.request("GET", "/health", None).unwrap().0, 200);
 }
+
+/// Fuzzing (docs/fuzzing.md): mutated request bodies (completions and chat) get an answer — 200
+/// or an OpenAI-style 4xx — never a dropped connection (a handler panic) or a 500.
+#[test]
+fn fuzzed_request_bodies_get_an_answer_not_a_crash() {
+    let srv = Server::start(&["--max-tokens", "8"], &[]);
+    let corpus = vec![
+        br#"{"model": "tiny", "prompt": ["Hello", "x"], "max_tokens": 3, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "n": 2, "seed": 4, "stop": ["\n"], "stop_token_ids": [0], "echo": true, "logprobs": 2}"#.to_vec(),
+        br#"{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}"#.to_vec(),
+    ];
+    let n = trust_core::fuzz::run("http-bodies", corpus, 300, |input| {
+        let body = String::from_utf8_lossy(input);
+        for path in ["/v1/completions", "/v1/chat/completions"] {
+            let (status, text) = srv
+                .request("POST", path, Some(&body))
+                .expect("the server answered");
+            assert!(
+                status == 200 || (400..500).contains(&status),
+                "{path}: HTTP {status} for {body:?}: {text}"
+            );
+            if status != 200 {
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{path}: non-JSON error {text:?}: {e}"));
+                assert!(v["error"]["message"].is_string(), "{text}");
+            }
+        }
+    });
+    assert_eq!(n, trust_core::fuzz::iterations(300));
+    assert_eq!(srv.request("GET", "/health", None).unwrap().0, 200);
+}

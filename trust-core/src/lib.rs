@@ -32,6 +32,7 @@ pub mod chat;
 pub mod data;
 pub mod error;
 pub mod fsutil;
+pub mod fuzz;
 pub mod manifest;
 pub mod metric;
 pub mod model;

@@ -67,6 +67,23 @@ pub struct HttpOptions {
     /// Send a non-zero `top_k` as the `top_k` extension (vLLM, llama.cpp). Off: `top_k > 0`
     /// fails with [`ModelError::InvalidRequest`].
     pub top_k: bool,
+    /// What a [`StopPolicy::Tokens`] request does when [`HttpOptions::stop_token_ids`] is off
+    /// (servers without the extension, e.g. hosted OpenAI-compatible APIs).
+    pub token_stops: TokenStops,
+}
+
+/// How a request that stops on given token ids (the `paper` protocols' `eos_token_id=50256`) is
+/// sent to a server without the `stop_token_ids` extension: an explicit user choice, recorded
+/// in the model's `details` (so runs under different choices never resume into each other).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenStops {
+    /// Fail the request, naming the choices (default: never deviate silently).
+    #[default]
+    Refuse,
+    /// Drop the token stop and let the server stop on its own EOS. A deviation from the
+    /// protocol: for Pythia-style models, where 50256 never fires, the paper generates to
+    /// `max_new_tokens` while this stops at the model's EOS.
+    ModelEos,
 }
 
 impl HttpOptions {
@@ -92,6 +109,7 @@ impl HttpOptions {
             stop_token_ids: false,
             ignore_eos: false,
             top_k: false,
+            token_stops: TokenStops::Refuse,
         }
     }
 
@@ -142,6 +160,20 @@ impl HttpOptions {
                 "stop_token_ids" => o.stop_token_ids = flag(v)?,
                 "ignore_eos" => o.ignore_eos = flag(v)?,
                 "top_k" => o.top_k = flag(v)?,
+                "stop_ids" => match v {
+                    "send" => {
+                        o.stop_token_ids = true;
+                        o.ignore_eos = true;
+                    }
+                    "model_eos" => o.token_stops = TokenStops::ModelEos,
+                    "refuse" => o.token_stops = TokenStops::Refuse,
+                    _ => {
+                        return Err(bad(format!(
+                            "`stop_ids` takes send (the vLLM extension), model_eos (stop on the \
+                             server's EOS instead) or refuse, got `{v}`"
+                        )));
+                    }
+                },
                 "vllm" => {
                     let on = flag(v)?;
                     o.stop_token_ids = on;
@@ -460,13 +492,18 @@ impl HttpModel {
                 p.ignore_eos = Some(true);
             }
             StopPolicy::Tokens(ids) => {
-                if !o.stop_token_ids || !o.ignore_eos {
-                    return Err(ModelError::InvalidRequest(
-                        "stop policy `tokens` needs the `stop_token_ids` and `ignore_eos` extensions (HttpOptions / ;vllm)".into(),
-                    ));
+                if o.stop_token_ids && o.ignore_eos {
+                    p.stop_token_ids = Some(ids.clone());
+                    p.ignore_eos = Some(true);
+                } else if o.token_stops == TokenStops::Refuse {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "the protocol stops on token ids {ids:?}, which needs the `stop_token_ids` \
+                         and `ignore_eos` extensions: add `;vllm` (or `;stop_ids=send`) for vLLM \
+                         and `trust serve`, or `;stop_ids=model_eos` to stop on the server's EOS \
+                         instead (a deviation from the protocol, recorded in the manifest)"
+                    )));
                 }
-                p.stop_token_ids = Some(ids.clone());
-                p.ignore_eos = Some(true);
+                // TokenStops::ModelEos: no stop ids; the server stops on its EOS.
             }
         }
         if !c.stop_strings.is_empty() {
@@ -712,10 +749,16 @@ impl LanguageModel for HttpModel {
             id: format!("{}#{}", o.base_url, o.model),
             backend: "http".into(),
             weights_sha256: None,
-            details: if o.chat {
-                "api=chat".into()
-            } else {
-                "api=completions".into()
+            details: {
+                let mut d = if o.chat {
+                    "api=chat".to_string()
+                } else {
+                    "api=completions".to_string()
+                };
+                if o.token_stops == TokenStops::ModelEos && !o.stop_token_ids {
+                    d.push_str(";stop_ids=model_eos");
+                }
+                d
             },
         }
     }
@@ -781,6 +824,11 @@ mod tests {
         ] {
             assert!(HttpOptions::from_spec(bad).is_err(), "{bad}");
         }
+        let o = HttpOptions::from_spec("http://h/v1#m;stop_ids=model_eos").unwrap();
+        assert_eq!(o.token_stops, TokenStops::ModelEos);
+        let o = HttpOptions::from_spec("http://h/v1#m;stop_ids=send").unwrap();
+        assert!(o.stop_token_ids && o.ignore_eos);
+        assert!(HttpOptions::from_spec("http://h/v1#m;stop_ids=maybe").is_err());
         let https = HttpOptions::from_spec("https://h/v1#m").unwrap();
         assert!(HttpModel::new(https).is_err(), "https needs a TLS proxy");
     }
@@ -847,5 +895,47 @@ mod tests {
         assert!(!format!("{m:?}").contains(&path));
         assert_eq!(m.info().backend, "http");
         assert_eq!(m.info().id, "http://127.0.0.1:9/v1#m");
+    }
+}
+
+#[cfg(test)]
+mod token_stop_tests {
+    use super::*;
+
+    fn paper_request() -> GenerateRequest {
+        let mut config = trust_core::DecodingConfig::greedy(5);
+        config.stop = StopPolicy::Tokens(vec![50256]);
+        GenerateRequest {
+            prompt: "x".into(),
+            config,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn token_stops_without_the_extension_are_an_explicit_choice() {
+        let m = HttpModel::new(HttpOptions::from_spec("http://127.0.0.1:9/v1#m").unwrap()).unwrap();
+        let e = m.sampling_params(&paper_request()).unwrap_err().to_string();
+        assert!(
+            e.contains("[50256]") && e.contains(";vllm") && e.contains("model_eos"),
+            "{e}"
+        );
+        assert_eq!(m.info().details, "api=completions");
+
+        let m = HttpModel::new(
+            HttpOptions::from_spec("http://127.0.0.1:9/v1#m;stop_ids=model_eos").unwrap(),
+        )
+        .unwrap();
+        let p = m.sampling_params(&paper_request()).unwrap();
+        assert_eq!((p.stop_token_ids, p.ignore_eos), (None, None));
+        assert_eq!(m.info().details, "api=completions;stop_ids=model_eos");
+
+        let m = HttpModel::new(HttpOptions::from_spec("http://127.0.0.1:9/v1#m;vllm").unwrap())
+            .unwrap();
+        let p = m.sampling_params(&paper_request()).unwrap();
+        assert_eq!(
+            (p.stop_token_ids, p.ignore_eos),
+            (Some(vec![50256]), Some(true))
+        );
     }
 }

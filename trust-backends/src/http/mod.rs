@@ -20,5 +20,5 @@ pub mod server;
 mod shard;
 pub mod wire;
 
-pub use client::{HttpModel, HttpOptions, continuation_logprobs};
+pub use client::{HttpModel, HttpOptions, TokenStops, continuation_logprobs};
 pub use shard::ShardedModel;
