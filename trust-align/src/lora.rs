@@ -199,7 +199,7 @@ impl LoraAdapters {
                 m.b.as_tensor().clone(),
             );
         }
-        candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
+        crate::train::save_tensors(&tensors, &dir.join("adapter_model.safetensors"))?;
         let cfg = serde_json::json!({
             "peft_type": "LORA",
             "r": self.config.rank,
@@ -209,8 +209,8 @@ impl LoraAdapters {
             "layers_to_transform": self.config.layers,
             "bias": "none",
         });
-        std::fs::write(
-            dir.join("adapter_config.json"),
+        trust_core::fsutil::write_atomic(
+            &dir.join("adapter_config.json"),
             serde_json::to_string_pretty(&cfg).expect("json"),
         )?;
         Ok(())

@@ -932,8 +932,8 @@ pub fn train_ppo(
         .into_iter()
         .map(|(k, v)| (k, v.detach()))
         .collect();
-    candle_core::safetensors::save(&weights, out_dir.join("model.safetensors"))?;
-    candle_core::safetensors::save(&head.tensors(), out_dir.join("value_head.safetensors"))?;
+    crate::train::save_tensors(&weights, &out_dir.join("model.safetensors"))?;
+    crate::train::save_tensors(&head.tensors(), &out_dir.join("value_head.safetensors"))?;
     trust_backends::candle::loader::write_hf_companions(run.policy_dir, out_dir)?;
     if let Some(a) = trainee.adapters() {
         a.save(&out_dir.join("adapter"))?;

@@ -982,12 +982,21 @@ pub fn train(
     if let Some(h) = &head {
         weights.extend(h.tensors());
     }
-    candle_core::safetensors::save(&weights, out_dir.join("model.safetensors"))?;
+    save_tensors(&weights, &out_dir.join("model.safetensors"))?;
     trust_backends::candle::loader::write_hf_companions(model_dir, out_dir)?;
     if let Some(a) = trainee.adapters() {
         a.save(&out_dir.join("adapter"))?;
     }
     Ok(logs)
+}
+
+/// Writes `tensors` to `path` as safetensors, crash-safe (temporary file, fsync, rename): a kill
+/// mid-save leaves the previous file (or none), never a torn one that loads as garbage.
+pub(crate) fn save_tensors(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+) -> candle_core::Result<()> {
+    trust_core::fsutil::replace_via(path, |tmp| candle_core::safetensors::save(tensors, tmp))
 }
 
 fn save_checkpoint(

@@ -116,10 +116,7 @@ pub fn write_npy(path: impl AsRef<Path>, values: &[f64]) -> Result<()> {
     for v in values {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, &bytes).map_err(|e| AttributionError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| AttributionError::io(path, e))
+    trust_core::fsutil::write_atomic(path, &bytes).map_err(|e| AttributionError::io(path, e))
 }
 
 /// Reads a 1-D little-endian `float64`, C-order NPY file (format 1.x, 2.x or 3.x), such as

@@ -256,7 +256,7 @@ pub fn run(a: AlignArgs) -> anyhow::Result<()> {
             serde_json::to_value(e)?
         };
         let path = a.out.join("heldout.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&value)?)
+        trust_core::fsutil::write_atomic(&path, serde_json::to_string_pretty(&value)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
         summary["heldout_pair_accuracy"] = value["pair_accuracy"].clone();
     }

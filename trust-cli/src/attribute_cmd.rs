@@ -6,7 +6,6 @@
 //! helpful / harmful pairs with their text to `<out>.top.json` (and stdout), and keeps the
 //! per-example gradients in a resumable store (`--store`, default `<out>.store/`).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -252,14 +251,11 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
     }
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(&a.out).with_context(|| a.out.display().to_string())?,
-    );
+    let mut lines = String::new();
     for (&idx, &s) in at.train_index.iter().zip(written) {
-        writeln!(f, "{}", json!({"train_index": idx, "score": s}))
-            .with_context(|| a.out.display().to_string())?;
+        lines += &format!("{}\n", json!({"train_index": idx, "score": s}));
     }
-    f.flush().with_context(|| a.out.display().to_string())?;
+    trust_core::fsutil::write_atomic(&a.out, lines).with_context(|| a.out.display().to_string())?;
 
     // The score vector as the paper saves it (`np.save`, one value per scored pair, in order).
     let mut npy = a.out.clone().into_os_string();
@@ -303,7 +299,7 @@ pub fn run(a: AttributeArgs) -> anyhow::Result<()> {
     let mut top_path = a.out.clone().into_os_string();
     top_path.push(".top.json");
     let top_path = PathBuf::from(top_path);
-    std::fs::write(&top_path, serde_json::to_string_pretty(&top)? + "\n")
+    trust_core::fsutil::write_atomic(&top_path, serde_json::to_string_pretty(&top)? + "\n")
         .with_context(|| top_path.display().to_string())?;
 
     let show = |title: &str, items: &serde_json::Value| {

@@ -20,7 +20,7 @@ use trust_verticals::registry::{self, BuildOptions};
 pub struct EvalArgs {
     /// Model directory (Hugging Face layout), or `mock` for the deterministic test model
     /// (`mock:generate,sampling` restricts its capabilities, e.g. to test a backend without beam
-    /// search or log-likelihood), or an OpenAI-compatible server `http://HOST:PORT/v1#MODEL[;opt...]`
+    /// search or log-likelihood), or an OpenAI-compatible server `http[s]://HOST:PORT/v1#MODEL[;opt...]`
     /// (several, comma-separated, shard the run; see docs/http-backend.md).
     #[arg(long)]
     model: String,
@@ -106,6 +106,14 @@ pub struct EvalArgs {
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
+    /// Reuse generations across runs: each successful generation is stored in DIR (one JSON file
+    /// per request) and a later request with the same key is answered from there. The key covers
+    /// the model (path or served name, weights sha256, backend details such as dtype, device,
+    /// quantisation and HTTP options), the prompt, the decoding settings and — for sampled
+    /// decoding only — the request seed. Errors are never stored. Log-likelihood requests are
+    /// not cached. See docs/cli.md before sharing a cache across trust versions or servers.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
 }
 
 /// A loaded model and, for local models, its chat template.
@@ -537,6 +545,18 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
             chat_template: a.chat_template.clone(),
         },
     )?;
+    // `--cache`: the cache sits under the chat wrapping, so keys hold the prompt as sent.
+    let mut cache_handle = None;
+    let model: Box<dyn LanguageModel> = match &a.cache {
+        Some(dir) => {
+            let cache = trust_core::DirCache::new(dir)
+                .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+            let cached = std::sync::Arc::new(trust_core::Cached::new(model, cache));
+            cache_handle = Some((dir.clone(), cached.clone()));
+            Box::new(cached)
+        }
+        None => model,
+    };
     // `wrap`: raw-text protocols see the model through its chat template as one user message.
     let wrapped: Option<Box<dyn LanguageModel>> = match (&chat, wrap_raw) {
         (Some(c), true) => Some(Box::new(trust_core::ChatWrapped::new(
@@ -652,6 +672,14 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     trust_core::fsutil::write_atomic(&path, serde_json::to_string_pretty(&combined)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}", path.display());
+    if let Some((dir, cached)) = &cache_handle {
+        eprintln!(
+            "cache {}: {} of {} generation requests answered from it",
+            dir.display(),
+            cached.hits(),
+            cached.lookups()
+        );
+    }
     if !problems.is_empty() {
         bail!(
             "{} problem(s), see {}:\n  {}",

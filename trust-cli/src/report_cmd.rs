@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use trust_core::fsutil::write_atomic;
 
 /// Arguments of `trust report`.
 #[derive(clap::Args)]
@@ -64,11 +65,11 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    std::fs::write(&a.out, trust_report::html::render(&report))
+    write_atomic(&a.out, trust_report::html::render(&report))
         .with_context(|| format!("writing {}", a.out.display()))?;
-    std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")
+    write_atomic(&json_path, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json_path.display()))?;
-    std::fs::write(&md_path, trust_report::markdown::render(&report))
+    write_atomic(&md_path, trust_report::markdown::render(&report))
         .with_context(|| format!("writing {}", md_path.display()))?;
     eprintln!(
         "wrote {}, {} and {} ({} checkpoints, {} verticals, {n_paired} paired changes)",

@@ -153,9 +153,8 @@ pub fn run(a: SophistryArgs) -> anyhow::Result<()> {
     report.judges = judges;
     let json = serde_json::to_string_pretty(&report)?;
     match &a.out {
-        Some(p) => {
-            std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?
-        }
+        Some(p) => trust_core::fsutil::write_atomic(p, json + "\n")
+            .with_context(|| format!("writing {}", p.display()))?,
         None => println!("{json}"),
     }
     for s in &report.judges {

@@ -594,3 +594,73 @@ fn score_tells_a_mistyped_field_from_a_missing_one() {
     );
     assert_eq!(err.matches("r.jsonl:2").count(), 1, "{err}");
 }
+
+#[test]
+fn eval_cache_reuses_generations_and_keys_sampled_ones_by_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |out: &str, seed: &str| {
+        let out_dir = dir.path().join(out);
+        let o = trust(&[
+            "eval",
+            "--model",
+            "mock",
+            "--verticals",
+            "toxicity,machine_ethics",
+            "--scorer",
+            "mock",
+            "--samples",
+            "2",
+            "--limit",
+            "3",
+            "--bootstrap",
+            "10",
+            "--seed",
+            seed,
+            "--cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("cache "))
+            .unwrap_or_else(|| panic!("no cache line in {stderr}"))
+            .to_string();
+        let nums: Vec<usize> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let responses = |v: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(out_dir.join(v).join("samples.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["responses"].clone())
+                .collect()
+        };
+        (nums, responses("toxicity"), responses("machine_ethics"))
+    };
+    let (first, tox_a, eth_a) = run("a", "0");
+    let total = first[1];
+    assert_eq!(first[0], 0, "an empty cache answers nothing");
+    assert!(total >= 6, "{first:?}");
+    let (second, tox_b, eth_b) = run("b", "0");
+    assert_eq!(
+        second,
+        vec![total, total],
+        "the same run is answered from the cache"
+    );
+    assert_eq!((tox_a, eth_a.clone()), (tox_b, eth_b));
+    // Another run seed: the sampled toxicity generations are new, the greedy ethics ones are not.
+    let (third, _, eth_c) = run("c", "7");
+    assert!(third[0] > 0 && third[0] < total, "{third:?}");
+    assert_eq!(eth_a, eth_c);
+    let stored = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(
+        stored,
+        total + (total - third[0]),
+        "one file per distinct request"
+    );
+}

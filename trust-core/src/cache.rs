@@ -1,8 +1,9 @@
 //! A generation cache as a model wrapper (tower-style): `Cached<M>` is itself a
 //! [`LanguageModel`].
 //!
-//! The key is sha256 over (model id, weights hash, prompt, decoding config, and — only for sampled
-//! decoding — the request seed, which encodes the sample and its index). Errors are never stored.
+//! The key is sha256 over (model id, weights hash, backend and its details — dtype, device,
+//! quantisation, HTTP options —, prompt, decoding config, and — only for sampled decoding — the
+//! request seed, which encodes the sample and its index). Errors are never stored.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -77,6 +78,7 @@ pub fn cache_key(model: &ModelInfo, req: &GenerateRequest) -> String {
         "model": model.id,
         "weights": model.weights_sha256,
         "backend": model.backend,
+        "details": model.details,
         "prompt": req.prompt,
         "config": req.config,
         "seed": seed,
@@ -89,6 +91,7 @@ pub struct Cached<M, C> {
     inner: M,
     cache: C,
     hits: AtomicUsize,
+    lookups: AtomicUsize,
 }
 
 impl<M: LanguageModel, C: GenerationCache> Cached<M, C> {
@@ -98,11 +101,16 @@ impl<M: LanguageModel, C: GenerationCache> Cached<M, C> {
             inner,
             cache,
             hits: AtomicUsize::new(0),
+            lookups: AtomicUsize::new(0),
         }
     }
     /// Number of requests answered from the cache so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
+    }
+    /// Number of generation requests looked up so far (hits and misses).
+    pub fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::Relaxed)
     }
     /// The wrapped model.
     pub fn inner(&self) -> &M {
@@ -128,6 +136,7 @@ impl<M: LanguageModel, C: GenerationCache> LanguageModel for Cached<M, C> {
             keys.iter().map(|k| self.cache.get(k).map(Ok)).collect();
         let hits = out.iter().filter(|o| o.is_some()).count();
         self.hits.fetch_add(hits, Ordering::Relaxed);
+        self.lookups.fetch_add(requests.len(), Ordering::Relaxed);
         let miss_idx: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
         if !miss_idx.is_empty() {
             let misses: Vec<GenerateRequest> =

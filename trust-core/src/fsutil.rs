@@ -20,27 +20,52 @@ fn temp_path(path: &Path) -> PathBuf {
 /// Replaces `path` with `bytes` atomically: temporary file, `fsync`, rename, directory `fsync`.
 /// On error the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+    replace_via(path, |tmp| {
+        let mut f = std::fs::File::create(tmp)?;
         f.write_all(bytes.as_ref())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        #[cfg(unix)]
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            // Best effort: some file systems refuse to open directories for syncing.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
         Ok(())
-    })();
+    })
+}
+
+/// Replaces `path` atomically with what `write` puts in the temporary file it is given (for
+/// writers that take a path, such as `candle_core::safetensors::save`): the file is synced to
+/// disk, renamed over `path`, and the directory synced. On error the temporary file is removed
+/// and `path` is untouched.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// let target = dir.path().join("weights.bin");
+/// trust_core::fsutil::replace_via(&target, |tmp| std::fs::write(tmp, b"new weights")).unwrap();
+/// assert_eq!(std::fs::read(&target).unwrap(), b"new weights");
+/// ```
+pub fn replace_via<E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    let tmp = temp_path(path);
+    let result = write(&tmp).and_then(|()| {
+        (|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&tmp)?
+                .sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            #[cfg(unix)]
+            if let Some(dir) = path.parent() {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                // Best effort: some file systems refuse to open directories for syncing.
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })()
+        .map_err(E::from)
+    });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -88,5 +113,22 @@ mod tests {
             })
             .count();
         assert_eq!(stray, 0);
+    }
+
+    #[test]
+    fn a_failing_writer_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.safetensors");
+        std::fs::write(&p, "old").unwrap();
+        let r = replace_via(&p, |tmp| {
+            std::fs::write(tmp, "half")?;
+            Err(std::io::Error::other("killed mid-write"))
+        });
+        assert_eq!(r.unwrap_err().to_string(), "killed mid-write");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        replace_via(&p, |tmp| std::fs::write(tmp, "new")).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

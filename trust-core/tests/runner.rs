@@ -385,6 +385,41 @@ async fn cache_answers_repeats_and_never_stores_errors() {
         .generate(&[greedy_other_seed, sampled_other_seed])
         .await;
     assert_eq!(cached.hits(), 3);
+    assert_eq!(cached.lookups(), 8);
+}
+
+#[test]
+fn cache_keys_separate_what_can_change_a_generation() {
+    let info = trust_core::testing::MockModel::new().info();
+    let req = GenerateRequest {
+        prompt: "p".into(),
+        config: DecodingConfig::greedy(4),
+        seed: 0,
+    };
+    let key = trust_core::cache::cache_key(&info, &req);
+    assert_eq!(key.len(), 64);
+    let other_dtype = trust_core::ModelInfo {
+        details: format!("{} dtype=bf16", info.details),
+        ..info.clone()
+    };
+    let other_weights = trust_core::ModelInfo {
+        weights_sha256: Some("00".repeat(32)),
+        ..info.clone()
+    };
+    let longer = GenerateRequest {
+        config: DecodingConfig::greedy(5),
+        ..req.clone()
+    };
+    for (what, k) in [
+        ("details", trust_core::cache::cache_key(&other_dtype, &req)),
+        (
+            "weights",
+            trust_core::cache::cache_key(&other_weights, &req),
+        ),
+        ("decoding", trust_core::cache::cache_key(&info, &longer)),
+    ] {
+        assert_ne!(k, key, "{what} must change the key");
+    }
 }
 
 #[tokio::test]

@@ -562,7 +562,7 @@ pub fn write_hf_companions(model: &Path, out: &Path) -> Result<(), BackendError>
             let write = |name: &str, v: &serde_json::Value| -> Result<(), BackendError> {
                 let p = out.join(name);
                 let text = serde_json::to_string_pretty(v).expect("json");
-                std::fs::write(&p, text + "\n").map_err(io(&p))
+                trust_core::fsutil::write_atomic(&p, text + "\n").map_err(io(&p))
             };
             write("config.json", &config)?;
             let mut gen_cfg = serde_json::json!({});

@@ -21,9 +21,13 @@ use crate::BackendError;
 /// Settings of an [`HttpModel`]. [`HttpOptions::new`] gives the defaults; fields are public.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpOptions {
-    /// Base URL up to and including the API version, e.g. `http://127.0.0.1:8000/v1`.
-    /// Plain `http://` only: put a TLS-terminating proxy in front for `https`.
+    /// Base URL up to and including the API version, e.g. `http://127.0.0.1:8000/v1` or
+    /// `https://api.example.com/v1` (TLS by rustls, no OpenSSL; server certificates are checked
+    /// against the Mozilla roots compiled in, plus [`HttpOptions::ca_cert`]).
     pub base_url: String,
+    /// A PEM file of extra root certificates to trust for `https` (a private CA, or a server's
+    /// self-signed certificate). `None`: the `TRUST_CA_CERT` environment variable, if set.
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Served model name, sent as `model`.
     pub model: String,
     /// Use `/v1/chat/completions`: the prompt becomes one user message (after the optional
@@ -93,6 +97,7 @@ impl HttpOptions {
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         HttpOptions {
             base_url: base_url.into(),
+            ca_cert: None,
             model: model.into(),
             chat: false,
             system_prompt: None,
@@ -116,14 +121,15 @@ impl HttpOptions {
     /// Parses `URL#MODEL[;key=value...]`, the `--model` syntax of `trust eval`:
     /// `http://127.0.0.1:8000/v1#tiny;chat;concurrency=4;timeout=60;retries=2;backoff_ms=100;
     /// loglik=off;loglik_max_tokens=1;api_key_env=MY_KEY;vllm` (`vllm` turns on the
-    /// `stop_token_ids`, `ignore_eos` and `top_k` extensions; each can also be named alone).
+    /// `stop_token_ids`, `ignore_eos` and `top_k` extensions; each can also be named alone), or
+    /// `https://…#model;ca_cert=/path/ca.pem`.
     pub fn from_spec(spec: &str) -> Result<Self, BackendError> {
         let bad = |m: String| config_error(spec, m);
         let (url, rest) = spec.split_once('#').ok_or_else(|| {
             bad("expected URL#MODEL (e.g. http://127.0.0.1:8000/v1#my-model)".into())
         })?;
         if !url.starts_with("http://") && !url.starts_with("https://") {
-            return Err(bad("the URL must start with http://".into()));
+            return Err(bad("the URL must start with http:// or https://".into()));
         }
         let mut parts = rest.split(';');
         let model = parts.next().unwrap_or("").trim();
@@ -147,6 +153,7 @@ impl HttpOptions {
             match k {
                 "chat" => o.chat = flag(v)?,
                 "system" => o.system_prompt = Some(v.to_string()),
+                "ca_cert" if !v.is_empty() => o.ca_cert = Some(v.into()),
                 "api_key_env" => o.api_key_env = v.to_string(),
                 "concurrency" => o.max_concurrency = num(v)?.max(1) as usize,
                 "timeout" => o.timeout = Duration::from_secs_f64(num(v)? as f64),
@@ -185,6 +192,24 @@ impl HttpOptions {
         }
         Ok(o)
     }
+}
+
+/// The certificates of a PEM file (one or more `BEGIN CERTIFICATE` blocks), for
+/// [`HttpOptions::ca_cert`].
+fn read_ca_certs(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, BackendError> {
+    let bad = |m: String| BackendError::Config {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("reading the CA certificate: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "no `-----BEGIN CERTIFICATE-----` block in the file".into()
+        ));
+    }
+    Ok(certs)
 }
 
 fn config_error(what: &str, message: String) -> BackendError {
@@ -259,18 +284,31 @@ struct AttemptError {
 }
 
 impl HttpModel {
-    /// A client for the server in `opts`. Reads the API key from `opts.api_key_env` now; sends
+    /// A client for the server in `opts`. Reads the API key from `opts.api_key_env` and the
+    /// extra root certificates ([`HttpOptions::ca_cert`], else `TRUST_CA_CERT`) now; sends
     /// nothing yet.
     pub fn new(opts: HttpOptions) -> Result<Self, BackendError> {
-        if !opts.base_url.starts_with("http://") {
+        if !opts.base_url.starts_with("http://") && !opts.base_url.starts_with("https://") {
             return Err(config_error(
                 &opts.base_url,
-                "only plain http:// URLs are supported (put a TLS-terminating proxy on loopback in front of https servers)".into(),
+                "the URL must start with http:// or https://".into(),
             ));
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(opts.timeout)
-            .connect_timeout(opts.connect_timeout)
+            .connect_timeout(opts.connect_timeout);
+        let ca = opts.ca_cert.clone().or_else(|| {
+            std::env::var_os("TRUST_CA_CERT")
+                .filter(|v| !v.is_empty())
+                .map(Into::into)
+        });
+        if let Some(path) = &ca {
+            for cert in read_ca_certs(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| config_error(&opts.base_url, format!("building the HTTP client: {e}")))?;
         let key = std::env::var(&opts.api_key_env)
@@ -829,8 +867,27 @@ mod tests {
         let o = HttpOptions::from_spec("http://h/v1#m;stop_ids=send").unwrap();
         assert!(o.stop_token_ids && o.ignore_eos);
         assert!(HttpOptions::from_spec("http://h/v1#m;stop_ids=maybe").is_err());
-        let https = HttpOptions::from_spec("https://h/v1#m").unwrap();
-        assert!(HttpModel::new(https).is_err(), "https needs a TLS proxy");
+        let https = HttpOptions::from_spec("https://h/v1#m;ca_cert=/etc/x.pem").unwrap();
+        assert_eq!(
+            https.ca_cert.as_deref(),
+            Some(std::path::Path::new("/etc/x.pem"))
+        );
+        let e = HttpModel::new(https).unwrap_err().to_string();
+        assert!(
+            e.starts_with("/etc/x.pem: reading the CA certificate"),
+            "{e}"
+        );
+        assert!(HttpModel::new(HttpOptions::from_spec("https://h/v1#m").unwrap()).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let mut o = HttpOptions::new("https://h/v1", "m");
+        o.ca_cert = Some(not_pem.clone());
+        let e = HttpModel::new(o).unwrap_err().to_string();
+        assert!(
+            e.contains("ca.pem") && e.contains("BEGIN CERTIFICATE"),
+            "{e}"
+        );
     }
 
     fn echoed(tokens: &[(&str, Option<f64>, f64)]) -> Logprobs {

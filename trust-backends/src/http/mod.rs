@@ -9,8 +9,8 @@
 //! the failing samples. Log-likelihood uses `echo` + `logprobs` (see
 //! [`HttpModel`]'s `loglikelihood`). [`ShardedModel`] spreads a run over several servers.
 //!
-//! Plain `http://` only (no TLS stack is compiled in): reach `https` servers through a
-//! TLS-terminating proxy. The API key is read from an environment variable
+//! `https://` goes through rustls (ring provider, Mozilla roots compiled in; extra roots from
+//! [`HttpOptions::ca_cert`] or `TRUST_CA_CERT`). The API key is read from an environment variable
 //! ([`HttpOptions::api_key_env`], default `OPENAI_API_KEY`) and never logged. See
 //! `docs/http-backend.md`.
 

@@ -80,6 +80,34 @@ struct Past {
     values: Vec<DynValue>,
 }
 
+/// Most heads or head dimensions a key/value cache may have.
+const MAX_KV_DIM: usize = 1 << 16;
+
+/// The cache tensors are allocated from these sizes (read from config.json when the graph leaves
+/// them dynamic): refuse absurd ones — a config.json saying 10^12 heads — naming the field, instead
+/// of aborting the process on the allocation.
+fn check_kv_dims(
+    heads: Option<usize>,
+    head_dim: Option<usize>,
+    config_path: &Path,
+) -> Result<(), BackendError> {
+    for (what, v) in [
+        (
+            "key/value heads (num_key_value_heads / num_attention_heads)",
+            heads,
+        ),
+        ("head_dim (or hidden_size / num_attention_heads)", head_dim),
+    ] {
+        if let Some(v) = v.filter(|&v| v == 0 || v > MAX_KV_DIM) {
+            return Err(BackendError::Config {
+                path: config_path.to_path_buf(),
+                message: format!("{what} is {v}; a key/value cache needs 1..={MAX_KV_DIM}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn sig_err(model: &Path, message: String) -> BackendError {
     BackendError::ModelSignature {
         path: model.to_path_buf(),
@@ -229,6 +257,7 @@ impl OrtCausalLm {
                     (n > 0).then(|| h / n)
                 })
             };
+            check_kv_dims(heads, head_dim, &config_path)?;
             match (heads, head_dim) {
                 (Some(heads), Some(head_dim)) => Some(KvSpec {
                     layers,
@@ -664,6 +693,23 @@ impl LanguageModel for OrtCausalLm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_cache_sizes_are_refused_by_name() {
+        let p = Path::new("m/config.json");
+        assert!(check_kv_dims(Some(16), Some(64), p).is_ok());
+        assert!(check_kv_dims(None, None, p).is_ok());
+        let e = check_kv_dims(Some(1_000_000_000_000), Some(64), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("num_key_value_heads") && e.contains("1000000000000"),
+            "{e}"
+        );
+        assert!(e.contains("m/config.json"), "{e}");
+        let e = check_kv_dims(Some(4), Some(0), p).unwrap_err().to_string();
+        assert!(e.contains("head_dim") && e.contains("is 0"), "{e}");
+    }
 
     #[test]
     fn kv_names() {
