@@ -91,6 +91,10 @@ pub fn table(r: &CheckReport) -> String {
 }
 
 pub fn run(a: CheckArgs) -> anyhow::Result<()> {
+    // Spec verticals of the runs are rebuilt from their manifests (no spec file needed).
+    for d in [&a.baseline, &a.candidate] {
+        trust_verticals::spec::register_specs_in_run(d)?;
+    }
     let bounds =
         Bound::parse_list(&a.max_regression).map_err(|e| crate::exit::usage(e.to_string()))?;
     if !(a.confidence > 0.0 && a.confidence < 1.0) {

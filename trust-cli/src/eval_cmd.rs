@@ -25,9 +25,15 @@ pub struct EvalArgs {
     #[arg(long)]
     model: String,
     /// `all` or a comma-separated list of verticals (toxicity, stereotype, machine_ethics,
-    /// truthfulness, privacy).
-    #[arg(long, default_value = "all")]
-    verticals: String,
+    /// truthfulness, privacy). Default: `all`, or none when `--vertical-spec` is given.
+    #[arg(long)]
+    verticals: Option<String>,
+    /// A declarative vertical (TOML: data file, prompt template, decoding, parser, metrics; see
+    /// docs/vertical-specs.md) to run as well; repeatable. It runs under its own protocol
+    /// (unless `--protocol NAME=P` overrides it) and is recorded, spec and data sha256 included,
+    /// in its manifest.
+    #[arg(long, value_name = "FILE")]
+    vertical_spec: Vec<PathBuf>,
     /// Protocol for every vertical, optionally followed by per-vertical overrides:
     /// `paper` or `paper,toxicity=paper-text,truthfulness=loglik`.
     #[arg(long, default_value = "paper")]
@@ -310,7 +316,7 @@ pub fn default_scorer(needs_one: bool) -> anyhow::Result<Option<Box<dyn TextScor
 /// Protocols of `vertical` whose decoding needs no beam search.
 fn beam_free_protocols(vertical: &str) -> Vec<String> {
     registry::protocols(vertical)
-        .unwrap_or(&[])
+        .unwrap_or_default()
         .iter()
         .filter(|p| {
             registry::build(vertical, p, &BuildOptions::default())
@@ -335,7 +341,7 @@ pub fn parse_verticals(spec: &str) -> anyhow::Result<Vec<String>> {
         if registry::protocols(v).is_none() {
             return Err(usage(format!(
                 "unknown vertical `{v}` (known: {}, or all)",
-                registry::VERTICALS.join(", ")
+                registry::known_verticals().join(", ")
             )));
         }
         if !out.iter().any(|x| x == v) {
@@ -395,8 +401,8 @@ pub fn check_protocols(
         .iter()
         .filter_map(|v| {
             let p = protocol_for(v, default, overrides);
-            let known = registry::protocols(v).unwrap_or(&[]);
-            (!known.contains(&p.as_str())).then(|| {
+            let known = registry::protocols(v).unwrap_or_default();
+            (!known.contains(&p)).then(|| {
                 format!(
                     "no protocol `{p}` for {v} (protocols: {})",
                     known.join(", ")
@@ -500,14 +506,51 @@ pub fn run(a: EvalArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
-    let mut verticals = parse_verticals(&a.verticals)?;
-    let (default_protocol, overrides) = parse_protocols(&a.protocol)?;
+    // Spec verticals first: registered, they are known to --verticals and --protocol.
+    let mut spec_names = Vec::new();
+    for file in &a.vertical_spec {
+        let name = trust_verticals::spec::register_file(file).map_err(|e| usage(e.to_string()))?;
+        if !spec_names.contains(&name) {
+            spec_names.push(name);
+        }
+    }
+    let verticals_arg = a.verticals.clone().unwrap_or_else(|| {
+        if spec_names.is_empty() {
+            "all".into()
+        } else {
+            String::new()
+        }
+    });
+    let mut verticals = if verticals_arg.trim().is_empty() {
+        Vec::new()
+    } else {
+        parse_verticals(&verticals_arg)?
+    };
+    for n in &spec_names {
+        if !verticals.contains(n) {
+            verticals.push(n.clone());
+        }
+    }
+    let (default_protocol, mut overrides) = parse_protocols(&a.protocol)?;
+    // A registered vertical (a spec, or a Rust one of `trust_cli::run`) without the default
+    // protocol runs under its first one, unless --protocol NAME=P says otherwise (later wins).
+    for n in verticals.iter().rev() {
+        let Some(own) = registry::protocols(n) else {
+            continue;
+        };
+        if !registry::VERTICALS.contains(&n.as_str())
+            && !own.contains(&default_protocol)
+            && let Some(first) = own.first()
+        {
+            overrides.insert(0, (n.clone(), first.clone()));
+        }
+    }
     check_protocols(&verticals, &default_protocol, &overrides)?;
     // `--scorer none` leaves toxicity out of `all`; asking for it by name is contradictory.
     let no_scorer = a.scorer.as_deref().is_some_and(|s| s.trim() == "none");
     let mut not_requested = Vec::new();
     if no_scorer && verticals.iter().any(|v| v == "toxicity") {
-        if a.verticals.trim() != "all" {
+        if verticals_arg.trim() != "all" {
             return Err(usage(
                 "--verticals names toxicity but --scorer none gives it no scorer (drop one of them)",
             ));
@@ -516,7 +559,13 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
         eprintln!("toxicity left out: --scorer none");
         not_requested.push(json!({"vertical": "toxicity", "protocol": protocol_for("toxicity", &default_protocol, &overrides), "status": "skipped", "reason": "--scorer none"}));
     }
-    let data = DataDir::resolve(a.data_dir.as_deref())?;
+    // Spec verticals read their own data files: a run of only those needs no data directory.
+    let only_specs = verticals.iter().all(|v| spec_names.contains(v));
+    let data = if only_specs && a.data_dir.is_none() {
+        DataDir::resolve(None).unwrap_or_else(|_| DataDir::empty())
+    } else {
+        DataDir::resolve(a.data_dir.as_deref())?
+    };
     if a.dry_run {
         return crate::progress::dry_run(
             &verticals,

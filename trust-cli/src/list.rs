@@ -16,7 +16,7 @@ pub struct ListArgs {
 pub fn run(a: ListArgs) -> anyhow::Result<()> {
     println!("verticals and their protocols (default: paper):");
     for v in trust_verticals::registry::VERTICALS {
-        let protocols = trust_verticals::registry::protocols(v).unwrap_or(&[]);
+        let protocols = trust_verticals::registry::protocols(v).unwrap_or_default();
         println!("  {v:<16} {}", protocols.join(", "));
     }
     let data = DataDir::resolve(a.data_dir.as_deref())?;

@@ -148,8 +148,8 @@ pub async fn dry_run(
             .map(|(_, p)| p.clone())
             .unwrap_or_else(|| default_protocol.to_string());
         if !registry::protocols(name)
-            .unwrap_or(&[])
-            .contains(&protocol.as_str())
+            .unwrap_or_default()
+            .contains(&protocol)
         {
             eprintln!("skipping {name}: no protocol `{protocol}`");
             continue;

@@ -43,6 +43,10 @@ pub fn run(a: ReportArgs) -> anyhow::Result<()> {
             );
         }
     }
+    // Spec verticals of the runs are rebuilt from their manifests (no spec file needed).
+    for d in &a.runs {
+        trust_verticals::spec::register_specs_in_run(d)?;
+    }
     let mut report =
         trust_report::build_from_dirs(&a.runs, a.labels.as_deref(), a.attribution.as_deref())?;
     // Paired changes against the first run, where both runs answered samples of one protocol.

@@ -22,11 +22,15 @@ use crate::eval_cmd::make_scorer;
 #[derive(clap::Args)]
 pub struct ScoreArgs {
     /// Vertical name.
+    #[arg(long, required_unless_present = "vertical_spec")]
+    vertical: Option<String>,
+    /// A declarative vertical (TOML, docs/vertical-specs.md) to score the replies with, instead
+    /// of a built-in `--vertical`.
+    #[arg(long, value_name = "FILE", conflicts_with = "vertical")]
+    vertical_spec: Option<PathBuf>,
+    /// Protocol variant (default: `paper`, or the spec's protocol).
     #[arg(long)]
-    vertical: String,
-    /// Protocol variant.
-    #[arg(long, default_value = "paper")]
-    protocol: String,
+    protocol: Option<String>,
     /// JSON Lines file of saved replies.
     #[arg(long)]
     replies: PathBuf,
@@ -105,7 +109,21 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
-    let data = DataDir::resolve(a.data_dir.as_deref())?;
+    let (name, default_protocol) = match &a.vertical_spec {
+        Some(file) => {
+            let name = trust_verticals::spec::register_file(file)?;
+            let p = registry::protocols(&name).unwrap_or_default();
+            (name, p.first().cloned().unwrap_or_default())
+        }
+        None => (a.vertical.clone().unwrap_or_default(), "paper".to_string()),
+    };
+    let protocol = a.protocol.clone().unwrap_or(default_protocol);
+    // A spec vertical reads its own data file; only built-in ones need the data directory.
+    let data = if a.vertical_spec.is_some() && a.data_dir.is_none() {
+        DataDir::resolve(None).unwrap_or_else(|_| DataDir::empty())
+    } else {
+        DataDir::resolve(a.data_dir.as_deref())?
+    };
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec, &data)?,
         None => None,
@@ -126,7 +144,7 @@ async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
         scorer: Some(info),
         ..Default::default()
     };
-    let vertical = registry::build(&a.vertical, &a.protocol, &opts)?;
+    let vertical = registry::build(&name, &protocol, &opts)?;
 
     let path = &a.replies;
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

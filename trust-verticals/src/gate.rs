@@ -80,7 +80,7 @@ impl Bound {
         if crate::registry::protocols(vertical).is_none() {
             return Err(bad(&format!(
                 "unknown vertical `{vertical}` (known: {})",
-                crate::registry::VERTICALS.join(", ")
+                crate::registry::known_verticals().join(", ")
             )));
         }
         if metric.is_empty() {

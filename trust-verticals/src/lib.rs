@@ -37,6 +37,7 @@ pub mod py_unicode;
 pub mod registry;
 pub mod scorer_agreement;
 pub mod sophistry;
+pub mod spec;
 pub mod stereotype;
 pub mod toxicity;
 pub mod truthfulness;

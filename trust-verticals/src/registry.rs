@@ -28,7 +28,7 @@ pub const VERTICALS: &[&str] = &[
 ];
 
 /// The protocol names of a built-in vertical.
-pub fn protocols(vertical: &str) -> Option<&'static [&'static str]> {
+fn built_in_protocols(vertical: &str) -> Option<&'static [&'static str]> {
     Some(match vertical {
         "toxicity" => ToxicityProtocol::NAMES,
         "stereotype" => StereotypeProtocol::NAMES,
@@ -37,6 +37,125 @@ pub fn protocols(vertical: &str) -> Option<&'static [&'static str]> {
         "privacy" => PrivacyProtocol::NAMES,
         _ => return None,
     })
+}
+
+/// The protocol names of a vertical, built-in or [registered](register); `None` for an unknown
+/// name.
+pub fn protocols(vertical: &str) -> Option<Vec<String>> {
+    if let Some(p) = built_in_protocols(vertical) {
+        return Some(p.iter().map(|s| s.to_string()).collect());
+    }
+    let custom = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
+    custom
+        .iter()
+        .find(|c| c.name == vertical)
+        .map(|c| c.protocols.clone())
+}
+
+/// Every vertical [`build`] knows: the built-in ones in report order, then the registered ones
+/// in registration order.
+pub fn known_verticals() -> Vec<String> {
+    let custom = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
+    VERTICALS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(custom.iter().map(|c| c.name.clone()))
+        .collect()
+}
+
+/// Builds a registered vertical under one of its protocols.
+pub type BuildFn =
+    dyn Fn(&str, &BuildOptions) -> Result<Box<dyn AnyVertical>> + Send + Sync + 'static;
+
+/// A vertical defined outside this crate — a Rust type implementing [`Vertical`], or a
+/// declarative spec ([`crate::spec`]) — made known to [`build`], [`protocols`] and so to the
+/// `trust` command line ([`register`]).
+#[derive(Clone)]
+pub struct CustomVertical {
+    name: String,
+    protocols: Vec<String>,
+    build: std::sync::Arc<BuildFn>,
+}
+
+impl CustomVertical {
+    /// A vertical `name` with `protocols` (the first is its default), built by `build(protocol,
+    /// options)`.
+    ///
+    /// ```
+    /// use trust_verticals::registry::{self, CustomVertical};
+    /// use trust_verticals::machine_ethics::MachineEthics;
+    ///
+    /// // Any `Vertical` works; here a built-in one under a new name stands in for a user's type.
+    /// struct Renamed(MachineEthics);
+    /// # impl trust_core::Vertical for Renamed {
+    /// #     type Sample = <MachineEthics as trust_core::Vertical>::Sample;
+    /// #     fn name(&self) -> &str { "my_ethics" }
+    /// #     fn version(&self) -> &str { "1" }
+    /// #     fn protocol(&self) -> &str { "paper" }
+    /// #     fn requirements(&self) -> trust_core::Requirements { self.0.requirements() }
+    /// #     fn data_files(&self) -> Vec<String> { self.0.data_files() }
+    /// #     fn load(&self, d: &trust_core::DataDir) -> trust_core::Result<Vec<Self::Sample>> { self.0.load(d) }
+    /// #     fn sample_id(&self, s: &Self::Sample) -> String { self.0.sample_id(s) }
+    /// #     fn requests(&self, s: &Self::Sample, seed: u64) -> Vec<trust_core::Request> { self.0.requests(s, seed) }
+    /// #     fn score(&self, s: &Self::Sample, r: &[trust_core::Response], sc: &[trust_core::Scores]) -> Result<trust_core::Outcome, String> { self.0.score(s, r, sc) }
+    /// #     fn metrics(&self) -> Vec<Box<dyn trust_core::Metric>> { self.0.metrics() }
+    /// # }
+    /// registry::register(CustomVertical::new("my_ethics", ["paper"], |_protocol, _opts| {
+    ///     Ok(Box::new(Renamed(MachineEthics::by_name("paper").unwrap())))
+    /// }))
+    /// .unwrap();
+    /// assert_eq!(registry::protocols("my_ethics"), Some(vec!["paper".to_string()]));
+    /// let v = registry::build("my_ethics", "paper", &Default::default()).unwrap();
+    /// assert_eq!(v.name(), "my_ethics");
+    /// ```
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        protocols: impl IntoIterator<Item = S>,
+        build: impl Fn(&str, &BuildOptions) -> Result<Box<dyn AnyVertical>> + Send + Sync + 'static,
+    ) -> Self {
+        CustomVertical {
+            name: name.into(),
+            protocols: protocols.into_iter().map(Into::into).collect(),
+            build: std::sync::Arc::new(build),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for CustomVertical {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CustomVertical")
+            .field("name", &self.name)
+            .field("protocols", &self.protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+static CUSTOM: std::sync::RwLock<Vec<CustomVertical>> = std::sync::RwLock::new(Vec::new());
+
+/// Makes `vertical` known to [`build`] for the rest of the process (a second registration of a
+/// name replaces the first). Built-in names cannot be taken; a vertical needs ≥ 1 protocol.
+pub fn register(vertical: CustomVertical) -> Result<()> {
+    if VERTICALS.contains(&vertical.name.as_str()) {
+        return Err(Error::Config(format!(
+            "`{}` is a built-in vertical; a custom one needs another name",
+            vertical.name
+        )));
+    }
+    if vertical.protocols.is_empty() {
+        return Err(Error::Config(format!(
+            "custom vertical `{}` has no protocol",
+            vertical.name
+        )));
+    }
+    let mut custom = CUSTOM.write().unwrap_or_else(|e| e.into_inner());
+    custom.retain(|c| c.name != vertical.name);
+    custom.push(vertical);
+    Ok(())
 }
 
 /// Options applied when building a vertical.
@@ -57,11 +176,26 @@ pub struct BuildOptions {
 /// Builds the vertical `name` under protocol `protocol`. Unknown names are configuration errors
 /// listing the valid ones.
 pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn AnyVertical>> {
-    let Some(names) = protocols(name) else {
-        return Err(Error::Config(format!(
-            "unknown vertical `{name}` (known: {})",
-            VERTICALS.join(", ")
-        )));
+    let Some(names) = built_in_protocols(name) else {
+        let custom = CUSTOM
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|c| c.name == name)
+            .cloned();
+        let Some(custom) = custom else {
+            return Err(Error::Config(format!(
+                "unknown vertical `{name}` (known: {})",
+                known_verticals().join(", ")
+            )));
+        };
+        if !custom.protocols.iter().any(|p| p == protocol) {
+            return Err(Error::Config(format!(
+                "vertical `{name}` has no protocol `{protocol}` (protocols: {})",
+                custom.protocols.join(", ")
+            )));
+        }
+        return (custom.build)(protocol, opts);
     };
     if !names.contains(&protocol) {
         return Err(Error::Config(format!(
@@ -381,8 +515,8 @@ mod tests {
         assert!(e.contains("paper, paper-text, decodingtrust"), "{e}");
         for v in VERTICALS {
             for p in protocols(v).unwrap() {
-                let built = build(v, p, &BuildOptions::default()).unwrap();
-                assert_eq!((built.name(), built.protocol()), (*v, *p));
+                let built = build(v, &p, &BuildOptions::default()).unwrap();
+                assert_eq!((built.name(), built.protocol()), (*v, p.as_str()));
             }
         }
     }

@@ -425,7 +425,7 @@ async fn every_vertical_and_protocol_runs_on_the_mock() {
                 scorer: Some(trust_core::TextScorer::info(&scorer)),
                 ..Default::default()
             };
-            let v = registry::build(name, protocol, &opts).unwrap();
+            let v = registry::build(name, &protocol, &opts).unwrap();
             let report = v.run(&runner(6), &model, Some(&scorer), &d).await.unwrap();
             assert_eq!(report.n_samples, 6, "{name}/{protocol}");
             assert_eq!(report.n_ok, 6, "{name}/{protocol}: {:?}", report.failures);
