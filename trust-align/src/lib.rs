@@ -10,6 +10,7 @@
 //! training pairs in `trust-attribution`, the end-to-end run (align → evaluate → attribute →
 //! report) in the `trust` facade (`trust::pipeline`), tiny random models for tests in
 //! `trust_backends::candle::tiny`, the toxicity scorers in `trust_backends::scorers`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod heldout;

@@ -44,6 +44,7 @@
 //!   `trust attribute`; `gradients::attribute`, the in-memory path of the end-to-end pipeline);
 //!   `test_pairs` — the test pairs of all five verticals. `trust attribute` is the CLI
 //!   (docs/attribution.md).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub mod datainf;

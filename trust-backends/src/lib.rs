@@ -10,6 +10,7 @@
 //!   library named by `ORT_DYLIB_PATH`; `ort-cuda` adds the CUDA execution provider.
 //! - `http`: [`http::HttpModel`], a client of OpenAI-compatible servers (vLLM, TGI, llama.cpp,
 //!   mistral.rs, `trust serve`); with `candle` also [`http::server`], the server behind `trust serve`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 #[cfg(feature = "candle")]

@@ -18,6 +18,7 @@
 //! `examples/my_trust.rs` is a complete binary. Exit codes ([`run`]): 0 success; 1 runtime
 //! failure or asked-for work that did not happen; 2 usage error (bad arguments).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

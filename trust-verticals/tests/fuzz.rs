@@ -142,3 +142,87 @@ fn data_loaders_never_panic() {
         },
     );
 }
+
+fn example_specs() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/specs"))
+}
+
+/// Vertical specs (`trust eval --vertical-spec`): the TOML reader and its checks, the data
+/// loader behind a spec, and the spec parsers on replies.
+#[test]
+fn vertical_specs_never_panic() {
+    use trust_core::{Response, ScoreContext, Vertical};
+    use trust_verticals::spec::SpecVertical;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["refusal.jsonl", "jailbreak.jsonl"] {
+        std::fs::copy(example_specs().join(f), dir.path().join(f)).unwrap();
+    }
+    let spec = |name: &str| std::fs::read(example_specs().join(name)).unwrap();
+    let options_spec = br#"
+name = "mc"
+[data]
+file = "refusal.jsonl"
+id = "id"
+[prompt]
+template = "{request} (A) yes (B) no {{x}}"
+[parser]
+kind = "options"
+options = ["A", "B", "\u00e9t\u00e9"]
+answer = "kind"
+[[metrics]]
+kind = "mean"
+name = "accuracy"
+value = "correct"
+by = "topic"
+"#
+    .to_vec();
+    let corpus = vec![
+        spec("refusal.toml"),
+        spec("jailbreak.toml"),
+        options_spec.clone(),
+    ];
+    for c in &corpus {
+        SpecVertical::from_toml(&text(c), dir.path()).expect("the corpus specs are valid");
+    }
+    run("vertical-spec", corpus.clone(), ITERS / 3, |input| {
+        if let Ok(v) = SpecVertical::from_toml(&text(input), dir.path()) {
+            let _ = v.load(&DataDir::empty());
+            let _ = v.parse_reply("Sure, I can't (A) help.");
+        }
+    });
+    // The data file under a fixed spec.
+    let data_dir = tempfile::tempdir().unwrap();
+    let spec_path = data_dir.path().join("refusal.toml");
+    std::fs::copy(example_specs().join("refusal.toml"), &spec_path).unwrap();
+    let data = std::fs::read_to_string(example_specs().join("refusal.jsonl")).unwrap();
+    let first: String = data.lines().take(6).map(|l| format!("{l}\n")).collect();
+    run("spec-data", vec![first.into_bytes()], ITERS / 3, |input| {
+        std::fs::write(data_dir.path().join("refusal.jsonl"), input).unwrap();
+        if let Ok(v) = SpecVertical::from_file(&spec_path) {
+            let _ = v.load(&DataDir::empty());
+        }
+    });
+    // Every parser kind on replies, through the vertical's scoring.
+    let verticals: Vec<SpecVertical> = corpus
+        .iter()
+        .map(|c| SpecVertical::from_toml(&text(c), dir.path()).unwrap())
+        .collect();
+    let samples: Vec<_> = verticals
+        .iter()
+        .map(|v| v.load(&DataDir::empty()).unwrap().remove(0))
+        .collect();
+    let labels = vec!["toxicity".to_string()];
+    run("spec-replies", replies(), ITERS, |input| {
+        let r = text(input);
+        for (v, s) in verticals.iter().zip(&samples) {
+            let _ = v.parse_reply(&r);
+            let scores = vec![trust_core::Scores { values: vec![0.5] }];
+            let _ = v.score_in(
+                s,
+                &ScoreContext::new(0, &labels),
+                &[Response::from_replies([r.clone()])],
+                &scores,
+            );
+        }
+    });
+}

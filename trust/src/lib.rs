@@ -2,7 +2,8 @@
 //!
 //! Measure what preference alignment (SFT, DPO, PPO) does to a language model's trustworthiness —
 //! toxicity, stereotypical bias, machine ethics, truthfulness, privacy — and which training pairs
-//! caused it. This crate is the one dependency a user needs (`cargo add trust`): it re-exports the
+//! caused it. This crate is the one dependency a user needs (from a checkout, `cargo add --path
+//! PATH/TO/trust/trust`; the crates.io name `trust` belongs to another crate): it re-exports the
 //! SDK's crates under features, with a [`prelude`].
 //!
 //! | module | crate | feature |
@@ -31,6 +32,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 
 pub use trust_attribution as attribution;
