@@ -15,8 +15,8 @@ pub struct ListArgs {
 
 pub fn run(a: ListArgs) -> anyhow::Result<()> {
     println!("verticals and their protocols (default: paper):");
-    for v in trust_verticals::registry::VERTICALS {
-        let protocols = trust_verticals::registry::protocols(v).unwrap_or_default();
+    for v in trust_verticals::registry::known_verticals() {
+        let protocols = trust_verticals::registry::protocols(&v).unwrap_or_default();
         println!("  {v:<16} {}", protocols.join(", "));
     }
     let data = DataDir::resolve(a.data_dir.as_deref())?;

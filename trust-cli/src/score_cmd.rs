@@ -111,7 +111,8 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
     let (name, default_protocol) = match &a.vertical_spec {
         Some(file) => {
-            let name = trust_verticals::spec::register_file(file)?;
+            let name = trust_verticals::spec::register_file(file)
+                .map_err(|e| crate::exit::usage(e.to_string()))?;
             let p = registry::protocols(&name).unwrap_or_default();
             (name, p.first().cloned().unwrap_or_default())
         }
