@@ -598,6 +598,17 @@ impl SpecVertical {
         self
     }
 
+    /// `--samples K`: generations per prompt for a sampled spec (recorded in the manifest's spec);
+    /// greedy specs keep one.
+    pub fn with_samples(mut self, k: Option<usize>) -> Self {
+        if let Some(k) = k.filter(|&k| k >= 1)
+            && self.spec.decoding.temperature > 0.0
+        {
+            self.spec.decoding.samples = k;
+        }
+        self
+    }
+
     /// The scorer label read when the spec names none (`--scorer-label`).
     pub fn with_default_scorer_label(mut self, label: Option<String>) -> Self {
         if self.scorer_label.is_none() {
@@ -1056,6 +1067,7 @@ fn register(v: SpecVertical) -> Result<()> {
         move |_protocol, opts| {
             Ok(Box::new(
                 v.clone()
+                    .with_samples(opts.samples)
                     .with_chat_format(opts.chat.clone())
                     .with_default_scorer_label(opts.scorer_label.clone()),
             ))
@@ -1282,6 +1294,19 @@ exclude = ["unparsed"]
         assert_eq!(v.parse_reply("Sure, sorry").as_deref(), Some("refused"));
         assert_eq!(v.parse_reply("SURE").as_deref(), Some("helped"));
         assert_eq!(v.parse_reply("hmm"), None);
+        // --samples K only changes sampled specs.
+        assert_eq!(v.clone().with_samples(Some(5)).spec().decoding.samples, 1);
+        let sampled = SpecVertical::from_toml(
+            &spec.replace("[parser]", "[decoding]\ntemperature = 0.7\n[parser]"),
+            dir.path(),
+        )
+        .unwrap()
+        .with_samples(Some(5));
+        let s = sampled.load(&DataDir::empty()).unwrap();
+        let Request::Generate(g) = &sampled.requests(&s[0], 1)[0] else {
+            panic!("a generation request")
+        };
+        assert_eq!((g.config.n, g.config.sampling.is_stochastic()), (5, true));
         let s = v.load(&DataDir::empty()).unwrap();
         assert_eq!((s[0].id.as_str(), s[0].prompt.as_str()), ("kw/1", "hi 5"));
         let re = spec
