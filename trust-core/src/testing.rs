@@ -274,3 +274,53 @@ impl TextScorer for MockScorer {
             .collect()
     }
 }
+
+/// For tests that read files of the repository (its `data/`, model fixtures): `Some(path)` when
+/// `path` exists; otherwise `None` after printing why the test is skipped — a crate unpacked from
+/// its published package has no repository around it. Under CI (`CI` set and not `0`/`false`) a
+/// missing file is a failure instead, so a broken checkout never passes by skipping.
+///
+/// ```
+/// # fn demo() {
+/// let Some(data) = trust_core::testing::repo_path("../data") else {
+///     return; // skipped outside the repository
+/// };
+/// # let _ = data;
+/// # }
+/// ```
+pub fn repo_path(path: impl AsRef<std::path::Path>) -> Option<std::path::PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    repo_path_under(path.as_ref(), ci)
+}
+
+fn repo_path_under(path: &std::path::Path, ci: bool) -> Option<std::path::PathBuf> {
+    if path.exists() {
+        return Some(path.to_path_buf());
+    }
+    assert!(
+        !ci,
+        "{} is missing (CI is set, so the test fails instead of skipping)",
+        path.display()
+    );
+    eprintln!(
+        "skipped: {} is not here (outside the repository?)",
+        path.display()
+    );
+    None
+}
+
+#[cfg(test)]
+mod repo_path_tests {
+    use super::repo_path_under;
+
+    #[test]
+    fn missing_repository_files_skip_outside_ci_and_fail_under_it() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(repo_path_under(here, false).as_deref(), Some(here));
+        let gone = here.join("no-such-file");
+        assert_eq!(repo_path_under(&gone, false), None);
+        let under_ci = std::panic::catch_unwind(|| repo_path_under(&gone, true));
+        assert!(under_ci.is_err(), "CI must fail, not skip");
+    }
+}
+

@@ -465,10 +465,9 @@ mod tests {
     #[test]
     fn shared_passes_give_bit_identical_logits() {
         for name in ["tiny-gpt-neox", "tiny-llama", "tiny-qwen2", "tiny-llama3"] {
-            let dir = fixture(name);
-            if !dir.exists() {
-                panic!("fixture {} missing", dir.display());
-            }
+            let Some(dir) = trust_core::testing::repo_path(fixture(name)) else {
+                return;
+            };
             let m = CandleModel::load(&dir, &LoadOptions::default()).unwrap();
             let lm = m.model();
             let prompts = vec![

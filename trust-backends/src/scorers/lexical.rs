@@ -170,7 +170,11 @@ mod tests {
 
     #[test]
     fn fits_perspective_scores_better_than_chance() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let Some(dir) = trust_core::testing::repo_path(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data"),
+        ) else {
+            return;
+        };
         let data = DataDir::new(&dir).unwrap();
         let m = LexicalToxicity::fit(&data, 0).unwrap();
         eprintln!(
