@@ -1,20 +1,12 @@
 //! The `my-trust` example binary: `trust_cli::run` with a Rust vertical registered gives the
 //! whole CLI, the custom vertical beside the built-in ones.
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
-#[test]
-fn a_users_binary_runs_its_vertical_with_the_built_in_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let bin = env!("CARGO_BIN_EXE_my-trust");
-    let o = Command::new(bin)
-        .args([
-            "eval",
-            "--model",
-            "mock",
-            "--verticals",
-            "capitals,machine_ethics",
-        ])
+/// `my-trust eval --model mock --verticals VERTICALS ... --out OUT`.
+fn eval(verticals: &str, out: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_my-trust"))
+        .args(["eval", "--model", "mock", "--verticals", verticals])
         .args([
             "--limit",
             "3",
@@ -23,9 +15,16 @@ fn a_users_binary_runs_its_vertical_with_the_built_in_ones() {
             "--no-progress",
             "--out",
         ])
-        .arg(&out)
+        .arg(out)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn a_users_binary_runs_its_vertical_with_the_built_in_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = eval("capitals,machine_ethics", &out);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -44,18 +43,7 @@ fn a_users_binary_runs_its_vertical_with_the_built_in_ones() {
     assert_eq!(report["metrics"][0]["name"], "accuracy");
     assert_eq!(report["metrics"][0]["value"], 0.0);
     // The registry lists it; the built-in names stay reserved; usage errors still exit 2.
-    let o = Command::new(bin)
-        .args([
-            "eval",
-            "--model",
-            "mock",
-            "--verticals",
-            "capitalz",
-            "--out",
-        ])
-        .arg(dir.path().join("x"))
-        .output()
-        .unwrap();
+    let o = eval("capitalz", &dir.path().join("x"));
     assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("privacy, capitals"), "{stderr}");

@@ -313,6 +313,20 @@ pub fn default_scorer(needs_one: bool) -> anyhow::Result<Option<Box<dyn TextScor
     }
 }
 
+/// Registers the vertical spec in `file` and returns its name; a bad spec is a usage error.
+pub fn register_spec(file: &Path) -> anyhow::Result<String> {
+    trust_verticals::spec::register_file(file).map_err(|e| usage(e.to_string()))
+}
+
+/// `--data-dir`, else the default data directory. Spec verticals read their own data files, so a
+/// run of only those (`only_specs`) without `--data-dir` may have none.
+pub fn data_dir_for(dir: Option<&Path>, only_specs: bool) -> anyhow::Result<DataDir> {
+    if only_specs && dir.is_none() {
+        return Ok(DataDir::resolve(None).unwrap_or_else(|_| DataDir::empty()));
+    }
+    Ok(DataDir::resolve(dir)?)
+}
+
 /// Protocols of `vertical` whose decoding needs no beam search.
 fn beam_free_protocols(vertical: &str) -> Vec<String> {
     registry::protocols(vertical)
@@ -509,7 +523,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     // Spec verticals first: registered, they are known to --verticals and --protocol.
     let mut spec_names = Vec::new();
     for file in &a.vertical_spec {
-        let name = trust_verticals::spec::register_file(file).map_err(|e| usage(e.to_string()))?;
+        let name = register_spec(file)?;
         if !spec_names.contains(&name) {
             spec_names.push(name);
         }
@@ -561,11 +575,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
     }
     // Spec verticals read their own data files: a run of only those needs no data directory.
     let only_specs = verticals.iter().all(|v| spec_names.contains(v));
-    let data = if only_specs && a.data_dir.is_none() {
-        DataDir::resolve(None).unwrap_or_else(|_| DataDir::empty())
-    } else {
-        DataDir::resolve(a.data_dir.as_deref())?
-    };
+    let data = data_dir_for(a.data_dir.as_deref(), only_specs)?;
     if a.dry_run {
         return crate::progress::dry_run(
             &verticals,

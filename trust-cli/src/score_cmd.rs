@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use trust_core::ScorerInfo;
 use trust_core::metric::Bootstrap;
-use trust_core::{DataDir, ScorerInfo};
 use trust_verticals::registry::{self, BuildOptions, SavedSample};
 
 use crate::eval_cmd::make_scorer;
@@ -111,20 +111,14 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<()> {
 async fn run_async(a: ScoreArgs) -> anyhow::Result<()> {
     let (name, default_protocol) = match &a.vertical_spec {
         Some(file) => {
-            let name = trust_verticals::spec::register_file(file)
-                .map_err(|e| crate::exit::usage(e.to_string()))?;
+            let name = crate::eval_cmd::register_spec(file)?;
             let p = registry::protocols(&name).unwrap_or_default();
             (name, p.first().cloned().unwrap_or_default())
         }
         None => (a.vertical.clone().unwrap_or_default(), "paper".to_string()),
     };
     let protocol = a.protocol.clone().unwrap_or(default_protocol);
-    // A spec vertical reads its own data file; only built-in ones need the data directory.
-    let data = if a.vertical_spec.is_some() && a.data_dir.is_none() {
-        DataDir::resolve(None).unwrap_or_else(|_| DataDir::empty())
-    } else {
-        DataDir::resolve(a.data_dir.as_deref())?
-    };
+    let data = crate::eval_cmd::data_dir_for(a.data_dir.as_deref(), a.vertical_spec.is_some())?;
     let scorer = match a.scorer.as_deref() {
         Some(spec) => make_scorer(spec, &data)?,
         None => None,

@@ -323,4 +323,3 @@ mod repo_path_tests {
         assert!(under_ci.is_err(), "CI must fail, not skip");
     }
 }
-

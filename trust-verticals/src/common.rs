@@ -191,10 +191,33 @@ pub fn with_samples(mut config: DecodingConfig, k: Option<usize>) -> DecodingCon
 
 /// A CSV reader over a data file; errors name the file.
 pub fn read_csv_records(path: &Path) -> Result<Vec<(usize, csv::StringRecord)>> {
-    let mut rdr = csv::ReaderBuilder::new()
+    let rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .from_path(path)
         .map_err(|e| Error::data(path, 0, "<file>", e.to_string()))?;
+    records_of(rdr, path)
+}
+
+/// The header and records of CSV text already read from `path` (named in errors), with the
+/// records' starting lines as [`read_csv_records`] gives them.
+pub fn read_csv_bytes(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(csv::StringRecord, Vec<(usize, csv::StringRecord)>)> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let headers = rdr
+        .headers()
+        .cloned()
+        .map_err(|e| Error::data(path, 1, "<header>", e.to_string()))?;
+    Ok((headers, records_of(rdr, path)?))
+}
+
+fn records_of<R: std::io::Read>(
+    mut rdr: csv::Reader<R>,
+    path: &Path,
+) -> Result<Vec<(usize, csv::StringRecord)>> {
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         // Line numbers are 1-based and the header is line 1; a quoted field may span lines, so

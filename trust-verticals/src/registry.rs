@@ -45,11 +45,17 @@ pub fn protocols(vertical: &str) -> Option<Vec<String>> {
     if let Some(p) = built_in_protocols(vertical) {
         return Some(p.iter().map(|s| s.to_string()).collect());
     }
-    let custom = CUSTOM.read().unwrap_or_else(|e| e.into_inner());
-    custom
+    registered(vertical).map(|c| c.protocols)
+}
+
+/// The registered vertical `name`, if any.
+fn registered(name: &str) -> Option<CustomVertical> {
+    CUSTOM
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .find(|c| c.name == vertical)
-        .map(|c| c.protocols.clone())
+        .find(|c| c.name == name)
+        .cloned()
 }
 
 /// Every vertical [`build`] knows: the built-in ones in report order, then the registered ones
@@ -177,13 +183,7 @@ pub struct BuildOptions {
 /// listing the valid ones.
 pub fn build(name: &str, protocol: &str, opts: &BuildOptions) -> Result<Box<dyn AnyVertical>> {
     let Some(names) = built_in_protocols(name) else {
-        let custom = CUSTOM
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|c| c.name == name)
-            .cloned();
-        let Some(custom) = custom else {
+        let Some(custom) = registered(name) else {
             return Err(Error::Config(format!(
                 "unknown vertical `{name}` (known: {})",
                 known_verticals().join(", ")

@@ -394,7 +394,7 @@ impl SpecVertical {
                 ),
             ));
         }
-        let samples = v.read_samples()?;
+        let samples = v.read_samples(&bytes)?;
         if samples.is_empty() {
             return Err(spec_error(
                 origin,
@@ -661,7 +661,7 @@ impl SpecVertical {
                             if *case_sensitive {
                                 h == o.as_str()
                             } else {
-                                h.eq_ignore_ascii_case(o) || h.to_lowercase() == o.to_lowercase()
+                                h.to_lowercase() == o.to_lowercase()
                             }
                         });
                         same && t[o.len()..]
@@ -674,10 +674,11 @@ impl SpecVertical {
         }
     }
 
-    /// Reads the data file into samples (every row rendered; errors name file and line).
-    fn read_samples(&self) -> Result<Vec<SpecSample>> {
+    /// The data file's contents (`bytes`) as samples (every row rendered; errors name file and
+    /// line).
+    fn read_samples(&self, bytes: &[u8]) -> Result<Vec<SpecSample>> {
         let path = &self.data_path;
-        let rows = read_rows(path)?;
+        let rows = read_rows(path, bytes)?;
         let mut seen = BTreeMap::new();
         let mut out = Vec::with_capacity(rows.len());
         for (line, fields) in rows {
@@ -806,13 +807,13 @@ fn data_format(path: &Path) -> Option<bool> {
     }
 }
 
-/// The rows of a `.jsonl` or `.csv` file as text fields, with their line numbers.
-fn read_rows(path: &Path) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
+/// The rows of a `.jsonl` or `.csv` file (`bytes`, read from `path`) as text fields, with their
+/// line numbers.
+fn read_rows(path: &Path, bytes: &[u8]) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
     match data_format(path) {
         Some(true) => {
-            let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             let rows: Vec<(usize, serde_json::Value)> =
-                trust_core::data::read_jsonl_from(std::io::BufReader::new(f), path)?;
+                trust_core::data::read_jsonl_from(bytes, path)?;
             rows.into_iter()
                 .map(|(line, v)| {
                     let serde_json::Value::Object(map) = v else {
@@ -834,8 +835,7 @@ fn read_rows(path: &Path) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
                 .collect()
         }
         Some(false) => {
-            let headers = crate::common::csv_headers(path)?;
-            let recs = crate::common::read_csv_records(path)?;
+            let (headers, recs) = crate::common::read_csv_bytes(bytes, path)?;
             Ok(recs
                 .into_iter()
                 .map(|(line, rec)| {
@@ -887,9 +887,8 @@ impl Vertical for SpecVertical {
         Vec::new()
     }
     fn load(&self, _data: &DataDir) -> Result<Vec<SpecSample>> {
+        let bytes = std::fs::read(&self.data_path).map_err(|e| Error::io(&self.data_path, e))?;
         if !self.data_sha256.is_empty() {
-            let bytes =
-                std::fs::read(&self.data_path).map_err(|e| Error::io(&self.data_path, e))?;
             let sha = trust_core::data::sha256_bytes(&bytes);
             if sha != self.data_sha256 {
                 return Err(Error::Config(format!(
@@ -900,7 +899,7 @@ impl Vertical for SpecVertical {
                 )));
             }
         }
-        self.read_samples()
+        self.read_samples(&bytes)
     }
     fn sample_id(&self, s: &SpecSample) -> String {
         s.id.clone()
@@ -1018,33 +1017,41 @@ impl Vertical for SpecVertical {
                     exclude,
                     by,
                     values,
-                } => {
-                    let base =
-                        LabelRate::new(name.clone(), labels.clone()).excluding(exclude.clone());
-                    out.push(Box::new(base.clone()));
-                    if let Some(by) = by {
-                        for v in values {
-                            out.push(Box::new(Sliced::new(base.clone(), by.clone(), v.clone())));
-                        }
-                    }
-                }
+                } => push_sliced(
+                    &mut out,
+                    LabelRate::new(name.clone(), labels.clone()).excluding(exclude.clone()),
+                    by,
+                    values,
+                ),
                 MetricSpec::Mean {
                     name,
                     value,
                     by,
                     values,
-                } => {
-                    let base = MeanOf::new(name.clone(), value.clone());
-                    out.push(Box::new(base.clone()));
-                    if let Some(by) = by {
-                        for v in values {
-                            out.push(Box::new(Sliced::new(base.clone(), by.clone(), v.clone())));
-                        }
-                    }
-                }
+                } => push_sliced(
+                    &mut out,
+                    MeanOf::new(name.clone(), value.clone()),
+                    by,
+                    values,
+                ),
             }
         }
         out
+    }
+}
+
+/// Pushes `base`, then one [`Sliced`] copy of it per value of the field `by`.
+fn push_sliced<M: Metric + Clone + 'static>(
+    out: &mut Vec<Box<dyn Metric>>,
+    base: M,
+    by: &Option<String>,
+    values: &[String],
+) {
+    out.push(Box::new(base.clone()));
+    if let Some(by) = by {
+        for v in values {
+            out.push(Box::new(Sliced::new(base.clone(), by.clone(), v.clone())));
+        }
     }
 }
 
