@@ -963,7 +963,8 @@ impl Vertical for SpecVertical {
                 if *case_sensitive {
                     l == want
                 } else {
-                    l.eq_ignore_ascii_case(want.trim())
+                    // The same case folding as the parser's (non-ASCII options too).
+                    l.to_lowercase() == want.trim().to_lowercase()
                 }
             };
             let n = parsed.iter().filter(|l| hit(l)).count();
@@ -1210,6 +1211,25 @@ labels = ["unparsed"]
         assert_eq!(out.unparsed, 1);
         assert_eq!(out.values["correct"], 0.5);
         assert_eq!(out.tags["topic"], "t2");
+    }
+
+    #[test]
+    fn answers_match_options_with_the_parsers_case_folding() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "d.csv", "id,q,gold,topic\n1,x?,ÉTÉ,t1\n");
+        let spec = SPEC.replace(r#"options = ["A", "B"]"#, r#"options = ["été", "hiver"]"#);
+        let v = SpecVertical::from_toml(&spec, dir.path()).unwrap();
+        assert_eq!(v.parse_reply("ÉTÉ, surely").as_deref(), Some("été"));
+        let s = v.load(&DataDir::empty()).unwrap();
+        let out = v
+            .score_in(
+                &s[0],
+                &ScoreContext::new(0, &[]),
+                &[Response::from_replies(["Été", "hiver"])],
+                &[],
+            )
+            .unwrap();
+        assert_eq!(out.values["correct"], 0.5);
     }
 
     #[test]
