@@ -100,6 +100,11 @@ pub struct EvalArgs {
     /// --dtype (faster; log-probs differ slightly, see trust-backends/README.md).
     #[arg(long)]
     quantized: bool,
+    /// Local models: score log-likelihood requests in full instead of computing the token
+    /// prefixes they share (a few-shot primer, a question before each option) once; same results
+    /// to the bit, slower. For comparison.
+    #[arg(long)]
+    no_prefix_sharing: bool,
     /// Local models: how chat-message protocols meet the model's chat format. `auto` (default):
     /// the `decodingtrust*` protocols render their system/user messages with the model's chat
     /// template when it has one (else the HH layout `{system}\n\nHuman: {user}\n\nAssistant:`);
@@ -144,6 +149,8 @@ pub struct LocalOpts<'a> {
     pub max_batch_rows: usize,
     /// `--quantized`.
     pub quantized: bool,
+    /// Not `--no-prefix-sharing`.
+    pub prefix_sharing: bool,
     /// `--chat-template`.
     pub chat_template: crate::chat_opts::ChatTemplateChoice,
 }
@@ -225,6 +232,7 @@ fn load_model_dir(dir: &Path, o: &LocalOpts<'_>) -> anyhow::Result<LoadedModel> 
         batch_size: o.batch_size.max(1),
         max_batch_rows: o.max_batch_rows.max(1),
         quantized: o.quantized,
+        prefix_sharing: o.prefix_sharing,
         ..LoadOptions::default()
     };
     let model = CandleModel::load(dir, &opts)
@@ -601,6 +609,7 @@ async fn run_async(a: EvalArgs) -> anyhow::Result<()> {
             batch_size: a.batch_size,
             max_batch_rows: a.max_batch_rows,
             quantized: a.quantized,
+            prefix_sharing: !a.no_prefix_sharing,
             chat_template: a.chat_template.clone(),
         },
     )?;

@@ -47,6 +47,11 @@ pub struct ModelOpts {
 pub struct LoglikArgs {
     #[command(flatten)]
     model: ModelOpts,
+    /// Score every request in full instead of computing the token prefixes that requests share
+    /// (a few-shot primer, a question before each option) once; same log-probabilities to the
+    /// bit, slower. For comparison.
+    #[arg(long)]
+    no_prefix_sharing: bool,
 }
 
 /// Arguments of `trust generate`.
@@ -148,7 +153,7 @@ fn parse_stop(s: &str) -> anyhow::Result<StopPolicy> {
 /// Runs `trust loglik`.
 pub fn run_loglik(a: LoglikArgs) -> anyhow::Result<()> {
     let lines: Vec<(usize, LoglikLine)> = read_lines(&a.model.input)?;
-    let model = load(&a.model)?;
+    let model = load(&a.model)?.with_prefix_sharing(!a.no_prefix_sharing);
     let reqs: Vec<LogLikelihoodRequest> = lines
         .iter()
         .map(|(_, l)| LogLikelihoodRequest {

@@ -416,6 +416,20 @@ impl KvCache {
             .unwrap_or(0)
     }
 
+    /// Keeps the first `len` cached positions of every layer (tensor layout only).
+    pub(crate) fn truncate(&mut self, len: usize) -> Result<()> {
+        if self.is_flat() {
+            candle_core::bail!("truncate: not for a flat kv cache");
+        }
+        for (k, v) in self.layers.iter_mut().flatten() {
+            if k.dim(2)? > len {
+                *k = k.narrow(2, 0, len)?.contiguous()?;
+                *v = v.narrow(2, 0, len)?.contiguous()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -508,23 +522,31 @@ pub(crate) fn attention(
 ) -> Result<Tensor> {
     let (b, h, t, d) = q.dims4()?;
     let kv_h = k.dim(1)?;
-    let (k, v) = if kv_h == h {
-        (k.clone(), v.clone())
-    } else {
-        let rep = h / kv_h;
-        let tk = k.dim(2)?;
-        let expand = |x: &Tensor| -> Result<Tensor> {
-            x.unsqueeze(2)?
-                .broadcast_as((b, kv_h, rep, tk, d))?
-                .reshape((b, h, tk, d))
-        };
-        (expand(k)?, expand(v)?)
-    };
+    let tk = k.dim(2)?;
+    // Grouped-query attention without copying keys and values per head: the `rep` query heads
+    // that share a key/value head (heads `g * rep .. (g + 1) * rep`, as transformers'
+    // `repeat_kv` orders them) are stacked as `rep * t` query rows of one product per key/value
+    // head. Each score and output element is the same sum as with repeated keys.
+    let rep = h / kv_h.max(1);
     let dtype = q.dtype();
-    let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
-    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
-    let out = probs.matmul(&v.contiguous()?)?;
+    let qg = q.contiguous()?.reshape((b, kv_h, rep * t, d))?;
+    let scores = (qg.matmul(&k.t()?.contiguous()?)? * scale)?;
+    let scores = scores
+        .reshape((b, h, t, tk))?
+        .to_dtype(DType::F32)?
+        .broadcast_add(mask)?;
+    // Inference passes (nothing to differentiate) use candle's fused softmax: the same max,
+    // exponentials, sum and division per row, parallel over rows, without the temporaries.
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?
+    }
+    .to_dtype(dtype)?;
+    let out = probs
+        .reshape((b, kv_h, rep * t, tk))?
+        .matmul(&v.contiguous()?)?
+        .reshape((b, h, t, d))?;
     out.transpose(1, 2)?.reshape((b, t, h * d))
 }
 

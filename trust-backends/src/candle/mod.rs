@@ -32,6 +32,7 @@ pub mod gpt_neox;
 mod layers;
 pub mod llama;
 pub mod loader;
+mod prefix;
 pub mod qwen2;
 pub mod tiny;
 
@@ -50,6 +51,17 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Activation, Architecture, ModelConfig, RopeConfig, RopeScaling};
 pub use generate::{RowSpec, Sampler};
 pub use layers::KvCache;
+
+/// One part of [`CausalLm::forward_packed_parts`]: `b` rows of `t` new tokens (row-major ids and
+/// positions), key mask rows over the cached positions and the new ones, and the part's cache.
+pub(crate) struct PackedPart<'a> {
+    pub(crate) ids: Vec<u32>,
+    pub(crate) positions: Vec<u32>,
+    pub(crate) key_mask: &'a [Vec<u32>],
+    pub(crate) b: usize,
+    pub(crate) t: usize,
+    pub(crate) cache: Option<&'a mut KvCache>,
+}
 pub use loader::{ModelFormat, SafetensorsStore, SourceBackend, StoreBackend, WeightSource};
 
 use crate::BackendError;
@@ -361,38 +373,113 @@ impl CausalLm {
         key_mask: &[Vec<u32>],
         positions: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        self.forward_hidden_packed_cached(input_ids, key_mask, positions, None)
+    }
+
+    /// [`Self::forward_hidden_packed`] on top of `cache` (appended to): `key_mask` rows cover
+    /// the cached positions and the `t` new ones; the new tokens whose mask entry is 0 are
+    /// padding (not computed by the position-wise layers, zeros in the result).
+    pub(crate) fn forward_hidden_packed_cached(
+        &self,
+        input_ids: &Tensor,
+        key_mask: &[Vec<u32>],
+        positions: &Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> candle_core::Result<Tensor> {
         let (b, t) = input_ids.dims2()?;
-        self.check_positions(positions)?;
-        let pack = layers::Packing::new(key_mask, t, &self.device)?;
-        let ids = input_ids.flatten_all()?.index_select(&pack.gather, 0)?;
-        let pos = positions
-            .to_dtype(DType::U32)?
-            .flatten_all()?
-            .index_select(&pack.gather, 0)?;
-        let n = ids.dim(0)?;
+        let mut parts = [PackedPart {
+            ids: input_ids.flatten_all()?.to_vec1::<u32>()?,
+            positions: positions
+                .to_dtype(DType::U32)?
+                .flatten_all()?
+                .to_vec1::<u32>()?,
+            key_mask,
+            b,
+            t,
+            cache,
+        }];
+        Ok(self
+            .forward_packed_parts(&mut parts)?
+            .pop()
+            .expect("one part"))
+    }
+
+    /// One forward pass over independent parts, each `b` rows of `t` new tokens on top of its
+    /// own cache (or none), padding (mask 0 among the new tokens) not computed; returns each
+    /// part's final hidden states `[b, t, hidden]` (zeros at padding). Parts never attend to
+    /// each other and the position-wise layers treat rows independently (padded to
+    /// [`Self::min_rows`]), so a part's results do not depend on the other parts of the pass.
+    pub(crate) fn forward_packed_parts(
+        &self,
+        parts: &mut [PackedPart<'_>],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let dev = &self.device;
+        let max_pos = self.max_positions() as u32;
+        let mut ids = Vec::new();
+        let mut pos = Vec::new();
+        let mut packs = Vec::with_capacity(parts.len());
+        let mut segs = Vec::with_capacity(parts.len());
+        for part in parts.iter_mut() {
+            let (b, t) = (part.b, part.t);
+            if part.ids.len() != b * t || part.positions.len() != b * t || part.key_mask.len() != b
+            {
+                candle_core::bail!("malformed packed part ({b} rows of {t} tokens)");
+            }
+            let new_mask: Vec<Vec<u32>> = part
+                .key_mask
+                .iter()
+                .map(|r| r[r.len().saturating_sub(t)..].to_vec())
+                .collect();
+            for (r, row) in new_mask.iter().enumerate() {
+                for p in 0..t {
+                    if row.get(p).copied().unwrap_or(1) != 0 {
+                        let at = r * t + p;
+                        if part.positions[at] >= max_pos {
+                            candle_core::bail!(
+                                "position {} is beyond max_position_embeddings = {max_pos}",
+                                part.positions[at]
+                            );
+                        }
+                        ids.push(part.ids[at]);
+                        pos.push(part.positions[at]);
+                    }
+                }
+            }
+            let pack = layers::Packing::new(&new_mask, t, dev)?;
+            packs.push(pack.clone());
+            segs.push(layers::Segment::new(
+                b,
+                t,
+                part.key_mask,
+                part.cache.as_deref_mut(),
+                Some(pack),
+            )?);
+        }
+        let n = ids.len();
         let extra = if n > 0 {
             self.min_rows().saturating_sub(n)
         } else {
             0
         };
-        let ids = layers::pad_last_row(&ids, extra)?;
-        let (cos, sin) = self
-            .rope()
-            .gather_flat(&layers::pad_last_row(&pos, extra)?)?;
+        let ids = layers::pad_last_row(&Tensor::from_vec(ids, n, dev)?, extra)?;
+        let pos = layers::pad_last_row(&Tensor::from_vec(pos, n, dev)?, extra)?;
+        let (cos, sin) = self.rope().gather_flat(&pos)?;
+        let counts: Vec<usize> = segs.iter().map(|s| s.n).collect();
         let mut segs = layers::Segments {
-            segs: vec![layers::Segment::new(
-                b,
-                t,
-                key_mask,
-                None,
-                Some(pack.clone()),
-            )?],
+            segs,
             cos,
             sin,
             extra,
         };
-        let x = self.forward_segments(&ids, &mut segs)?.narrow(0, 0, n)?;
-        pack.unpack(&x)?.reshape((b, t, ()))
+        let x = self.forward_segments(&ids, &mut segs)?;
+        let mut out = Vec::with_capacity(parts.len());
+        let mut off = 0;
+        for ((part, pack), c) in parts.iter().zip(&packs).zip(counts) {
+            let xs = x.narrow(0, off, c)?;
+            out.push(pack.unpack(&xs)?.reshape((part.b, part.t, ()))?);
+            off += c;
+        }
+        Ok(out)
     }
 
     /// One forward pass over independent groups of rows (see [`generate::Step`]), each with its
@@ -565,6 +652,11 @@ pub struct LoadOptions {
     /// multiply with candle's quantized kernels (faster, less memory) instead of dequantising
     /// them to `dtype` (the default: exact, and what training needs). Ignored for safetensors.
     pub quantized: bool,
+    /// Log-likelihood scoring: compute a token prefix that several requests of one call share
+    /// once (a prefix tree over the call's requests) and score each request from its KV cache.
+    /// The log-probabilities are bit-identical to scoring every request on its own; `false`
+    /// (`--no-prefix-sharing`) scores each request in full, for comparison. Default `true`.
+    pub prefix_sharing: bool,
 }
 
 impl Default for LoadOptions {
@@ -576,6 +668,7 @@ impl Default for LoadOptions {
             pad_generation_batches: false,
             max_batch_rows: 64,
             quantized: false,
+            prefix_sharing: true,
         }
     }
 }
@@ -590,6 +683,7 @@ pub struct CandleModel {
     batch_size: usize,
     pad_generation_batches: bool,
     max_batch_rows: usize,
+    prefix_sharing: bool,
 }
 
 fn device_name(d: &Device) -> String {
@@ -727,6 +821,7 @@ impl CandleModel {
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
             max_batch_rows: opts.max_batch_rows.max(1),
+            prefix_sharing: opts.prefix_sharing,
         }
     }
 
@@ -768,6 +863,7 @@ impl CandleModel {
             batch_size: opts.batch_size.max(1),
             pad_generation_batches: opts.pad_generation_batches,
             max_batch_rows: opts.max_batch_rows.max(1),
+            prefix_sharing: opts.prefix_sharing,
         })
     }
 
@@ -794,6 +890,14 @@ impl CandleModel {
         m
     }
 
+    /// Same model with prefix-shared log-likelihood scoring on or off (see
+    /// [`LoadOptions::prefix_sharing`]; shares the weights).
+    pub fn with_prefix_sharing(&self, on: bool) -> Self {
+        let mut m = self.clone();
+        m.prefix_sharing = on;
+        m
+    }
+
     /// Rows per forward pass.
     pub fn batch_size(&self) -> usize {
         self.batch_size
@@ -816,6 +920,9 @@ impl CandleModel {
 
     /// Synchronous [`trust_core::LanguageModel::loglikelihood`]: requests are sorted by length,
     /// right-padded into batches of [`Self::batch_size`] and scored in one forward pass each.
+    /// With prefix sharing (the default, [`LoadOptions::prefix_sharing`]), requests whose token
+    /// sequences share a prefix (a few-shot primer, a question asked with every option) compute
+    /// that prefix once and score from its KV cache: the same log-probabilities to the bit.
     pub fn loglikelihood_sync(
         &self,
         requests: &[LogLikelihoodRequest],
@@ -853,6 +960,22 @@ impl CandleModel {
                 Err(e) => out[i] = Some(Err(e)),
             }
         }
+        if self.prefix_sharing {
+            let total: usize = ready.iter().map(|r| r.1.len()).sum();
+            let ran = self.score_prefix_shared(ready, &mut out);
+            tracing::debug!(
+                requests = requests.len(),
+                tokens = total,
+                computed = ran,
+                "prefix-shared log-likelihood scoring"
+            );
+            return out
+                .into_iter()
+                .map(|r| {
+                    r.unwrap_or_else(|| Err(ModelError::Backend("request was not scored".into())))
+                })
+                .collect();
+        }
         ready.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
         for chunk in ready.chunks(self.batch_size) {
             match self.score_batch(chunk) {
@@ -873,7 +996,7 @@ impl CandleModel {
             .collect()
     }
 
-    fn score_batch(
+    pub(crate) fn score_batch(
         &self,
         rows: &[(usize, Vec<u32>, usize)],
     ) -> candle_core::Result<Vec<LogLikelihood>> {
@@ -901,13 +1024,26 @@ impl CandleModel {
         }
         let positions = Tensor::from_vec(pos, (b, l), dev)?;
         let hidden = self.lm.forward_hidden_packed(&input, &mask, &positions)?;
+        self.continuation_logprobs(&hidden, rows, 0)
+    }
+
+    /// The continuation log-probabilities of `rows` from `hidden` `[b, t, hidden]`, the final
+    /// hidden states of each row's tokens from position `depth` on (`depth` = 0: the whole
+    /// row; see `prefix`).
+    pub(crate) fn continuation_logprobs(
+        &self,
+        hidden: &Tensor,
+        rows: &[(usize, Vec<u32>, usize)],
+        depth: usize,
+    ) -> candle_core::Result<Vec<LogLikelihood>> {
+        let dev = self.lm.device();
+        let (b, l, hdim) = hidden.dims3()?;
         // One output projection for the continuation positions of every row (the weight matrix
         // is streamed once per batch instead of once per row); each logits row only depends on
         // its own hidden state.
-        let hdim = hidden.dim(2)?;
         let mut idx = Vec::new();
         for (row, (_, ids, plen)) in rows.iter().enumerate() {
-            idx.extend((plen - 1..ids.len() - 1).map(|p| (row * l + p) as u32));
+            idx.extend((plen - 1..ids.len() - 1).map(|p| (row * l + p - depth) as u32));
         }
         let n = idx.len();
         let idx = Tensor::from_vec(idx, n, dev)?;
