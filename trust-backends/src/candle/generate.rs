@@ -106,6 +106,10 @@ struct RowGroup {
     state: Vec<RowState>,
     next_pos: Vec<u32>,
     max_pos: u32,
+    /// Until the prompts are prefilled: for each row, its prompt's row in the prefill pass
+    /// (`None` when every row has its own prompt). Rows with equal prompts (the `n` samples of
+    /// one request) prefill it once; the cache is then replicated to one row each.
+    prefill_of: Option<Vec<u32>>,
 }
 
 impl RowGroup {
@@ -120,13 +124,25 @@ impl RowGroup {
             .collect();
         let b = rows.len();
         let l = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        // One prefill row per distinct prompt (equal prompts are neighbours: callers sort rows
+        // by request).
+        let mut prefill_of = Vec::with_capacity(b);
+        let mut distinct: Vec<usize> = Vec::with_capacity(b);
+        for (i, r) in rows.iter().enumerate() {
+            match distinct.last() {
+                Some(&j) if rows[j].prompt == r.prompt => {}
+                _ => distinct.push(i),
+            }
+            prefill_of.push((distinct.len() - 1) as u32);
+        }
         let mut input = StepInput {
-            ids: Vec::with_capacity(b * l),
-            positions: Vec::with_capacity(b * l),
-            key_mask: Vec::with_capacity(b),
+            ids: Vec::with_capacity(distinct.len() * l),
+            positions: Vec::with_capacity(distinct.len() * l),
+            key_mask: Vec::with_capacity(distinct.len()),
         };
-        let mut next_pos = Vec::with_capacity(b);
-        for r in rows.iter() {
+        let next_pos = rows.iter().map(|r| r.prompt.len() as u32).collect();
+        for &i in &distinct {
+            let r = &rows[i];
             let pad = l - r.prompt.len();
             input.ids.extend(std::iter::repeat_n(0u32, pad));
             input.ids.extend_from_slice(&r.prompt);
@@ -135,14 +151,15 @@ impl RowGroup {
             input.key_mask.push(m);
             input.positions.extend(std::iter::repeat_n(1u32, pad));
             input.positions.extend(0..r.prompt.len() as u32);
-            next_pos.push(r.prompt.len() as u32);
         }
+        let shared = distinct.len() < b;
         (
             RowGroup {
                 rows,
                 state,
                 next_pos,
                 max_pos,
+                prefill_of: shared.then_some(prefill_of),
             },
             input,
         )
@@ -152,20 +169,31 @@ impl RowGroup {
         self.state.iter().all(|s| s.done.is_some())
     }
 
-    /// Picks each row's next token from `logits` `[b, vocab]`; returns whether the group is done
-    /// (else `input` holds the next step).
+    /// Picks each row's next token from `logits` (`[b, vocab]`, or one row per distinct prompt
+    /// after a shared prefill, whose cache rows are then replicated); returns whether the group
+    /// is done (else `input` holds the next step).
     fn advance(
         &mut self,
         tok: &tokenizers::Tokenizer,
         logits: &Tensor,
         input: &mut StepInput,
+        cache: &mut KvCache,
     ) -> Result<bool> {
         let logits = logits.to_vec2::<f32>()?;
+        let prefill_of = self.prefill_of.take();
+        if let Some(map) = &prefill_of {
+            cache.reorder(map)?;
+            input.key_mask = map
+                .iter()
+                .map(|&j| input.key_mask[j as usize].clone())
+                .collect();
+        }
         for (i, (r, s)) in self.rows.iter_mut().zip(self.state.iter_mut()).enumerate() {
             if s.done.is_some() {
                 continue;
             }
-            let tokid = r.sampler.pick(&logits[i]);
+            let row = prefill_of.as_ref().map_or(i, |m| m[i] as usize);
+            let tokid = r.sampler.pick(&logits[row]);
             if r.stop_ids.contains(&tokid) {
                 s.done = Some(FinishReason::StopToken);
                 continue;
@@ -354,7 +382,7 @@ pub(crate) fn run(
                 let b = a.input.key_mask.len();
                 let lg = logits.narrow(0, off, b)?;
                 match &mut a.job {
-                    Job::Rows(g) => g.advance(tok, &lg, &mut a.input),
+                    Job::Rows(g) => g.advance(tok, &lg, &mut a.input, &mut a.cache),
                     Job::Beam(bm) => bm.advance(&lg, &mut a.cache, &mut a.input),
                 }
             })
@@ -457,6 +485,54 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The `n` sampled rows of one prompt prefill it once and decode exactly what each row
+    /// decodes alone.
+    #[test]
+    fn equal_prompts_prefill_once_with_the_same_completions() {
+        for name in ["tiny-gpt-neox", "tiny-llama", "tiny-qwen2"] {
+            let Some(dir) = trust_core::testing::repo_path(fixture(name)) else {
+                return;
+            };
+            let m = CandleModel::load(&dir, &LoadOptions::default()).unwrap();
+            let row = |prompt: Vec<u32>, seed: u64| RowSpec {
+                prompt,
+                max_new_tokens: 9,
+                sampler: Sampler::Sample {
+                    rng: SplitMix64::new(seed),
+                    temperature: 1.0,
+                    top_p: 0.95,
+                    top_k: 0,
+                },
+                stop_ids: Vec::new(),
+                stop_strings: Vec::new(),
+            };
+            let a = vec![5u32, 9, 2, 7, 3];
+            let b = vec![8u32, 1, 6, 4, 4];
+            let rows = vec![
+                row(a.clone(), 1),
+                row(a.clone(), 2),
+                row(a.clone(), 3),
+                row(b.clone(), 4),
+                row(b.clone(), 5),
+            ];
+            let (_, prefill) = RowGroup::new(rows.clone(), 2048);
+            assert_eq!(
+                prefill.key_mask.len(),
+                2,
+                "{name}: one prefill row per prompt"
+            );
+            let together = generate_batch(m.model(), m.tokenizer(), &mut rows.clone()).unwrap();
+            for (i, r) in rows.iter().enumerate() {
+                let alone = generate_batch(m.model(), m.tokenizer(), &mut [r.clone()]).unwrap();
+                assert_eq!(alone[0], together[i], "{name}: row {i}");
+            }
+            assert_ne!(
+                together[0].token_ids, together[1].token_ids,
+                "{name}: seeds differ"
+            );
+        }
     }
 
     /// Bit-identical logits for a group alone and sharing passes with others (prefill mixed
