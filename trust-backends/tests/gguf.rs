@@ -653,6 +653,43 @@ fn smollm2_quantized_stays_close() {
     );
 }
 
+/// Prefix-shared scoring on the real model and lm-eval-shaped requests (a few-shot primer before
+/// every question, each question before each of its options; contexts of ~250 tokens) gives
+/// the unshared log-probabilities to the bit.
+#[test]
+fn smollm2_prefix_shared_scoring_is_bit_identical() {
+    let Some(file) = smollm2() else {
+        return;
+    };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/truthfulness/truth_mc.json");
+    let items: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let options = |it: &Value| -> Vec<String> {
+        it["mc1_targets"].as_object().unwrap().keys().cloned().collect()
+    };
+    let mut primer = String::new();
+    for it in &items[..5] {
+        let q = it["question"].as_str().unwrap();
+        primer.push_str(&format!("Q: {q}\nA: {}\n\n", options(it)[0]));
+    }
+    let mut reqs = Vec::new();
+    for it in &items[5..9] {
+        let context = format!("{primer}Q: {}\nA:", it["question"].as_str().unwrap());
+        for o in options(it) {
+            reqs.push(LogLikelihoodRequest {
+                context: context.clone(),
+                continuation: format!(" {o}"),
+            });
+        }
+    }
+    let m = CandleModel::load(&file, &LoadOptions::default()).unwrap();
+    let shared = m.loglikelihood_sync(&reqs);
+    let alone = m.with_prefix_sharing(false).loglikelihood_sync(&reqs);
+    assert!(reqs.len() >= 20, "{} requests", reqs.len());
+    for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
+        assert_eq!(a.as_ref().unwrap(), b.as_ref().unwrap(), "request {i}");
+    }
+}
+
 /// A SentencePiece-style vocabulary (`tokenizer.ggml.model = "llama"`, no merges: rebuilt from
 /// the scores; byte fallback) gives transformers' ids (`scripts/make_gguf_spm_fixture.py`).
 #[test]
