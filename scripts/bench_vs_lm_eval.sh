@@ -11,9 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${TRUST_LMEVAL_VENV:-/tmp/trust-lmeval-venv}"
-if ! "$VENV/bin/python" -c 'import torch, transformers, lm_eval, gguf' 2>/dev/null; then
+if ! "$VENV/bin/python" -c 'import torch, transformers, lm_eval, gguf, accelerate' 2>/dev/null; then
     "${PYTHON:-python3}" -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet torch==2.15.0 transformers==5.25.0 lm_eval==0.4.13 gguf==0.19.0 datasets==5.2.0
+    "$VENV/bin/pip" install --quiet torch==2.15.0 transformers==5.25.0 lm_eval==0.4.13 accelerate==1.16.0 gguf==0.19.0 datasets==5.2.0
 fi
 test -f models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf || scripts/fetch-models.sh smollm2
 cargo build --release -p trust-cli
