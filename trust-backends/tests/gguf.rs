@@ -661,10 +661,18 @@ fn smollm2_prefix_shared_scoring_is_bit_identical() {
     let Some(file) = smollm2() else {
         return;
     };
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/truthfulness/truth_mc.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/truthfulness/truth_mc.json"
+    );
     let items: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let options = |it: &Value| -> Vec<String> {
-        it["mc1_targets"].as_object().unwrap().keys().cloned().collect()
+        it["mc1_targets"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     };
     let mut primer = String::new();
     for it in &items[..5] {

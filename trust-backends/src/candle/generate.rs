@@ -435,11 +435,12 @@ pub(crate) fn log_softmax_f32(logits: &Tensor) -> Result<Tensor> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::candle::{CandleModel, LoadOptions};
 
-    fn fixture(name: &str) -> std::path::PathBuf {
+    /// A tiny HF fixture: the crate's own copy, else `../shared/fixtures/hf`.
+    pub(crate) fn fixture(name: &str) -> std::path::PathBuf {
         let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let local = here.join("tests/fixtures").join(name);
         if local.exists() {

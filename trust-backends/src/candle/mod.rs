@@ -62,6 +62,31 @@ pub(crate) struct PackedPart<'a> {
     pub(crate) t: usize,
     pub(crate) cache: Option<&'a mut KvCache>,
 }
+
+/// The row-major ids and positions (`[b * t]`) and key masks (`[b][total]`) of `suffixes` run
+/// on `depth` cached positions: each suffix right-padded with id 0 / position 0 to `t` tokens,
+/// its mask 1 over the cached and real positions and 0 up to `total` keys.
+pub(crate) fn padded_rows(
+    depth: usize,
+    suffixes: &[&[u32]],
+    t: usize,
+    total: usize,
+) -> (Vec<u32>, Vec<u32>, Vec<Vec<u32>>) {
+    let b = suffixes.len();
+    let mut ids = Vec::with_capacity(b * t);
+    let mut pos = Vec::with_capacity(b * t);
+    let mut mask = Vec::with_capacity(b);
+    for s in suffixes {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(0u32, t - s.len()));
+        pos.extend(depth as u32..(depth + s.len()) as u32);
+        pos.extend(std::iter::repeat_n(0u32, t - s.len()));
+        let mut m = vec![1u32; depth + s.len()];
+        m.resize(total, 0);
+        mask.push(m);
+    }
+    (ids, pos, mask)
+}
 pub use loader::{ModelFormat, SafetensorsStore, SourceBackend, StoreBackend, WeightSource};
 
 use crate::BackendError;
@@ -362,46 +387,6 @@ impl CausalLm {
             Arch::GptNeoX(m) => m.forward_segments(ids, segs),
             Arch::Llama(m) => m.forward_segments(ids, segs),
         }
-    }
-
-    /// [`Self::forward_hidden_with`] without a cache, running the position-wise layers only on
-    /// the real (unmasked) tokens; same results for the real tokens, padding positions hold
-    /// zeros.
-    pub(crate) fn forward_hidden_packed(
-        &self,
-        input_ids: &Tensor,
-        key_mask: &[Vec<u32>],
-        positions: &Tensor,
-    ) -> candle_core::Result<Tensor> {
-        self.forward_hidden_packed_cached(input_ids, key_mask, positions, None)
-    }
-
-    /// [`Self::forward_hidden_packed`] on top of `cache` (appended to): `key_mask` rows cover
-    /// the cached positions and the `t` new ones; the new tokens whose mask entry is 0 are
-    /// padding (not computed by the position-wise layers, zeros in the result).
-    pub(crate) fn forward_hidden_packed_cached(
-        &self,
-        input_ids: &Tensor,
-        key_mask: &[Vec<u32>],
-        positions: &Tensor,
-        cache: Option<&mut KvCache>,
-    ) -> candle_core::Result<Tensor> {
-        let (b, t) = input_ids.dims2()?;
-        let mut parts = [PackedPart {
-            ids: input_ids.flatten_all()?.to_vec1::<u32>()?,
-            positions: positions
-                .to_dtype(DType::U32)?
-                .flatten_all()?
-                .to_vec1::<u32>()?,
-            key_mask,
-            b,
-            t,
-            cache,
-        }];
-        Ok(self
-            .forward_packed_parts(&mut parts)?
-            .pop()
-            .expect("one part"))
     }
 
     /// One forward pass over independent parts, each `b` rows of `t` new tokens on top of its
@@ -969,26 +954,10 @@ impl CandleModel {
                 computed = ran,
                 "prefix-shared log-likelihood scoring"
             );
-            return out
-                .into_iter()
-                .map(|r| {
-                    r.unwrap_or_else(|| Err(ModelError::Backend("request was not scored".into())))
-                })
-                .collect();
-        }
-        ready.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
-        for chunk in ready.chunks(self.batch_size) {
-            match self.score_batch(chunk) {
-                Ok(results) => {
-                    for ((i, _, _), r) in chunk.iter().zip(results) {
-                        out[*i] = Some(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    for (i, _, _) in chunk {
-                        out[*i] = Some(Err(ModelError::Backend(e.to_string())));
-                    }
-                }
+        } else {
+            ready.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(&b.0)));
+            for chunk in ready.chunks(self.batch_size) {
+                prefix::deliver(&mut out, chunk, self.score_batch(chunk));
             }
         }
         out.into_iter()
@@ -1000,31 +969,23 @@ impl CandleModel {
         &self,
         rows: &[(usize, Vec<u32>, usize)],
     ) -> candle_core::Result<Vec<LogLikelihood>> {
-        let dev = self.lm.device();
-        let b = rows.len();
         // Pad to a multiple of 32 tokens: candle's CPU reductions (the softmax sum) process 32
         // floats per step, so trailing padding then adds exact zeros and a row's log-probs are
         // bit-identical whatever it is batched with.
         let longest = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
         let l = longest.div_ceil(32) * 32;
-        let mut ids = Vec::with_capacity(b * l);
-        let mut mask = Vec::with_capacity(b);
-        for (_, r, _) in rows {
-            ids.extend_from_slice(r);
-            ids.extend(std::iter::repeat_n(0u32, l - r.len()));
-            let mut m = vec![1u32; r.len()];
-            m.extend(std::iter::repeat_n(0u32, l - r.len()));
-            mask.push(m);
-        }
-        let input = Tensor::from_vec(ids, (b, l), dev)?;
-        let mut pos = Vec::with_capacity(b * l);
-        for (_, r, _) in rows {
-            pos.extend(0..r.len() as u32);
-            pos.extend(std::iter::repeat_n(0u32, l - r.len()));
-        }
-        let positions = Tensor::from_vec(pos, (b, l), dev)?;
-        let hidden = self.lm.forward_hidden_packed(&input, &mask, &positions)?;
-        self.continuation_logprobs(&hidden, rows, 0)
+        let suffixes: Vec<&[u32]> = rows.iter().map(|r| r.1.as_slice()).collect();
+        let (ids, positions, mask) = padded_rows(0, &suffixes, l, l);
+        let mut parts = [PackedPart {
+            ids,
+            positions,
+            key_mask: &mask,
+            b: rows.len(),
+            t: l,
+            cache: None,
+        }];
+        let hidden = self.lm.forward_packed_parts(&mut parts)?;
+        self.continuation_logprobs(&hidden[0], rows, 0)
     }
 
     /// The continuation log-probabilities of `rows` from `hidden` `[b, t, hidden]`, the final

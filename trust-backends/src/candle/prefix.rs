@@ -53,14 +53,26 @@ fn fail(out: Out<'_>, rows: &[Row], e: &candle_core::Error) {
     }
 }
 
+/// Writes a scored batch's results (or its error, to every row) to `out[request index]`.
+pub(crate) fn deliver(out: Out<'_>, rows: &[Row], scored: candle_core::Result<Vec<LogLikelihood>>) {
+    match scored {
+        Ok(results) => {
+            for ((i, _, _), r) in rows.iter().zip(results) {
+                out[*i] = Some(Ok(r));
+            }
+        }
+        Err(e) => fail(out, rows, &e),
+    }
+}
+
 impl CandleModel {
     /// Scores `rows` with shared prefixes, writing each result to `out[request index]`;
     /// returns the number of tokens the passes ran (unshared: every row's length).
     pub(crate) fn score_prefix_shared(&self, mut rows: Vec<Row>, out: Out<'_>) -> usize {
         rows.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         let mut pending = Pending::default();
-        let mut ran = self.score_node(&rows, 0, None, &mut pending, out);
-        ran += self.flush(&mut pending, out);
+        let ran = self.score_node(&rows, 0, None, &mut pending, out);
+        self.flush(&mut pending, out);
         ran
     }
 
@@ -151,14 +163,7 @@ impl CandleModel {
             ran += chunk.iter().map(|r| r.1.len() - depth).sum::<usize>();
             match cache {
                 // Rows sharing nothing: the unshared path.
-                None => match self.score_batch(chunk) {
-                    Ok(results) => {
-                        for ((i, _, _), r) in chunk.iter().zip(results) {
-                            out[*i] = Some(Ok(r));
-                        }
-                    }
-                    Err(e) => fail(out, chunk, &e),
-                },
+                None => deliver(out, chunk, self.score_batch(chunk)),
                 Some(c) => {
                     pending.rows += chunk.len();
                     pending.jobs.push((c.clone(), depth, chunk.to_vec()));
@@ -169,6 +174,41 @@ impl CandleModel {
             }
         }
         ran
+    }
+
+    /// Runs each `(depth, suffixes)` as one part over its cache (replicated to one row per
+    /// suffix) in a single pass, padded as [`Self::pass_shape`] says; returns each part's final
+    /// hidden states `[rows, t, hidden]`.
+    fn run_parts(
+        &self,
+        inputs: &[(usize, Vec<&[u32]>)],
+        caches: &mut [KvCache],
+    ) -> candle_core::Result<Vec<candle_core::Tensor>> {
+        let mut shaped = Vec::with_capacity(inputs.len());
+        for ((depth, suffixes), c) in inputs.iter().zip(caches.iter_mut()) {
+            let longest = suffixes.iter().map(|s| s.len()).max().unwrap_or(0);
+            let (t, total) = self.pass_shape(*depth, longest);
+            if suffixes.len() > 1 {
+                c.reorder(&vec![0u32; suffixes.len()])?;
+            }
+            shaped.push((super::padded_rows(*depth, suffixes, t, total), t));
+        }
+        let mut parts: Vec<super::PackedPart<'_>> = shaped
+            .iter_mut()
+            .zip(caches.iter_mut())
+            .zip(inputs)
+            .map(
+                |((((ids, positions, mask), t), c), (_, suffixes))| super::PackedPart {
+                    ids: std::mem::take(ids),
+                    positions: std::mem::take(positions),
+                    key_mask: mask,
+                    b: suffixes.len(),
+                    t: *t,
+                    cache: Some(c),
+                },
+            )
+            .collect();
+        self.lm.forward_packed_parts(&mut parts)
     }
 
     /// The caches of `depth + tokens[i].len()` positions: each `tokens[i]` run on top of
@@ -186,35 +226,8 @@ impl CandleModel {
                 None => KvCache::new(self.lm.config().num_hidden_layers),
             })
             .collect();
-        let mut masks = Vec::with_capacity(tokens.len());
-        let mut inputs = Vec::with_capacity(tokens.len());
-        for tok in tokens {
-            let n = tok.len();
-            let (t, total) = self.pass_shape(depth, n);
-            let mut ids = tok.to_vec();
-            ids.resize(t, 0);
-            let mut pos: Vec<u32> = (depth as u32..(depth + n) as u32).collect();
-            pos.resize(t, 0);
-            let mut mask = vec![1u32; depth + n];
-            mask.resize(total, 0);
-            masks.push(vec![mask]);
-            inputs.push((ids, pos, t));
-        }
-        let mut parts: Vec<super::PackedPart<'_>> = inputs
-            .into_iter()
-            .zip(&masks)
-            .zip(caches.iter_mut())
-            .map(|(((ids, positions, t), mask), c)| super::PackedPart {
-                ids,
-                positions,
-                key_mask: mask,
-                b: 1,
-                t,
-                cache: Some(c),
-            })
-            .collect();
-        self.lm.forward_packed_parts(&mut parts)?;
-        drop(parts);
+        let inputs: Vec<(usize, Vec<&[u32]>)> = tokens.iter().map(|&t| (depth, vec![t])).collect();
+        self.run_parts(&inputs, &mut caches)?;
         for (c, tok) in caches.iter_mut().zip(tokens) {
             c.truncate(depth + tok.len())?;
         }
@@ -222,68 +235,24 @@ impl CandleModel {
     }
 
     /// Scores the pending requests in one pass, each node's rows a part over its replicated
-    /// cache. Returns 0 (their tokens were counted when queued).
-    fn flush(&self, pending: &mut Pending, out: Out<'_>) -> usize {
+    /// cache (their tokens were counted when queued).
+    fn flush(&self, pending: &mut Pending, out: Out<'_>) {
         let jobs = std::mem::take(&mut pending.jobs);
         pending.rows = 0;
         if jobs.is_empty() {
-            return 0;
+            return;
         }
-        let result = (|| -> candle_core::Result<Vec<Vec<LogLikelihood>>> {
-            let mut masks = Vec::with_capacity(jobs.len());
-            let mut inputs = Vec::with_capacity(jobs.len());
-            let mut caches = Vec::with_capacity(jobs.len());
-            for (cache, depth, rows) in &jobs {
-                let depth = *depth;
-                let b = rows.len();
-                let longest = rows.iter().map(|r| r.1.len() - depth).max().unwrap_or(0);
-                let (t, total) = self.pass_shape(depth, longest);
-                let mut ids = Vec::with_capacity(b * t);
-                let mut pos = Vec::with_capacity(b * t);
-                let mut mask = Vec::with_capacity(b);
-                for (_, r, _) in rows {
-                    let s = r.len() - depth;
-                    ids.extend_from_slice(&r[depth..]);
-                    ids.extend(std::iter::repeat_n(0u32, t - s));
-                    pos.extend(depth as u32..r.len() as u32);
-                    pos.extend(std::iter::repeat_n(0u32, t - s));
-                    let mut m = vec![1u32; r.len()];
-                    m.resize(total, 0);
-                    mask.push(m);
-                }
-                let mut c = cache.clone();
-                c.reorder(&vec![0u32; b])?;
-                caches.push(c);
-                masks.push(mask);
-                inputs.push((ids, pos, b, t));
-            }
-            let mut parts: Vec<super::PackedPart<'_>> = inputs
-                .into_iter()
-                .zip(&masks)
-                .zip(caches.iter_mut())
-                .map(|(((ids, positions, b, t), mask), c)| super::PackedPart {
-                    ids,
-                    positions,
-                    key_mask: mask,
-                    b,
-                    t,
-                    cache: Some(c),
-                })
-                .collect();
-            let hidden = self.lm.forward_packed_parts(&mut parts)?;
-            drop(parts);
-            drop(caches);
-            jobs.iter()
-                .zip(hidden)
-                .map(|((_, depth, rows), h)| self.continuation_logprobs(&h, rows, *depth))
-                .collect()
-        })();
-        match result {
-            Ok(all) => {
-                for ((_, _, rows), results) in jobs.iter().zip(all) {
-                    for ((i, _, _), r) in rows.iter().zip(results) {
-                        out[*i] = Some(Ok(r));
-                    }
+        let inputs: Vec<(usize, Vec<&[u32]>)> = jobs
+            .iter()
+            .map(|(_, depth, rows)| (*depth, rows.iter().map(|r| &r.1[*depth..]).collect()))
+            .collect();
+        let mut caches: Vec<KvCache> = jobs.iter().map(|(c, _, _)| c.clone()).collect();
+        let hidden = self.run_parts(&inputs, &mut caches);
+        drop(caches);
+        match hidden {
+            Ok(hidden) => {
+                for ((_, depth, rows), h) in jobs.iter().zip(hidden) {
+                    deliver(out, rows, self.continuation_logprobs(&h, rows, *depth));
                 }
             }
             Err(e) => {
@@ -292,7 +261,6 @@ impl CandleModel {
                 }
             }
         }
-        0
     }
 }
 
@@ -300,16 +268,7 @@ impl CandleModel {
 mod tests {
     use super::*;
     use crate::candle::LoadOptions;
-
-    fn fixture(name: &str) -> std::path::PathBuf {
-        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let local = here.join("tests/fixtures").join(name);
-        if local.exists() {
-            local
-        } else {
-            here.join("../../shared/fixtures/hf").join(name)
-        }
-    }
+    use crate::candle::generate::tests::fixture;
 
     /// Rows shaped like lm-eval's multiple-choice requests: a primer shared by all, questions
     /// shared by their options, plus rows sharing nothing and a row whose context is the bare
