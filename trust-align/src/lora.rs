@@ -1,10 +1,12 @@
 //! LoRA adapters that work with any model built from a `VarBuilder`.
 //!
-//! Instead of rewriting every model's linear layers, an adapter set produces *merged* weights
-//! `W' = W + (α / r) · B · A` as tensors connected to the trainable `A`/`B` variables; the model is
-//! then built from those tensors (`VarBuilder::from_tensors`). Backpropagating a loss through the
-//! model reaches `A` and `B` and nothing else. After an optimiser step the merged weights are
-//! rebuilt (cheap for the small ranks LoRA uses).
+//! Instead of rewriting every model's linear layers, an adapter set puts its factors beside the
+//! base weights it adapts ([`LoraAdapters::factored`]: `<module>.lora_a` = `A`, `<module>.lora_b`
+//! = `(α / r) · B`, graph-connected to the trainable variables) and the model is built from that
+//! map (`VarBuilder::from_tensors`): every model family's linear layer then computes
+//! `x·Wᵀ + (x·Aᵀ)·B'ᵀ`, so backpropagation reaches `A` and `B` through rank-r products and never
+//! forms an `[out, in]` weight gradient. [`LoraAdapters::merged`] gives the equivalent weights
+//! `W' = W + (α / r) · B · A` (saved checkpoints, inference).
 //!
 //! Saved adapters use PEFT's tensor names (`base_model.model.<module>.lora_A.weight`, `lora_B`)
 //! with an `adapter_config.json`, so they can be read back by PEFT.
@@ -181,6 +183,27 @@ impl LoraAdapters {
                     .matmul(m.a.as_tensor())?
                     .affine(scale, 0.0)?;
             out.insert(key, (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())?);
+        }
+        Ok(out)
+    }
+
+    /// Base weights with each adapted module's factors beside its weight: `<module>.lora_a` =
+    /// `A` `[r, in]` and `<module>.lora_b` = `(α / r) · B` `[out, r]`, graph-connected to the
+    /// variables. A model built from this map computes the adapted layers as
+    /// `x·Wᵀ + (x·Aᵀ)·B'ᵀ` (the same function as [`Self::merged`], up to float rounding).
+    pub fn factored(&self, base: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        let mut out = base.clone();
+        let scale = self.config.scale();
+        for m in &self.modules {
+            let key = format!("{}.weight", m.module);
+            if !base.contains_key(&key) {
+                candle_core::bail!("LoRA module `{}` has no base weight `{key}`", m.module)
+            }
+            out.insert(format!("{}.lora_a", m.module), m.a.as_tensor().clone());
+            out.insert(
+                format!("{}.lora_b", m.module),
+                m.b.as_tensor().affine(scale, 0.0)?,
+            );
         }
         Ok(out)
     }

@@ -389,11 +389,17 @@ impl Trainee {
         }
     }
 
-    /// The model with the current weights.
+    /// The model with the current weights, graph-connected to the variables (LoRA: the
+    /// factored adapters of [`LoraAdapters::factored`], so a backward pass costs rank-r products
+    /// instead of full weight gradients).
     pub fn model(&self) -> candle_core::Result<CausalLm> {
+        let weights = match &self.params {
+            Params::Full(_) => self.weights()?,
+            Params::Lora(a) => a.factored(&self.base)?,
+        };
         CausalLm::from_var_builder(
             &self.config,
-            VarBuilder::from_tensors(self.weights()?, DType::F32, &self.device),
+            VarBuilder::from_tensors(weights, DType::F32, &self.device),
         )
     }
 

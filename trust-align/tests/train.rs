@@ -380,3 +380,83 @@ fn heldout_scoring_of_several_checkpoints_equals_one_at_a_time() {
     assert_eq!(many, vec![a.clone(), b.clone()]);
     assert_ne!(a.chosen, b.chosen, "training changed the model");
 }
+
+/// The trainee's model (factored adapters: `x·Wᵀ + (x·Aᵀ)·B'ᵀ`) computes the same losses and
+/// adapter gradients as a model built from the merged weights `W + B'·A`.
+#[test]
+fn factored_adapters_equal_merged_weights() {
+    use trust_align::lora::LoraConfig;
+    use trust_align::train::{Trainee, batch_loss, encode_pairs, load_weights};
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("base");
+    tiny_model(&base);
+    let dev = Device::Cpu;
+    let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
+    let tok = trust_backends::candle::loader::load_tokenizer(&base, config.vocab_size).unwrap();
+    let weights = load_weights(&base, &dev).unwrap();
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 4.0,
+        targets: vec![
+            "attention.query_key_value".into(),
+            "attention.dense".into(),
+            "mlp.dense_h_to_4h".into(),
+        ],
+        layers: None,
+    };
+    let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 3, dev.clone()).unwrap();
+    for m in &trainee.adapters().unwrap().modules {
+        let b = candle_core::Tensor::randn(0f32, 0.5, m.b.as_tensor().dims(), &dev).unwrap();
+        m.b.set(&b).unwrap();
+    }
+    let reference = trust_backends::candle::CausalLm::from_var_builder(
+        &config,
+        candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
+    )
+    .unwrap();
+    let merged = trust_backends::candle::CausalLm::from_var_builder(
+        &config,
+        candle_nn::VarBuilder::from_tensors(
+            trainee.weights().unwrap(),
+            candle_core::DType::F32,
+            &dev,
+        ),
+    )
+    .unwrap();
+    let factored = trainee.model().unwrap();
+    let data = pairs();
+    for stage in [Stage::Sft, Stage::Dpo] {
+        let (enc, _) = encode_pairs(&tok, &data[..6], &cfg(stage, 1), Some(0));
+        let batch: Vec<_> = enc.iter().collect();
+        let (l0, _) = batch_loss(stage, &merged, Some(&reference), &batch, 0.5, &dev).unwrap();
+        let (l1, _) = batch_loss(stage, &factored, Some(&reference), &batch, 0.5, &dev).unwrap();
+        let (a, b) = (
+            l0.to_scalar::<f32>().unwrap(),
+            l1.to_scalar::<f32>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "{stage:?}: {a} vs {b}"
+        );
+        let (g0, g1) = (l0.backward().unwrap(), l1.backward().unwrap());
+        for v in trainee.vars() {
+            let get = |g: &candle_core::backprop::GradStore| {
+                g.get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            };
+            let (x, y) = (get(&g0), get(&g1));
+            let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{stage:?}: zero gradient");
+            for (p, q) in x.iter().zip(&y) {
+                assert!(
+                    (p - q).abs() <= 1e-4 * scale,
+                    "{stage:?}: gradient {p} vs {q}"
+                );
+            }
+        }
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! Everything here is written with plain, differentiable candle ops (no fused custom kernels
 //! without a backward pass, no in-place updates), so the same code serves inference on mmap'd
-//! weights and training on `Var`s. Norms and softmax are computed in f32 whatever the compute
+//! weights and training on `Var`s. The one custom op, `FrozenLinear`, is a dense product whose
+//! backward pass skips the gradient of a constant weight. Norms and softmax are computed in f32 whatever the compute
 //! dtype, as transformers does.
 
 use candle_core::{D, DType, Device, Module, Result, Tensor};
@@ -26,6 +27,100 @@ pub(crate) enum Linear {
         weight: candle_core::quantized::QMatMul,
         bias: Option<Tensor>,
     },
+    /// A dense base layer plus a LoRA update `(x·Aᵀ)·B'ᵀ` (`B' = (α/r)·B`), the factored form
+    /// of an adapter being trained (trust-align puts `<module>.lora_a` `[r, in]` and
+    /// `<module>.lora_b` `[out, r]` beside the base weight). Backpropagation then costs the
+    /// input gradient of the base product plus rank-r products, never the `[out, in]` gradient
+    /// of a merged weight. The factors may carry a leading batch dimension (`[b, r, in]`,
+    /// `[b, out, r]`: one copy per batch row), which gives every row its own gradient.
+    Lora {
+        base: candle_nn::Linear,
+        a: Tensor,
+        b: Tensor,
+    },
+}
+
+/// `y = x·Wᵀ` for a constant `W` (not a variable) inside a graph being differentiated:
+/// the same product as [`candle_nn::Linear`], but its backward pass returns only the input
+/// gradient `g·W`. Candle's own matmul backward also forms the weight gradient `xᵀ·g` (an
+/// `[out, in]` product as costly as the forward one) even when nothing needs it.
+struct FrozenLinear {
+    weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("frozen linear: f32 input expected");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("frozen linear: contiguous input expected");
+        };
+        let x = Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu)?;
+        let y = candle_nn::Linear::new(self.weight.clone(), None)
+            .forward(&x)?
+            .contiguous()?;
+        let shape = y.shape().clone();
+        let (st, l) = y.storage_and_layout();
+        let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*st, l.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen linear: unexpected product storage");
+        };
+        Ok((candle_core::CpuStorage::F32(v[a..b].to_vec()), shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let out = self.weight.dim(0)?;
+        let g = grad_res.contiguous()?.reshape(((), out))?;
+        Ok(Some(g.matmul(&self.weight)?.reshape(arg.shape())?))
+    }
+}
+
+/// The product of a dense layer: through [`FrozenLinear`] when `x` is being differentiated and
+/// the weight is a constant f32 CPU tensor, else candle's [`candle_nn::Linear`] (the same
+/// values either way).
+fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    let w = l.weight();
+    if x.track_op()
+        && !w.track_op()
+        && x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+    {
+        let y = x
+            .contiguous()?
+            .apply_op1(FrozenLinear { weight: w.clone() })?;
+        match l.bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    } else {
+        l.forward(x)
+    }
+}
+
+/// `x·Fᵀ` for a LoRA factor `F` (`[k, n]`, shared by every row; or `[b, k, n]`, one per batch row).
+fn factor_product(x: &Tensor, f: &Tensor) -> Result<Tensor> {
+    if f.rank() == 3 {
+        return x.matmul(&f.t()?);
+    }
+    let dims = x.dims().to_vec();
+    let n = dims[dims.len() - 1];
+    let y = x.contiguous()?.reshape(((), n))?.matmul(&f.t()?)?;
+    let mut out = dims;
+    let last = out.len() - 1;
+    out[last] = f.dim(0)?;
+    y.reshape(out)
 }
 
 /// Where quantized weights come from when a model is built (HF tensor name and expected shape
@@ -36,9 +131,27 @@ pub(crate) trait QuantSource {
 
 impl Linear {
     pub(crate) fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        Ok(Linear::Dense(candle_nn::linear_b(
-            in_dim, out_dim, bias, vb,
-        )?))
+        let base = candle_nn::linear_b(in_dim, out_dim, bias, vb.clone())?;
+        if vb.contains_tensor("lora_a") {
+            let a = vb.get_unchecked("lora_a")?;
+            let b = vb.get_unchecked("lora_b")?;
+            let (ra, rb) = (a.rank(), b.rank());
+            let ok = (ra == 2 || ra == 3)
+                && ra == rb
+                && a.dim(D::Minus1)? == in_dim
+                && b.dim(D::Minus2)? == out_dim
+                && a.dim(D::Minus2)? == b.dim(D::Minus1)?;
+            if !ok {
+                candle_core::bail!(
+                    "{}: LoRA factors {:?} / {:?} do not fit a {in_dim} -> {out_dim} layer",
+                    vb.prefix(),
+                    a.dims(),
+                    b.dims()
+                );
+            }
+            return Ok(Linear::Lora { base, a, b });
+        }
+        Ok(Linear::Dense(base))
     }
     /// [`Self::load`], taking the weight from `quant` when it has one.
     pub(crate) fn load_q(
@@ -66,7 +179,10 @@ impl Linear {
     }
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Linear::Dense(l) => l.forward(x),
+            Linear::Dense(l) => dense_forward(l, x),
+            Linear::Lora { base, a, b } => {
+                dense_forward(base, x)? + factor_product(&factor_product(x, a)?, b)?
+            }
             Linear::Quant { weight, bias } => {
                 let y = weight.forward(x)?;
                 match bias {
@@ -894,5 +1010,132 @@ impl<'a> Segments<'a> {
             Tensor::cat(&outs, 0)?
         };
         pad_last_row(&out, self.extra)
+    }
+}
+
+#[cfg(test)]
+mod linear_tests {
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let (a, b) = (
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= tol * scale, "{x} vs {y} (scale {scale})");
+        }
+    }
+
+    /// The frozen product gives candle's values, and its backward pass the same input gradient
+    /// as candle's matmul backward (which also forms the weight gradient).
+    #[test]
+    fn frozen_linear_matches_candle_forward_and_input_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (7, 5), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 7, &dev).unwrap();
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap())
+            .unwrap();
+        let c = Tensor::randn(0f32, 1.0, (2, 3, 7), &dev).unwrap();
+        let lin = candle_nn::Linear::new(w.clone(), Some(bias.clone()));
+        let y = dense_forward(&lin, x.as_tensor()).unwrap();
+        // Reference: the weight as a variable takes candle's own path.
+        let wv = candle_core::Var::from_tensor(&w).unwrap();
+        let lin_v = candle_nn::Linear::new(wv.as_tensor().clone(), Some(bias));
+        let y_ref = lin_v.forward(x.as_tensor()).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            y_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "same product"
+        );
+        let g = (y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = (y_ref * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        close(
+            g.get(x.as_tensor()).unwrap(),
+            g_ref.get(x.as_tensor()).unwrap(),
+            1e-6,
+        );
+        assert!(g.get(&w).is_none(), "no gradient for the constant weight");
+        // A non-contiguous input goes through a copy.
+        let xt = x.as_tensor().transpose(0, 1).unwrap();
+        let yt = dense_forward(&lin, &xt).unwrap();
+        close(&yt, &lin.forward(&xt.contiguous().unwrap()).unwrap(), 1e-6);
+    }
+
+    /// A LoRA layer equals its merged weight `W + B'·A`, with shared factors and with one copy of
+    /// the factors per batch row (whose gradients are then the rows' own).
+    #[test]
+    fn lora_layer_equals_merged_weight_and_per_row_factors_split_gradients() {
+        let dev = Device::Cpu;
+        let (d_in, d_out, r) = (6, 4, 2);
+        let w = Tensor::randn(0f32, 1.0, (d_out, d_in), &dev).unwrap();
+        let a = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (r, d_in), &dev).unwrap())
+            .unwrap();
+        let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (d_out, r), &dev).unwrap())
+            .unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 5, d_in), &dev).unwrap();
+        let c = Tensor::randn(0f32, 1.0, (3, 5, d_out), &dev).unwrap();
+        let lora = Linear::Lora {
+            base: candle_nn::Linear::new(w.clone(), None),
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+        };
+        let merged = (&w + b.as_tensor().matmul(a.as_tensor()).unwrap()).unwrap();
+        let y = lora.forward(&x).unwrap();
+        close(
+            &y,
+            &candle_nn::Linear::new(merged, None).forward(&x).unwrap(),
+            1e-5,
+        );
+        let shared = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        // Per-row copies: row i's gradient is the gradient of row i's loss alone.
+        let a3 = candle_core::Var::from_tensor(
+            &a.as_tensor()
+                .unsqueeze(0)
+                .unwrap()
+                .repeat((3, 1, 1))
+                .unwrap(),
+        )
+        .unwrap();
+        let b3 = candle_core::Var::from_tensor(
+            &b.as_tensor()
+                .unsqueeze(0)
+                .unwrap()
+                .repeat((3, 1, 1))
+                .unwrap(),
+        )
+        .unwrap();
+        let per_row = Linear::Lora {
+            base: candle_nn::Linear::new(w.clone(), None),
+            a: a3.as_tensor().clone(),
+            b: b3.as_tensor().clone(),
+        };
+        let y3 = per_row.forward(&x).unwrap();
+        close(&y3, &y, 1e-6);
+        let g3 = (&y3 * &c).unwrap().sum_all().unwrap().backward().unwrap();
+        let ga3 = g3.get(a3.as_tensor()).unwrap();
+        close(
+            &ga3.sum(0).unwrap(),
+            shared.get(a.as_tensor()).unwrap(),
+            1e-5,
+        );
+        for i in 0..3 {
+            let xi = x.narrow(0, i, 1).unwrap();
+            let ci = c.narrow(0, i, 1).unwrap();
+            let gi = (lora.forward(&xi).unwrap() * ci)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            close(&ga3.get(i).unwrap(), gi.get(a.as_tensor()).unwrap(), 1e-5);
+            close(
+                &g3.get(b3.as_tensor()).unwrap().get(i).unwrap(),
+                gi.get(b.as_tensor()).unwrap(),
+                1e-5,
+            );
+        }
     }
 }
