@@ -5,13 +5,18 @@
 //! Prints:
 //! 1. per-example gradient extraction rate (examples/s) for the SFT, DPO and reward-model losses
 //!    ([`trust_attribution::gradients::stage_gradients`], what `trust attribute` runs) on random token
-//!    sequences (prompt 96 + response 32 tokens; SFT scores the whole text as the paper; batch 1);
+//!    sequences (prompt 96 + response 32 tokens; SFT scores the whole text as the paper; batch 1),
+//!    and the same examples `BENCH_BATCH` (default 8) per batched pass
+//!    ([`trust_align::train::example_gradients_batched`], what `trust attribute` and the main job
+//!    run), with the ratio;
 //! 2. DataInf scoring time for n = 2,312 training examples (the HH-RLHF harmless-base test
 //!    split size) with gradients of the right layout: extrapolated from n = 256 and measured,
 //!    in memory and streamed from the on-disk memory-mapped store.
 //!
-//! Run: `cargo bench -p trust-align --bench attribution` (env: `BENCH_N` examples per stage,
-//! default 50; `BENCH_SCORE_N`, default 2312).
+//! Run: `cargo bench -p trust-attribution --features candle --bench attribution` (env: `BENCH_N`
+//! examples per stage, default 50; `BENCH_SCORE_N`, default 2312; `BENCH_BATCH`, default 8;
+//! `BENCH_MODEL=DIR` a real model directory instead of the random Pythia-70m shape, e.g. the
+//! main job's `trust-demo/models/sft`).
 
 use std::time::Instant;
 
@@ -19,8 +24,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use trust_align::lora::LoraConfig;
 use trust_align::reward::RewardHead;
-use trust_align::train::{Encoded, PairEncoded, Trainee};
-use trust_attribution::gradients::{AttrStage, stage_gradients};
+use trust_align::train::{
+    Encoded, FrozenPrefix, PairEncoded, Stage, Trainee, example_gradients_batched,
+};
+use trust_attribution::gradients::{AttrStage, stage_gradients_with};
 use trust_attribution::{
     DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients, LayerLayout,
     StoreKey, datainf, mean_gradient,
@@ -47,6 +54,7 @@ fn seq(rng: &mut SplitMix64, vocab: usize, prompt: usize, response: usize) -> En
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = env_usize("BENCH_N", 50);
+    let batch = env_usize("BENCH_BATCH", trust_attribution::gradients::GRADIENT_BATCH).max(1);
     let score_n = env_usize("BENCH_SCORE_N", 2312);
     let dev = Device::Cpu;
     let shape = NeoxShape {
@@ -59,28 +67,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rotary_pct: 0.25,
     };
     let t = Instant::now();
-    let weights = shape.init_weights(0, &dev)?;
-    let config = ModelConfig::from_json_str(
-        &shape.config_json().to_string(),
-        std::path::Path::new("pythia-70m-shaped/config.json"),
-    )?;
-    eprintln!(
-        "random Pythia-70m-shaped weights in {:.1}s",
-        t.elapsed().as_secs_f64()
-    );
-    let lora = LoraConfig {
-        rank: 4,
-        alpha: 4.0,
-        targets: vec![
-            "attention.query_key_value".into(),
-            "attention.dense".into(),
-            "mlp.dense_h_to_4h".into(),
-            "mlp.dense_4h_to_h".into(),
-        ],
-        layers: Some(trust_attribution::gradients::LoraSelection::last_blocks(
-            6, 4,
-        )),
+    // BENCH_MODEL=DIR: a real model directory (e.g. the main job's models/sft) instead of the
+    // random Pythia-70m shape; LoRA r = 8 on every attention and MLP projection of its last
+    // third of blocks (the main job's DPO / reward-model adapters).
+    let (config, weights, lora, what) = match std::env::var_os("BENCH_MODEL") {
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let config = ModelConfig::from_dir(&dir)?;
+            let weights = trust_align::train::load_weights(&dir, &dev)?;
+            let nl = config.num_hidden_layers;
+            let mut targets = trust_align::lora::default_targets(config.arch);
+            targets.extend(trust_align::lora::mlp_targets(config.arch));
+            let lora = LoraConfig {
+                rank: 8,
+                alpha: 16.0,
+                targets,
+                layers: Some((nl - nl.div_ceil(3)..nl).collect()),
+            };
+            let what = format!(
+                "{} (r=8, last {} of {nl} blocks, attention + MLP)",
+                dir.display(),
+                nl.div_ceil(3)
+            );
+            (config, weights, lora, what)
+        }
+        None => {
+            let weights = shape.init_weights(0, &dev)?;
+            let config = ModelConfig::from_json_str(
+                &shape.config_json().to_string(),
+                std::path::Path::new("pythia-70m-shaped/config.json"),
+            )?;
+            let lora = LoraConfig {
+                rank: 4,
+                alpha: 4.0,
+                targets: vec![
+                    "attention.query_key_value".into(),
+                    "attention.dense".into(),
+                    "mlp.dense_h_to_4h".into(),
+                    "mlp.dense_4h_to_h".into(),
+                ],
+                layers: Some(trust_attribution::gradients::LoraSelection::last_blocks(
+                    6, 4,
+                )),
+            };
+            (
+                config,
+                weights,
+                lora,
+                "random Pythia-70m-shaped weights (LoRA r=4 on blocks 2..=5, 4 linears each)"
+                    .to_string(),
+            )
+        }
     };
+    eprintln!("{what} loaded in {:.1}s", t.elapsed().as_secs_f64());
     let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 1, dev.clone())?;
     for m in &trainee.adapters().expect("lora").modules {
         let b = Tensor::randn(0f32, 0.01, m.b.as_tensor().dims(), &dev)?;
@@ -96,19 +135,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     ))?;
     println!(
-        "LoRA r=4 on blocks 2..=5, 4 linears each: {} tensors, {} parameters per example",
+        "{what}: {} tensors, {} parameters per example",
         layout.num_layers(),
         layout.record_len()
     );
     let model = trainee.model()?;
     let reference =
         CausalLm::from_var_builder(&config, VarBuilder::from_tensors(weights, DType::F32, &dev))?;
-    let head = RewardHead::init(shape.hidden_size, 0, &dev)?;
+    let head = RewardHead::init(config.hidden_size, 0, &dev)?;
     let mut rng = SplitMix64::new(7);
     let examples: Vec<PairEncoded> = (0..n)
         .map(|i| {
-            let chosen = seq(&mut rng, shape.vocab_size, 96, 32);
-            let mut rejected = seq(&mut rng, shape.vocab_size, 96, 32);
+            let chosen = seq(&mut rng, config.vocab_size, 96, 32);
+            let mut rejected = seq(&mut rng, config.vocab_size, 96, 32);
             rejected.ids[..96].copy_from_slice(&chosen.ids[..96]);
             let mut sft = chosen.clone();
             sft.targets.iter_mut().for_each(|x| *x = 1.0);
@@ -131,10 +170,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "dpo" => AttrStage::Dpo,
                 _ => AttrStage::Rm,
             };
-            let g = stage_gradients(
+            // The one-example path as `trust attribute` ran it: DPO shares the frozen first
+            // blocks with the reference, SFT and RM run the whole model.
+            let pre = if st == AttrStage::Dpo {
+                FrozenPrefix {
+                    layers: trainee.frozen_layers(),
+                    reference_shares: true,
+                }
+            } else {
+                FrozenPrefix::default()
+            };
+            let g = stage_gradients_with(
                 st,
                 &model,
                 Some(&reference),
+                pre,
                 Some(&head),
                 &vars,
                 e,
@@ -152,6 +202,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "gradients {stage:>3}: {n} examples (128 tokens) in {s:.2}s = {:.2} examples/s (mean |g|^2 {:.3e})",
             n as f64 / s,
             norm / n as f64
+        );
+        // The same examples, `batch` per forward/backward pass (one copy of the adapter
+        // factors per example; the frozen first blocks computed once without a graph).
+        let train_stage = match stage {
+            "sft" => Stage::Sft,
+            "dpo" => Stage::Dpo,
+            _ => Stage::Rm,
+        };
+        let prefix = FrozenPrefix {
+            layers: trainee.frozen_layers(),
+            reference_shares: true,
+        };
+        let t = Instant::now();
+        let mut norm_b = 0.0f64;
+        for chunk in examples.chunks(batch) {
+            let refs: Vec<&PairEncoded> = chunk.iter().collect();
+            for g in example_gradients_batched(
+                train_stage,
+                &trainee,
+                Some(&reference),
+                Some(&head),
+                prefix,
+                &vars,
+                &refs,
+                1.0,
+                &dev,
+            )? {
+                norm_b += g
+                    .iter()
+                    .flatten()
+                    .map(|&x| f64::from(x).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        let sb = t.elapsed().as_secs_f64();
+        println!(
+            "gradients {stage:>3}, batched {batch}: {n} examples in {sb:.2}s = {:.2} examples/s ({:.2}x per-example; mean |g|^2 {:.3e})",
+            n as f64 / sb,
+            s / sb,
+            norm_b / n as f64
         );
     }
 

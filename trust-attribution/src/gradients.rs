@@ -140,7 +140,6 @@ pub fn attribute(
     let mut tc = TrainConfig::new(spec.stage);
     tc.max_len = spec.max_len;
     tc.mask_prompt = false; // the paper's SFT attribution loss scores the whole text
-    let model = trainee.model()?;
     let vars = trainee.vars();
     let adapters = trainee.adapters().expect("LoRA trainee");
     let layout = LayerLayout::new(adapters.modules.iter().flat_map(|m| {
@@ -163,23 +162,27 @@ pub fn attribute(
     let mut grads =
         |enc: &[trust_align::train::PairEncoded]| -> Result<InMemoryGradients, TrainError> {
             let mut store = InMemoryGradients::new(layout.clone());
-            for e in enc {
-                let g = trust_align::train::example_gradients_with(
+            for chunk in enc.chunks(GRADIENT_BATCH) {
+                let batch: Vec<&trust_align::train::PairEncoded> = chunk.iter().collect();
+                let gs = trust_align::train::example_gradients_batched(
                     spec.stage,
-                    &model,
+                    &trainee,
                     reference.as_ref(),
+                    None,
                     prefix,
                     &vars,
-                    e,
+                    &batch,
                     spec.beta,
                     &device,
                 )?;
-                let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
-                store
-                    .push(&slices)
-                    .map_err(|e| TrainError::Invalid(e.to_string()))?;
-                done += 1;
-                on_progress(done, total);
+                for g in gs {
+                    let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+                    store
+                        .push(&slices)
+                        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+                    done += 1;
+                    on_progress(done, total);
+                }
             }
             Ok(store)
         };
@@ -340,7 +343,16 @@ pub struct AttributeOptions {
     pub train_v_head: bool,
     /// DataInf damping and block size.
     pub datainf: DataInfConfig,
+    /// Examples whose gradients come from one batched forward/backward pass
+    /// ([`trust_align::train::example_gradients_batched`]; 1 = one pass per example). Batches
+    /// start at multiples of this size, also on resume, so a resumed store holds the same bits
+    /// as an uninterrupted one; other sizes give the same gradients up to float rounding.
+    pub gradient_batch: usize,
 }
+
+/// Default [`AttributeOptions::gradient_batch`]: 8 examples (16 sequences for DPO and RM) per
+/// pass.
+pub const GRADIENT_BATCH: usize = 8;
 
 impl AttributeOptions {
     /// Defaults: β = 1, max_len 1024, SFT prompt unmasked, rank-4 selection of every block.
@@ -357,6 +369,7 @@ impl AttributeOptions {
             init_v_head: false,
             train_v_head: false,
             datainf: DataInfConfig::default(),
+            gradient_batch: GRADIENT_BATCH,
         }
     }
 }
@@ -536,6 +549,7 @@ pub struct AttributionModel {
     beta: f64,
     max_len: usize,
     mask_prompt: bool,
+    gradient_batch: usize,
     source: AdapterSource,
     fingerprint: String,
     device: Device,
@@ -673,6 +687,7 @@ impl AttributionModel {
             beta: opts.beta,
             max_len: opts.max_len,
             mask_prompt: opts.mask_prompt,
+            gradient_batch: opts.gradient_batch.max(1),
             source,
             fingerprint,
             device,
@@ -772,6 +787,49 @@ impl AttributionModel {
             self.beta,
             &self.device,
         )?)
+    }
+
+    /// [`Self::gradients`] of several examples from one batched forward/backward pass
+    /// ([`trust_align::train::example_gradients_batched`]); one pass per example when the reward
+    /// head is attributed too.
+    pub fn gradients_batch(
+        &self,
+        examples: &[PairEncoded],
+    ) -> Result<Vec<Vec<Vec<f32>>>, TrainError> {
+        let head_attributed = self.head.as_ref().is_some_and(|h| {
+            self.vars
+                .iter()
+                .any(|v| v.as_tensor().id() == h.weight.as_tensor().id())
+        });
+        if head_attributed || examples.len() == 1 {
+            return examples.iter().map(|e| self.gradients(e)).collect();
+        }
+        let stage = match self.stage {
+            AttrStage::Sft => Stage::Sft,
+            AttrStage::Dpo => Stage::Dpo,
+            AttrStage::Rm => Stage::Rm,
+        };
+        let prefix = FrozenPrefix {
+            layers: self.trainee.frozen_layers(),
+            reference_shares: self.prefix.reference_shares,
+        };
+        let batch: Vec<&PairEncoded> = examples.iter().collect();
+        Ok(trust_align::train::example_gradients_batched(
+            stage,
+            &self.trainee,
+            self.reference.as_ref(),
+            self.head.as_ref(),
+            prefix,
+            &self.vars,
+            &batch,
+            self.beta,
+            &self.device,
+        )?)
+    }
+
+    /// Examples per batched gradient pass ([`AttributeOptions::gradient_batch`]).
+    pub fn gradient_batch(&self) -> usize {
+        self.gradient_batch
     }
 
     /// Store key of gradients of `examples` (model + reference + head hashes, the attributed
@@ -1043,21 +1101,33 @@ pub fn extract_to_store(
         total: examples.len(),
         resumed: start,
     });
-    for (i, e) in examples.iter().enumerate().skip(start) {
-        let g = model.gradients(e)?;
-        let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
-        w.append(&slices).map_err(inv)?;
-        if (i + 1) % 1024 == 0 {
-            w.sync().map_err(inv)?;
-        } else if (i + 1) % 16 == 0 {
-            w.flush().map_err(inv)?;
+    // Batches start at multiples of the batch size, also after a resume (the examples of a
+    // partly stored batch before `start` are recomputed and dropped), so every example's
+    // gradient comes from the same batch as in an uninterrupted run.
+    let bs = model.gradient_batch();
+    let mut lo = start / bs * bs;
+    while lo < examples.len() {
+        let hi = (lo + bs).min(examples.len());
+        let grads = model.gradients_batch(&examples[lo..hi])?;
+        for (i, g) in (lo..hi).zip(grads) {
+            if i < start {
+                continue;
+            }
+            let slices: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+            w.append(&slices).map_err(inv)?;
+            if (i + 1) % 1024 == 0 {
+                w.sync().map_err(inv)?;
+            } else if (i + 1) % 16 == 0 {
+                w.flush().map_err(inv)?;
+            }
+            on_progress(&Progress {
+                phase,
+                done: i + 1,
+                total: examples.len(),
+                resumed: start,
+            });
         }
-        on_progress(&Progress {
-            phase,
-            done: i + 1,
-            total: examples.len(),
-            resumed: start,
-        });
+        lo = hi;
     }
     w.sync().map_err(inv)?;
     w.reader().map_err(inv)

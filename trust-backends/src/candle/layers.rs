@@ -109,9 +109,25 @@ fn dense_forward(l: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// `x·Fᵀ` for a LoRA factor `F` (`[k, n]`, shared by every row; or `[b, k, n]`, one per batch row).
+/// `x·Fᵀ` for a LoRA factor `F` (`[k, n]`, shared by every row; or `[b, k, n]`, one per batch
+/// row, with `x` `[b, t, n]` or its rows stacked batch-major as `[b * t, n]`, the layout of
+/// the model's uncached passes).
 fn factor_product(x: &Tensor, f: &Tensor) -> Result<Tensor> {
     if f.rank() == 3 {
+        if x.rank() == 2 {
+            let (rows, n) = x.dims2()?;
+            let b = f.dim(0)?;
+            if b == 0 || rows % b != 0 {
+                candle_core::bail!(
+                    "per-row LoRA factors for {b} rows applied to {rows} stacked tokens"
+                );
+            }
+            return x
+                .contiguous()?
+                .reshape((b, rows / b, n))?
+                .matmul(&f.t()?)?
+                .reshape((rows, ()));
+        }
         return x.matmul(&f.t()?);
     }
     let dims = x.dims().to_vec();
