@@ -192,6 +192,19 @@ impl LoraAdapters {
     /// variables. A model built from this map computes the adapted layers as
     /// `x·Wᵀ + (x·Aᵀ)·B'ᵀ` (the same function as [`Self::merged`], up to float rounding).
     pub fn factored(&self, base: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        self.factored_with(base, |m| {
+            Ok((m.a.as_tensor().clone(), m.b.as_tensor().clone()))
+        })
+    }
+
+    /// [`Self::factored`] with each module's factors `(A, B)` (unscaled; `B` is scaled by
+    /// `α / r` here) given by `factors`, e.g. one copy per batch row (`[n, r, in]`,
+    /// `[n, out, r]`), which the model's linear layers accept too.
+    pub fn factored_with(
+        &self,
+        base: &HashMap<String, Tensor>,
+        mut factors: impl FnMut(&LoraModule) -> Result<(Tensor, Tensor)>,
+    ) -> Result<HashMap<String, Tensor>> {
         let mut out = base.clone();
         let scale = self.config.scale();
         for m in &self.modules {
@@ -199,11 +212,9 @@ impl LoraAdapters {
             if !base.contains_key(&key) {
                 candle_core::bail!("LoRA module `{}` has no base weight `{key}`", m.module)
             }
-            out.insert(format!("{}.lora_a", m.module), m.a.as_tensor().clone());
-            out.insert(
-                format!("{}.lora_b", m.module),
-                m.b.as_tensor().affine(scale, 0.0)?,
-            );
+            let (a, b) = factors(m)?;
+            out.insert(format!("{}.lora_a", m.module), a);
+            out.insert(format!("{}.lora_b", m.module), b.affine(scale, 0.0)?);
         }
         Ok(out)
     }

@@ -419,22 +419,17 @@ impl Trainee {
             candle_core::bail!("a batch row belongs to no example");
         }
         let idx = Tensor::from_vec(owners.to_vec(), owners.len(), &self.device)?;
-        let scale = ad.config.scale();
-        let mut map = self.base.clone();
         let mut copies = Vec::with_capacity(ad.modules.len());
-        for m in &ad.modules {
+        let map = ad.factored_with(&self.base, |m| {
             let copy = |v: &Var| Var::from_tensor(&v.as_tensor().unsqueeze(0)?.repeat((n, 1, 1))?);
             let (a, b) = (copy(&m.a)?, copy(&m.b)?);
-            map.insert(
-                format!("{}.lora_a", m.module),
+            let rows = (
                 a.as_tensor().index_select(&idx, 0)?,
-            );
-            map.insert(
-                format!("{}.lora_b", m.module),
-                b.as_tensor().index_select(&idx, 0)?.affine(scale, 0.0)?,
+                b.as_tensor().index_select(&idx, 0)?,
             );
             copies.push((a, b));
-        }
+            Ok(rows)
+        })?;
         let model = CausalLm::from_var_builder(
             &self.config,
             VarBuilder::from_tensors(map, DType::F32, &self.device),
@@ -698,64 +693,85 @@ pub fn batch_loss_with(
     beta: f64,
     device: &Device,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
-    let k = prefix.layers;
-    let hidden_of = |m: &CausalLm, sb: &ScoredBatch, h0: Option<&Tensor>| match h0 {
-        Some(h0) => m.forward_hidden_from(h0, Some(&sb.mask), k),
-        None => m.forward_hidden(&sb.ids, Some(&sb.mask), None, None),
-    };
     match stage {
         Stage::Pretrain | Stage::Sft => {
-            let seqs: Vec<&Encoded> = batch.iter().map(|p| &p.sft).collect();
-            let sb = ScoredBatch::new(&seqs, device)?;
-            let h0 = (k > 0)
-                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
-                .transpose()?
-                .map(|h| h.detach());
-            let hidden = hidden_of(model, &sb, h0.as_ref())?;
+            let (lp, sb) = sft_logprobs(model, prefix.layers, batch, device)?;
             if sb.n_targets == 0.0 {
                 candle_core::bail!("no scored token in the batch");
             }
-            let loss = (sb.logprob(model, &hidden)?.sum_all()?.neg()? / sb.n_targets)?;
+            let loss = (lp.sum_all()?.neg()? / sb.n_targets)?;
             Ok((loss, None))
         }
         Stage::Rm => candle_core::bail!(
             "the reward-model loss needs its head: use reward::rm_batch_loss_with"
         ),
         Stage::Dpo => {
-            let reference = reference
-                .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
-            let seqs: Vec<&Encoded> = batch
-                .iter()
-                .flat_map(|p| [&p.chosen, &p.rejected])
-                .collect();
-            let sb = ScoredBatch::new(&seqs, device)?;
-            let h0 = (k > 0)
-                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
-                .transpose()?
-                .map(|h| h.detach());
-            let pol = sb.logprob(model, &hidden_of(model, &sb, h0.as_ref())?)?;
-            let ref_h0 = h0.as_ref().filter(|_| prefix.reference_shares);
-            let ref_hidden = hidden_of(reference, &sb, ref_h0)?;
-            let rf = sb.logprob(reference, &ref_hidden.detach())?.detach();
-            let n = batch.len();
-            let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
-                let idx = Tensor::from_vec(
-                    (0..n).map(|i| (2 * i + off) as u32).collect::<Vec<_>>(),
-                    n,
-                    device,
-                )?;
-                t.index_select(&idx, 0)
-            };
-            let (loss, margins) = losses::dpo_loss(
-                &pick(&pol, 0)?,
-                &pick(&pol, 1)?,
-                &pick(&rf, 0)?,
-                &pick(&rf, 1)?,
-                beta,
-            )?;
+            let [pc, pr, rc, rr] = dpo_logprobs(model, reference, prefix, batch, device)?;
+            let (loss, margins) = losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?;
             Ok((loss, Some(margins)))
         }
     }
+}
+
+/// The final hidden states of `sb` under `model`, its first `k` blocks computed once without a
+/// graph (see [`FrozenPrefix`]), and those blocks' output (`None` when `k` is 0).
+fn hidden_after_prefix(
+    model: &CausalLm,
+    sb: &ScoredBatch,
+    k: usize,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    if k == 0 {
+        let hidden = model.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?;
+        return Ok((hidden, None));
+    }
+    let h0 = model.forward_prefix(&sb.ids, Some(&sb.mask), k)?.detach();
+    Ok((model.forward_hidden_from(&h0, Some(&sb.mask), k)?, Some(h0)))
+}
+
+/// Per-row summed target log-probs of the pairs' SFT sequences `[b]`, and their batch.
+fn sft_logprobs(
+    model: &CausalLm,
+    k: usize,
+    batch: &[&PairEncoded],
+    device: &Device,
+) -> candle_core::Result<(Tensor, ScoredBatch)> {
+    let seqs: Vec<&Encoded> = batch.iter().map(|p| &p.sft).collect();
+    let sb = ScoredBatch::new(&seqs, device)?;
+    let (hidden, _) = hidden_after_prefix(model, &sb, k)?;
+    Ok((sb.logprob(model, &hidden)?, sb))
+}
+
+/// DPO's summed response log-probs `[b]` each: policy chosen, policy rejected, reference chosen,
+/// reference rejected (the reference's detached), chosen and rejected in one batch, the
+/// reference continuing from the policy's frozen prefix when `prefix.reference_shares`.
+fn dpo_logprobs(
+    model: &CausalLm,
+    reference: Option<&CausalLm>,
+    prefix: FrozenPrefix,
+    batch: &[&PairEncoded],
+    device: &Device,
+) -> candle_core::Result<[Tensor; 4]> {
+    let reference =
+        reference.ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
+    let k = prefix.layers;
+    let seqs: Vec<&Encoded> = batch
+        .iter()
+        .flat_map(|p| [&p.chosen, &p.rejected])
+        .collect();
+    let sb = ScoredBatch::new(&seqs, device)?;
+    let (hidden, h0) = hidden_after_prefix(model, &sb, k)?;
+    let pol = sb.logprob(model, &hidden)?;
+    let ref_hidden = match h0.as_ref().filter(|_| prefix.reference_shares) {
+        Some(h0) => reference.forward_hidden_from(h0, Some(&sb.mask), k)?,
+        None => reference.forward_hidden(&sb.ids, Some(&sb.mask), None, None)?,
+    };
+    let rf = sb.logprob(reference, &ref_hidden.detach())?.detach();
+    let n = batch.len();
+    let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
+        let idx: Vec<u32> = (0..n).map(|i| (2 * i + off) as u32).collect();
+        t.index_select(&Tensor::from_vec(idx, n, device)?, 0)
+    };
+    Ok([pick(&pol, 0)?, pick(&pol, 1)?, pick(&rf, 0)?, pick(&rf, 1)?])
 }
 
 /// A preference pair tokenised for every stage.
@@ -1273,20 +1289,10 @@ pub fn example_gradients_batched(
             ),
         }
     }
-    let k = prefix.layers;
-    let hidden_of = |m: &CausalLm, sb: &ScoredBatch, h0: Option<&Tensor>| match h0 {
-        Some(h0) => m.forward_hidden_from(h0, Some(&sb.mask), k),
-        None => m.forward_hidden(&sb.ids, Some(&sb.mask), None, None),
-    };
+    // The summed per-example losses (each a batch of one's loss), differentiated once.
     let loss = match stage {
         Stage::Pretrain | Stage::Sft => {
-            let seqs: Vec<&Encoded> = batch.iter().map(|p| &p.sft).collect();
-            let sb = ScoredBatch::new(&seqs, device)?;
-            let h0 = (k > 0)
-                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
-                .transpose()?
-                .map(|h| h.detach());
-            let lp = sb.logprob(&model, &hidden_of(&model, &sb, h0.as_ref())?)?;
+            let (lp, _) = sft_logprobs(&model, prefix.layers, batch, device)?;
             let mut inv = Vec::with_capacity(n);
             for p in batch {
                 let t: f32 = p.sft.targets.iter().skip(1).sum();
@@ -1298,41 +1304,16 @@ pub fn example_gradients_batched(
             (lp * Tensor::from_vec(inv, n, device)?)?.sum_all()?
         }
         Stage::Dpo => {
-            let reference = reference
-                .ok_or_else(|| candle_core::Error::Msg("DPO needs a reference model".into()))?;
-            let seqs: Vec<&Encoded> = batch
-                .iter()
-                .flat_map(|p| [&p.chosen, &p.rejected])
-                .collect();
-            let sb = ScoredBatch::new(&seqs, device)?;
-            let h0 = (k > 0)
-                .then(|| model.forward_prefix(&sb.ids, Some(&sb.mask), k))
-                .transpose()?
-                .map(|h| h.detach());
-            let pol = sb.logprob(&model, &hidden_of(&model, &sb, h0.as_ref())?)?;
-            let ref_h0 = h0.as_ref().filter(|_| prefix.reference_shares);
-            let ref_hidden = hidden_of(reference, &sb, ref_h0)?;
-            let rf = sb.logprob(reference, &ref_hidden.detach())?.detach();
-            let pick = |t: &Tensor, off: usize| -> candle_core::Result<Tensor> {
-                let idx: Vec<u32> = (0..n).map(|i| (2 * i + off) as u32).collect();
-                t.index_select(&Tensor::from_vec(idx, n, device)?, 0)
-            };
-            // The summed per-example losses (dpo_loss's mean times n would scale every
-            // gradient by n · (1/n), not exactly 1 in floats).
-            let (_, margins) = losses::dpo_loss(
-                &pick(&pol, 0)?,
-                &pick(&pol, 1)?,
-                &pick(&rf, 0)?,
-                &pick(&rf, 1)?,
-                beta,
-            )?;
+            let [pc, pr, rc, rr] = dpo_logprobs(&model, reference, prefix, batch, device)?;
+            let (_, margins) = losses::dpo_loss(&pc, &pr, &rc, &rr, beta)?;
             losses::log_sigmoid(&margins)?.neg()?.sum_all()?
         }
         Stage::Rm => {
             let head =
                 head.ok_or_else(|| candle_core::Error::Msg("RM needs a reward head".into()))?;
-            let (mean, _) = crate::reward::rm_batch_loss_with(&model, head, k, batch, device)?;
-            (mean * n as f64)?
+            let (_, margins) =
+                crate::reward::rm_batch_loss_with(&model, head, prefix.layers, batch, device)?;
+            losses::log_sigmoid(&margins)?.neg()?.sum_all()?
         }
     };
     let grads = loss.backward()?;

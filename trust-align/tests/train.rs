@@ -122,35 +122,65 @@ fn pretrain_sft_dpo_learn_and_resume_exactly() {
     assert_eq!(a, b, "resumed weights differ");
 }
 
-/// Per-example LoRA gradients of the DPO and SFT losses match central finite differences.
-#[test]
-fn example_gradients_match_finite_differences() {
-    use trust_align::lora::LoraConfig;
-    use trust_align::train::{Trainee, encode_pairs, example_gradients, load_weights};
+/// A tiny GPT-NeoX with LoRA adapters `lora` (initialised with `seed`, `B` random so that
+/// gradients reach `A`), its tokenizer and base weights, and the base as a frozen reference.
+struct LoraFixture {
+    _root: tempfile::TempDir,
+    config: trust_backends::candle::ModelConfig,
+    tok: tokenizers::Tokenizer,
+    weights: std::collections::HashMap<String, candle_core::Tensor>,
+    trainee: trust_align::train::Trainee,
+    reference: trust_backends::candle::CausalLm,
+}
+
+fn lora_fixture(lora: trust_align::lora::LoraConfig, seed: u64) -> LoraFixture {
     let root = tempfile::tempdir().unwrap();
     let base = root.path().join("base");
     tiny_model(&base);
     let dev = Device::Cpu;
     let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
     let tok = trust_backends::candle::loader::load_tokenizer(&base, config.vocab_size).unwrap();
-    let weights = load_weights(&base, &dev).unwrap();
-    let lora = LoraConfig {
-        rank: 2,
-        alpha: 2.0,
-        targets: vec!["attention.dense".into()],
-        layers: Some(vec![1]),
-    };
-    let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 5, dev.clone()).unwrap();
-    // Make B non-zero so that gradients w.r.t. A are not trivially zero.
+    let weights = trust_align::train::load_weights(&base, &dev).unwrap();
+    let trainee =
+        trust_align::train::Trainee::lora(config.clone(), weights.clone(), lora, seed, dev.clone())
+            .unwrap();
     for m in &trainee.adapters().unwrap().modules {
         let b = candle_core::Tensor::randn(0f32, 0.5, m.b.as_tensor().dims(), &dev).unwrap();
         m.b.set(&b).unwrap();
     }
     let reference = trust_backends::candle::CausalLm::from_var_builder(
         &config,
-        candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
+        candle_nn::VarBuilder::from_tensors(weights.clone(), candle_core::DType::F32, &dev),
     )
     .unwrap();
+    LoraFixture {
+        _root: root,
+        config,
+        tok,
+        weights,
+        trainee,
+        reference,
+    }
+}
+
+/// Per-example LoRA gradients of the DPO and SFT losses match central finite differences.
+#[test]
+fn example_gradients_match_finite_differences() {
+    use trust_align::lora::LoraConfig;
+    use trust_align::train::{encode_pairs, example_gradients};
+    let lora = LoraConfig {
+        rank: 2,
+        alpha: 2.0,
+        targets: vec!["attention.dense".into()],
+        layers: Some(vec![1]),
+    };
+    let LoraFixture {
+        tok,
+        trainee,
+        reference,
+        ..
+    } = lora_fixture(lora, 5);
+    let dev = Device::Cpu;
     let vars = trainee.vars();
     for stage in [Stage::Sft, Stage::Dpo] {
         let (enc, _) = encode_pairs(&tok, &pairs()[..1], &cfg(stage, 1), Some(0));
@@ -246,36 +276,26 @@ fn heldout_accuracy_rises_with_dpo_and_is_zero_against_itself() {
 fn frozen_prefix_and_scored_positions_change_nothing() {
     use trust_align::lora::LoraConfig;
     use trust_align::train::{
-        FrozenPrefix, ScoredBatch, Trainee, batch_loss, batch_loss_with, encode_pairs,
-        load_weights, shared_prefix_layers,
+        FrozenPrefix, ScoredBatch, batch_loss, batch_loss_with, encode_pairs, shared_prefix_layers,
     };
-    let root = tempfile::tempdir().unwrap();
-    let base = root.path().join("base");
-    tiny_model(&base);
-    let dev = Device::Cpu;
-    let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
-    let tok = trust_backends::candle::loader::load_tokenizer(&base, config.vocab_size).unwrap();
-    let weights = load_weights(&base, &dev).unwrap();
     let lora = LoraConfig {
         rank: 2,
         alpha: 2.0,
         targets: vec!["attention.query_key_value".into(), "attention.dense".into()],
         layers: Some(vec![1]),
     };
-    let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 5, dev.clone()).unwrap();
+    let LoraFixture {
+        tok,
+        weights,
+        trainee,
+        reference,
+        ..
+    } = lora_fixture(lora, 5);
+    let dev = Device::Cpu;
     assert_eq!(trainee.frozen_layers(), 1);
-    for m in &trainee.adapters().unwrap().modules {
-        let b = candle_core::Tensor::randn(0f32, 0.5, m.b.as_tensor().dims(), &dev).unwrap();
-        m.b.set(&b).unwrap();
-    }
     let merged = trainee.weights().unwrap();
     assert_eq!(shared_prefix_layers(&weights, &merged, 2).unwrap(), 1);
     assert_eq!(shared_prefix_layers(&weights, &weights, 2).unwrap(), 2);
-    let reference = trust_backends::candle::CausalLm::from_var_builder(
-        &config,
-        candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
-    )
-    .unwrap();
     let vars = trainee.vars();
     let data = pairs();
     for stage in [Stage::Sft, Stage::Dpo] {
@@ -386,14 +406,7 @@ fn heldout_scoring_of_several_checkpoints_equals_one_at_a_time() {
 #[test]
 fn factored_adapters_equal_merged_weights() {
     use trust_align::lora::LoraConfig;
-    use trust_align::train::{Trainee, batch_loss, encode_pairs, load_weights};
-    let root = tempfile::tempdir().unwrap();
-    let base = root.path().join("base");
-    tiny_model(&base);
-    let dev = Device::Cpu;
-    let config = trust_backends::candle::ModelConfig::from_dir(&base).unwrap();
-    let tok = trust_backends::candle::loader::load_tokenizer(&base, config.vocab_size).unwrap();
-    let weights = load_weights(&base, &dev).unwrap();
+    use trust_align::train::{batch_loss, encode_pairs};
     let lora = LoraConfig {
         rank: 2,
         alpha: 4.0,
@@ -404,16 +417,14 @@ fn factored_adapters_equal_merged_weights() {
         ],
         layers: None,
     };
-    let trainee = Trainee::lora(config.clone(), weights.clone(), lora, 3, dev.clone()).unwrap();
-    for m in &trainee.adapters().unwrap().modules {
-        let b = candle_core::Tensor::randn(0f32, 0.5, m.b.as_tensor().dims(), &dev).unwrap();
-        m.b.set(&b).unwrap();
-    }
-    let reference = trust_backends::candle::CausalLm::from_var_builder(
-        &config,
-        candle_nn::VarBuilder::from_tensors(weights, candle_core::DType::F32, &dev),
-    )
-    .unwrap();
+    let LoraFixture {
+        config,
+        tok,
+        trainee,
+        reference,
+        ..
+    } = lora_fixture(lora, 3);
+    let dev = Device::Cpu;
     let merged = trust_backends::candle::CausalLm::from_var_builder(
         &config,
         candle_nn::VarBuilder::from_tensors(

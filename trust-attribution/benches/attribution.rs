@@ -24,9 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use trust_align::lora::LoraConfig;
 use trust_align::reward::RewardHead;
-use trust_align::train::{
-    Encoded, FrozenPrefix, PairEncoded, Stage, Trainee, example_gradients_batched,
-};
+use trust_align::train::{Encoded, FrozenPrefix, PairEncoded, Trainee, example_gradients_batched};
 use trust_attribution::gradients::{AttrStage, stage_gradients_with};
 use trust_attribution::{
     DataInfConfig, GradientStoreReader, GradientStoreWriter, InMemoryGradients, LayerLayout,
@@ -161,25 +159,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     // 1. Gradient extraction.
-    for stage in ["sft", "dpo", "rm"] {
+    let sq_norm = |g: &[Vec<f32>]| {
+        g.iter()
+            .flatten()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+    };
+    let frozen = FrozenPrefix {
+        layers: trainee.frozen_layers(),
+        reference_shares: true,
+    };
+    for st in [AttrStage::Sft, AttrStage::Dpo, AttrStage::Rm] {
+        let stage = st.as_str();
+        // The one-example path as `trust attribute` ran it: DPO shares the frozen first blocks
+        // with the reference, SFT and RM run the whole model.
+        let pre = if st == AttrStage::Dpo {
+            frozen
+        } else {
+            FrozenPrefix::default()
+        };
         let t = Instant::now();
         let mut norm = 0.0f64;
         for e in &examples {
-            let st = match stage {
-                "sft" => AttrStage::Sft,
-                "dpo" => AttrStage::Dpo,
-                _ => AttrStage::Rm,
-            };
-            // The one-example path as `trust attribute` ran it: DPO shares the frozen first
-            // blocks with the reference, SFT and RM run the whole model.
-            let pre = if st == AttrStage::Dpo {
-                FrozenPrefix {
-                    layers: trainee.frozen_layers(),
-                    reference_shares: true,
-                }
-            } else {
-                FrozenPrefix::default()
-            };
             let g = stage_gradients_with(
                 st,
                 &model,
@@ -191,11 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 1.0,
                 &dev,
             )?;
-            norm += g
-                .iter()
-                .flatten()
-                .map(|&x| f64::from(x).powi(2))
-                .sum::<f64>();
+            norm += sq_norm(&g);
         }
         let s = t.elapsed().as_secs_f64();
         println!(
@@ -205,35 +202,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         // The same examples, `batch` per forward/backward pass (one copy of the adapter
         // factors per example; the frozen first blocks computed once without a graph).
-        let train_stage = match stage {
-            "sft" => Stage::Sft,
-            "dpo" => Stage::Dpo,
-            _ => Stage::Rm,
-        };
-        let prefix = FrozenPrefix {
-            layers: trainee.frozen_layers(),
-            reference_shares: true,
-        };
         let t = Instant::now();
         let mut norm_b = 0.0f64;
         for chunk in examples.chunks(batch) {
             let refs: Vec<&PairEncoded> = chunk.iter().collect();
             for g in example_gradients_batched(
-                train_stage,
+                st.train_stage(),
                 &trainee,
                 Some(&reference),
                 Some(&head),
-                prefix,
+                frozen,
                 &vars,
                 &refs,
                 1.0,
                 &dev,
             )? {
-                norm_b += g
-                    .iter()
-                    .flatten()
-                    .map(|&x| f64::from(x).powi(2))
-                    .sum::<f64>();
+                norm_b += sq_norm(&g);
             }
         }
         let sb = t.elapsed().as_secs_f64();

@@ -220,6 +220,15 @@ pub enum AttrStage {
 }
 
 impl AttrStage {
+    /// The training stage whose loss is attributed.
+    pub fn train_stage(self) -> Stage {
+        match self {
+            AttrStage::Sft => Stage::Sft,
+            AttrStage::Dpo => Stage::Dpo,
+            AttrStage::Rm => Stage::Rm,
+        }
+    }
+
     /// `sft`, `dpo` or `rm`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -722,10 +731,7 @@ impl AttributionModel {
     pub fn encode(&self, pairs: &[PreferencePair]) -> (Vec<PairEncoded>, usize) {
         match self.stage {
             AttrStage::Sft | AttrStage::Dpo => {
-                let mut tc = TrainConfig::new(match self.stage {
-                    AttrStage::Sft => Stage::Sft,
-                    _ => Stage::Dpo,
-                });
+                let mut tc = TrainConfig::new(self.stage.train_stage());
                 tc.max_len = self.max_len;
                 tc.mask_prompt = self.mask_prompt;
                 encode_pairs(&self.tokenizer, pairs, &tc, self.eos)
@@ -804,18 +810,13 @@ impl AttributionModel {
         if head_attributed || examples.len() == 1 {
             return examples.iter().map(|e| self.gradients(e)).collect();
         }
-        let stage = match self.stage {
-            AttrStage::Sft => Stage::Sft,
-            AttrStage::Dpo => Stage::Dpo,
-            AttrStage::Rm => Stage::Rm,
-        };
         let prefix = FrozenPrefix {
             layers: self.trainee.frozen_layers(),
             reference_shares: self.prefix.reference_shares,
         };
         let batch: Vec<&PairEncoded> = examples.iter().collect();
         Ok(trust_align::train::example_gradients_batched(
-            stage,
+            self.stage.train_stage(),
             &self.trainee,
             self.reference.as_ref(),
             self.head.as_ref(),
